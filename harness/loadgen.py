@@ -1,0 +1,133 @@
+"""Drive a stack with one load point: open-loop arrivals or closed-loop concurrency."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from harness.arrivals import arrival_offsets
+from harness.client import session, stream_request
+from harness.records import RequestRecord
+
+
+@dataclass(frozen=True)
+class LoadPoint:
+    """One cell of a sweep. Give `request_rate` (open loop) or `concurrency` (closed loop)."""
+
+    num_prompts: int
+    request_rate: float | None = None
+    burstiness: float = 1.0
+    max_concurrency: int | None = None  # cap on in-flight requests for open loop
+    concurrency: int | None = None  # closed loop: this many clients, each sends after its last finished
+    warmup: int = 0
+    seed: int = 0
+
+    @property
+    def label(self) -> str:
+        if self.concurrency:
+            return f"conc={self.concurrency}"
+        cap = f",cap={self.max_concurrency}" if self.max_concurrency else ""
+        return f"rate={self.request_rate if self.request_rate is not None else 'inf'}{cap}"
+
+    def describe(self) -> dict:
+        return {"label": self.label, "request_rate": self.request_rate, "burstiness": self.burstiness,
+                "max_concurrency": self.max_concurrency, "concurrency": self.concurrency,
+                "num_prompts": self.num_prompts, "warmup": self.warmup, "seed": self.seed}
+
+
+@dataclass
+class LoadResult:
+    records: list[RequestRecord]  # measured requests only, in send order
+    warmup_records: list[RequestRecord]
+    started: float  # perf_counter at the start of the measured window
+    crashed: str | None = None  # the stack's death report, if it died during the point
+    aborted: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+Liveness = Callable[[], str | None]  # None while the stack lives, else why it died
+Progress = Callable[[RequestRecord], None]
+
+
+async def _watch(liveness: Liveness, interval_s: float = 0.5) -> str:
+    while True:
+        dead = liveness()
+        if dead:
+            return dead
+        await asyncio.sleep(interval_s)
+
+
+async def _open_loop(client, base_url, endpoint, payloads, point, records, progress) -> None:
+    offsets = arrival_offsets(len(payloads), point.request_rate, point.burstiness, point.seed)
+    slots = asyncio.Semaphore(point.max_concurrency) if point.max_concurrency else None
+    start = time.perf_counter()
+
+    async def one(i: int) -> None:
+        delay = start + offsets[i] - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        queued = time.perf_counter()
+        if slots:
+            await slots.acquire()
+        try:
+            rec = records[i]
+            rec.client_queue_time = time.perf_counter() - queued
+            rec.sent_at = time.perf_counter() - start
+            await stream_request(client, base_url, endpoint, payloads[i], rec)
+            progress(rec)
+        finally:
+            if slots:
+                slots.release()
+
+    await asyncio.gather(*(one(i) for i in range(len(payloads))))
+
+
+async def _closed_loop(client, base_url, endpoint, payloads, point, records, progress) -> None:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(len(payloads)):
+        queue.put_nowait(i)
+    start = time.perf_counter()
+
+    async def worker() -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            records[i].sent_at = time.perf_counter() - start
+            await stream_request(client, base_url, endpoint, payloads[i], records[i])
+            progress(records[i])
+
+    await asyncio.gather(*(worker() for _ in range(point.concurrency or 1)))
+
+
+async def run_load_point(base_url: str, endpoint: str, payloads: list[dict], point: LoadPoint,
+                         request_timeout_s: float, liveness: Liveness = lambda: None,
+                         progress: Progress = lambda _: None) -> LoadResult:
+    """Send the warm-up requests, then the measured ones; stop early if the stack dies.
+
+    `payloads` holds warm-up payloads first (point.warmup of them), then the measured ones.
+    """
+    warm, measured = payloads[: point.warmup], payloads[point.warmup:]
+    warm_records = [RequestRecord(index=i, warmup=True) for i in range(len(warm))]
+    records = [RequestRecord(index=i) for i in range(len(measured))]
+    result = LoadResult(records=records, warmup_records=warm_records, started=0.0)
+    async with session(request_timeout_s) as client:
+        for payload, rec in zip(warm, warm_records):
+            await stream_request(client, base_url, endpoint, payload, rec)
+        drive = _closed_loop if point.concurrency else _open_loop
+        result.started = time.perf_counter()
+        work = asyncio.ensure_future(drive(client, base_url, endpoint, measured, point, records, progress))
+        watch = asyncio.ensure_future(_watch(liveness))
+        done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if watch in done:
+            result.crashed = watch.result()
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+        else:
+            watch.cancel()
+            work.result()
+            # Requests to a dead server fail fast, so the load may end before the watcher looks.
+            result.crashed = liveness()
+    for rec in records:
+        if result.crashed and rec.error is None and (not rec.chunk_times or rec.finish_reason is None):
+            rec.error = "never sent: the stack had died" if rec.sent_at is None else "the stack died before the request finished"
+    return result

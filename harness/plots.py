@@ -1,0 +1,126 @@
+"""Leaderboard plots: one PNG per (setting, profile), the primary metric (and p50 TTFT) per load point."""
+from __future__ import annotations
+
+import io
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+# The object-oriented API with the Agg canvas, not pyplot: no global backend switch, no figure registry.
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
+
+LOG_X_SPAN = 4.0  # a log x axis once the largest load is more than this many times the smallest
+
+
+@dataclass(frozen=True)
+class PlotPoint:
+    label: str  # the load point's label, e.g. "rate=0.5"
+    x: float | None  # request_rate or concurrency; None when the point has neither
+    primary: float | None
+    ttft_ms: float | None
+
+
+@dataclass(frozen=True)
+class PlotSeries:
+    stack: str
+    points: tuple[PlotPoint, ...]
+
+
+@dataclass(frozen=True)
+class PlotSpec:
+    title: str
+    primary_label: str
+    x_label: str  # "request rate (req/s)", "concurrency", ...
+    series: tuple[PlotSeries, ...]
+
+
+def _numeric_x(series: tuple[PlotSeries, ...]) -> bool:
+    xs = [p.x for s in series for p in s.points]
+    return bool(xs) and all(x is not None and math.isfinite(x) for x in xs)
+
+
+def _categories(series: tuple[PlotSeries, ...]) -> list[str]:
+    """Labels in first-seen order, for load points that have no numeric load."""
+    seen: list[str] = []
+    for s in series:
+        for p in s.points:
+            if p.label not in seen:
+                seen.append(p.label)
+    return seen
+
+
+def _draw(ax, spec: PlotSpec, value: str, ylabel: str) -> None:
+    numeric = _numeric_x(spec.series)
+    cats = [] if numeric else _categories(spec.series)
+    drawn = False
+    for s in spec.series:
+        pts = [p for p in s.points if getattr(p, value) is not None]
+        if not pts:
+            continue
+        xs = [p.x if numeric else cats.index(p.label) for p in pts]
+        ax.plot(xs, [getattr(p, value) for p in pts], marker="o", label=s.stack)
+        drawn = True
+    if numeric:
+        xs = [p.x for s in spec.series for p in s.points if p.x and p.x > 0]
+        if xs and max(xs) / min(xs) > LOG_X_SPAN:
+            ax.set_xscale("log")
+            # Ticks at the measured loads read better than powers of ten with minor labels.
+            ticks = sorted(set(xs))
+            ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(spec.x_label)
+    else:
+        ax.set_xticks(range(len(cats)), cats, rotation=30, ha="right")
+        ax.set_xlabel("load point")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    if drawn:
+        ax.legend(fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no measured load points", ha="center", va="center", transform=ax.transAxes)
+
+
+def _has_ttft(spec: PlotSpec) -> bool:
+    return any(p.ttft_ms is not None for s in spec.series for p in s.points)
+
+
+def render_png(spec: PlotSpec) -> bytes:
+    with_ttft = _has_ttft(spec)
+    fig = Figure(figsize=(11 if with_ttft else 6.5, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2 if with_ttft else 1, squeeze=False)[0]
+    _draw(axes[0], spec, "primary", spec.primary_label)
+    if with_ttft:
+        _draw(axes[1], spec, "ttft_ms", "TTFT p50 (ms)")
+    fig.suptitle(spec.title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_plot(path: Path, spec: PlotSpec) -> Path:
+    """Render spec to a PNG at path (atomically); leaves the file alone when the bytes are unchanged."""
+    path = Path(path)
+    data = render_png(spec)
+    if not (path.exists() and path.read_bytes() == data):
+        _atomic_write_bytes(path, data)
+    return path

@@ -1,0 +1,84 @@
+"""A scenario spec: one YAML per setting, with profiles that share their keys."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from harness.errors import HarnessError
+
+
+@dataclass(frozen=True)
+class LeaderboardSpec:
+    """How the leaderboard ranks stacks on a setting."""
+
+    primary: str  # a metric key of the rows, e.g. "output_throughput"
+    direction: str  # "higher" or "lower" is better
+    columns: tuple[str, ...]  # metric keys shown, primary first
+    load_point: str = "last"  # which load point's row the table reads: "last" or a label
+
+
+@dataclass(frozen=True)
+class ScenarioSpec:
+    setting: str  # "A".."G"
+    name: str
+    title: str
+    needs: tuple[str, ...]  # `supports` entries a stack must declare
+    leaderboard: LeaderboardSpec
+    profiles: dict[str, dict] = field(repr=False)
+    path: Path | None = None
+
+    def profile(self, name: str) -> dict:
+        if name not in self.profiles:
+            raise HarnessError(
+                f"unknown profile {name!r} for setting {self.setting} ({self.path}); "
+                f"known: {', '.join(sorted(self.profiles))}"
+            )
+        return self.profiles[name]
+
+
+def _check_profiles_share_keys(path: Path, profiles: dict[str, dict]) -> None:
+    keysets = {name: set(p) for name, p in profiles.items()}
+    first_name, first = next(iter(keysets.items()))
+    for name, keys in keysets.items():
+        if keys != first:
+            diff = sorted(keys ^ first)
+            raise HarnessError(f"{path}: profiles {first_name!r} and {name!r} differ in keys {diff}")
+
+
+def load_scenario(path: Path) -> ScenarioSpec:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise HarnessError(f"cannot read scenario {path}: {exc}".splitlines()[0]) from None
+    try:
+        board = data["leaderboard"]
+        profiles = data["profiles"]
+        spec = ScenarioSpec(
+            setting=str(data["setting"]),
+            name=str(data["name"]),
+            title=str(data.get("title", data["name"])),
+            needs=tuple(data.get("needs", [])),
+            leaderboard=LeaderboardSpec(
+                primary=board["primary"],
+                direction=board["direction"],
+                columns=tuple(board["columns"]),
+                load_point=str(board.get("load_point", "last")),
+            ),
+            profiles=profiles,
+            path=path,
+        )
+    except (KeyError, TypeError) as exc:
+        raise HarnessError(f"scenario {path} is missing {exc}") from None
+    if spec.leaderboard.direction not in ("higher", "lower"):
+        raise HarnessError(f"{path}: leaderboard.direction must be 'higher' or 'lower'")
+    if not profiles:
+        raise HarnessError(f"{path}: no profiles")
+    _check_profiles_share_keys(path, profiles)
+    return spec
+
+
+def find_scenarios(directory: Path) -> list[ScenarioSpec]:
+    return [load_scenario(p) for p in sorted(Path(directory).glob("*.yaml"))]

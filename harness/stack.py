@@ -1,0 +1,108 @@
+"""Stack specs: what to launch (or where to connect) and what the stack claims to support."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from harness.errors import HarnessError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Registered names are the spec files in these folders: baselines ship with the project,
+# generated stacks are published by the agent under results/stacks/<name>/stack.yaml.
+SPEC_DIRS = (REPO_ROOT / "baselines" / "specs", REPO_ROOT / "results" / "stacks")
+FEATURES = ("completions", "chat", "logprobs", "prediction", "json_schema", "audio_stream", "images")
+_REQUIRED = ("name", "command")
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    name: str
+    command: tuple[str, ...] = ()
+    health: str = "/health"
+    startup_timeout_s: float = 600.0
+    env: dict[str, str] = field(default_factory=dict)
+    supports: tuple[str, ...] = ()
+    flags: dict = field(default_factory=dict)  # engine settings recorded in rows for fairness
+    description: str = ""
+    path: Path | None = None  # the spec file; None for url= stacks
+    url: str | None = None  # set for a server someone already runs
+
+    @property
+    def launched(self) -> bool:
+        return self.url is None
+
+    def missing(self, needs: tuple[str, ...]) -> list[str]:
+        return [n for n in needs if n not in self.supports]
+
+    def info(self) -> dict:
+        return {
+            "name": self.name,
+            "spec": str(self.path.relative_to(REPO_ROOT)) if self.path and self.path.is_relative_to(REPO_ROOT) else (str(self.path) if self.path else None),
+            "url": self.url,
+            "command": list(self.command),
+            "supports": list(self.supports),
+            "flags": dict(self.flags),
+        }
+
+
+def load_spec(path: Path) -> StackSpec:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise HarnessError(f"cannot read stack spec {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise HarnessError(f"stack spec {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise HarnessError(f"stack spec {path} must be a mapping with keys {', '.join(_REQUIRED)}")
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise HarnessError(f"stack spec {path} is missing {', '.join(missing)}")
+    command = data["command"]
+    if not isinstance(command, list) or not command or not all(isinstance(c, (str, int, float)) for c in command):
+        raise HarnessError(f"stack spec {path}: command must be a non-empty list of strings")
+    supports = tuple(data.get("supports") or ())
+    unknown = [s for s in supports if s not in FEATURES]
+    if unknown:
+        raise HarnessError(f"stack spec {path}: unknown supports {unknown}; known: {', '.join(FEATURES)}")
+    return StackSpec(
+        name=str(data["name"]),
+        command=tuple(str(c) for c in command),
+        health=str(data.get("health", "/health")),
+        startup_timeout_s=float(data.get("startup_timeout_s", 600)),
+        env={str(k): str(v) for k, v in (data.get("env") or {}).items()},
+        supports=supports,
+        flags=dict(data.get("flags") or {}),
+        description=str(data.get("description", "")),
+        path=path.resolve(),
+    )
+
+
+def registered() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for folder in SPEC_DIRS:
+        for path in sorted(folder.glob("*.yaml")) + sorted(folder.glob("*/stack.yaml")):
+            name = path.parent.name if path.name == "stack.yaml" else path.stem
+            found.setdefault(name, path)
+    return found
+
+
+def resolve_stack(arg: str) -> StackSpec:
+    """`--stack` value: `url=http://host:port`, a spec file path, or a registered name."""
+    if arg.startswith("url="):
+        url = arg[len("url="):].rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise HarnessError(f"--stack {arg}: the url must start with http:// or https://")
+        # A server someone started by hand: we cannot read its spec, so we take it at its word.
+        return StackSpec(name=f"url:{url.split('://', 1)[1]}", supports=FEATURES, url=url)
+    path = Path(arg)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise HarnessError(f"--stack {arg}: no such spec file")
+        return load_spec(path)
+    names = registered()
+    if arg not in names:
+        raise HarnessError(f"--stack {arg}: unknown stack; registered: {', '.join(sorted(names)) or 'none'}; or give a spec path or url=...")
+    return load_spec(names[arg])

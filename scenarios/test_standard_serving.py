@@ -1,0 +1,51 @@
+"""Setting A: standard serving. Accuracy against the transformers reference, then a Poisson sweep."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.errors import StackError
+from harness.generation import Prompt
+from harness.prompts import draw, load_pool, spread
+
+POOL = Path(__file__).parent / "data" / "instructions.jsonl"
+pytestmark = pytest.mark.setting("A")
+
+
+def accuracy_prompts(cfg: dict) -> list[Prompt]:
+    """Every other prompt goes through the chat template; lengths spread over the configured range."""
+    items = draw(load_pool(POOL), cfg["prompts"], cfg["seed"])
+    lengths = spread(len(items), *cfg["max_tokens"])
+    return [Prompt(id=item["id"], text=item["text"] if i % 2 == 0 else item["text"] + "\n",
+                   chat=i % 2 == 0, max_tokens=n)
+            for i, (item, n) in enumerate(zip(items, lengths))]
+
+
+def load_payloads(load: dict, count: int, seed: int) -> list[dict]:
+    """Completions requests over the pool, each the instruction as a raw prompt, fixed output length."""
+    return [{"model": "default", "prompt": item["text"] + "\n", "max_tokens": load["output_len"],
+             "temperature": 0, "ignore_eos": load["ignore_eos"]}
+            for item in draw(load_pool(POOL), count, seed)]
+
+
+def test_accuracy(live_bench, profile):
+    verdict = live_bench.accuracy(accuracy_prompts(profile["accuracy"]), profile["request_timeout_s"],
+                                  top_k=profile["accuracy"]["top_logprobs"])
+    failures = "\n".join(f"  {p.prompt_id}: {p.reason}" for p in verdict.prompts if not p.ok)
+    assert verdict.ok, f"{verdict.summary}\n{failures}"
+
+
+def test_performance(live_bench, profile, load_point, repeat):
+    load = profile["load"]
+    n = load["num_prompts"] or round(load["duration_s"] * load_point.request_rate)
+    point = load_point.__class__(**{**load_point.__dict__, "num_prompts": n})
+    payloads = load_payloads(load, point.warmup + n, point.seed)
+    try:
+        row = live_bench.measure(load["endpoint"], payloads, point, profile["request_timeout_s"], repeat=repeat)
+    except StackError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    m = row.metrics
+    assert m["completed"] == n, f"{m['failed']} of {n} requests failed: {row.error}"
+    if load["ignore_eos"]:
+        assert m["total_output_tokens"] == n * load["output_len"], "the stack did not honour max_tokens/ignore_eos"

@@ -1,0 +1,382 @@
+"""Test-double stack with known timings, for checking the harness's TTFT/TPOT/ITL.
+
+The output is the deterministic token stream " tok0 tok1 tok2 ...". Measured from the request's
+arrival, the first chunk (one token) is sent at ttft_ms; token k (k >= 1) is produced at
+ttft_ms + k * token_ms, and tokens are emitted in chunks of tokens_per_chunk, each chunk sent when
+its last token is produced. Deadlines are absolute (arrival + offset) so no drift builds up.
+
+    python tests/stacks/delay_server.py --port P [--ttft-ms 200] [--token-ms 20]
+        [--tokens-per-chunk 3] [--crash-after N] [--die-after-s S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+DEFAULT_MAX_TOKENS = 16
+CHOSEN_LOGPROB = -0.1
+CRASH_EXIT_CODE = 3
+PROCESS_START = time.monotonic()
+
+
+@dataclass(frozen=True)
+class Timing:
+    ttft_ms: float
+    token_ms: float
+    tokens_per_chunk: int
+
+
+@dataclass(frozen=True)
+class Chunk:
+    offset_s: float  # send time, relative to the request's arrival
+    start: int  # first token index
+    end: int  # one past the last token index
+
+    @property
+    def tokens(self) -> list[str]:
+        return [f" tok{k}" for k in range(self.start, self.end)]
+
+
+def chunk_schedule(n_tokens: int, timing: Timing) -> list[Chunk]:
+    if n_tokens <= 0:
+        return []
+    chunks = [Chunk(timing.ttft_ms / 1000, 0, 1)]
+    start = 1
+    while start < n_tokens:
+        end = min(start + timing.tokens_per_chunk, n_tokens)
+        offset_ms = timing.ttft_ms + (end - 1) * timing.token_ms
+        chunks.append(Chunk(offset_ms / 1000, start, end))
+        start = end
+    return chunks
+
+
+class State:
+    def __init__(self, timing: Timing, crash_after: int | None):
+        self.timing = timing
+        self.crash_after = crash_after
+        self.forward_passes = 0
+        self.requests_total = 0
+
+
+@dataclass
+class Job:
+    kind: str  # "completions" | "chat"
+    rid: str
+    created: int
+    model: str
+    n_tokens: int
+    prompt_tokens: int
+    top_k: int | None  # logprob alternatives asked for; None: no logprobs
+    stream: bool
+    include_usage: bool
+    continuous_usage: bool
+    arrival: float  # loop.time() when the request arrived
+    crash: bool
+
+
+# ---------------------------------------------------------------- request parsing
+
+
+def count_prompt_tokens(prompt) -> int:
+    if isinstance(prompt, str):
+        return len(prompt.split())
+    if isinstance(prompt, list):
+        if all(isinstance(x, int) for x in prompt):
+            return len(prompt)
+        return sum(count_prompt_tokens(p) for p in prompt)
+    return 0
+
+
+def message_text(content) -> str:
+    if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}, ...]
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content or ""
+
+
+def chat_prompt_tokens(messages) -> int:
+    return sum(count_prompt_tokens(message_text(m.get("content"))) for m in messages or [])
+
+
+def requested_tokens(body: dict) -> int:
+    for key in ("max_completion_tokens", "max_tokens"):
+        if body.get(key) is not None:
+            return int(body[key])
+    return DEFAULT_MAX_TOKENS
+
+
+def requested_top_k(kind: str, body: dict) -> int | None:
+    if kind == "chat":
+        if not body.get("logprobs"):
+            return None
+        return int(body.get("top_logprobs") or 0)
+    logprobs = body.get("logprobs")
+    return None if logprobs is None else int(logprobs)
+
+
+def parse_job(kind: str, body: dict, state: State, arrival: float) -> Job:
+    state.requests_total += 1
+    options = body.get("stream_options") or {}
+    if kind == "chat":
+        prompt_tokens = chat_prompt_tokens(body.get("messages"))
+    else:
+        prompt_tokens = count_prompt_tokens(body.get("prompt", ""))
+    return Job(
+        kind=kind,
+        rid=f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:16]}",
+        created=int(time.time()),
+        model=body.get("model") or "delay",
+        n_tokens=requested_tokens(body),
+        prompt_tokens=prompt_tokens,
+        top_k=requested_top_k(kind, body),
+        stream=bool(body.get("stream")),
+        include_usage=bool(options.get("include_usage")),
+        continuous_usage=bool(options.get("continuous_usage_stats")),
+        arrival=arrival,
+        crash=state.crash_after is not None and state.requests_total == state.crash_after,
+    )
+
+
+# ---------------------------------------------------------------- response building
+
+
+def top_entries(token: str, k: int) -> list[tuple[str, float]]:
+    alternatives = [(f" alt{i}", -2.0 - 0.5 * i) for i in range(1, k)]
+    return [(token, CHOSEN_LOGPROB)] + alternatives if k > 0 else []
+
+
+def completion_logprobs(tokens: list[str], k: int, text_offset: int) -> dict:
+    offsets = []
+    for token in tokens:
+        offsets.append(text_offset)
+        text_offset += len(token)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [CHOSEN_LOGPROB] * len(tokens),
+        # OpenAI's legacy shape: one {token: logprob} dict per position
+        "top_logprobs": [dict(top_entries(t, max(k, 1))) for t in tokens],
+        "text_offset": offsets,
+    }
+
+
+def chat_logprob_entry(token: str, logprob: float) -> dict:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+
+def chat_logprobs(tokens: list[str], k: int) -> dict:
+    content = []
+    for token in tokens:
+        entry = chat_logprob_entry(token, CHOSEN_LOGPROB)
+        entry["top_logprobs"] = [chat_logprob_entry(t, lp) for t, lp in top_entries(token, k)]
+        content.append(entry)
+    return {"content": content}
+
+
+def logprobs_for(job: Job, tokens: list[str], start: int) -> dict | None:
+    if job.top_k is None:
+        return None
+    if job.kind == "chat":
+        return chat_logprobs(tokens, job.top_k)
+    text_offset = sum(len(f" tok{k}") for k in range(start))
+    return completion_logprobs(tokens, job.top_k, text_offset)
+
+
+def usage(job: Job, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": job.prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": job.prompt_tokens + completion_tokens,
+    }
+
+
+def envelope(job: Job, choices: list, usage_: dict | None = None, final: bool = False) -> dict:
+    if job.kind == "chat":
+        obj = "chat.completion" if final else "chat.completion.chunk"
+    else:
+        obj = "text_completion"
+    out = {"id": job.rid, "object": obj, "created": job.created, "model": job.model, "choices": choices}
+    if usage_ is not None:
+        out["usage"] = usage_
+    return out
+
+
+def stream_choice(job: Job, chunk: Chunk, finish: str | None) -> dict:
+    text = "".join(chunk.tokens)
+    choice = {"index": 0}
+    if job.kind == "chat":
+        choice["delta"] = {"content": text}
+    else:
+        choice["text"] = text
+    choice["logprobs"] = logprobs_for(job, chunk.tokens, chunk.start)
+    choice["finish_reason"] = finish
+    return choice
+
+
+def full_choice(job: Job) -> dict:
+    tokens = [f" tok{k}" for k in range(job.n_tokens)]
+    choice = {"index": 0}
+    if job.kind == "chat":
+        choice["message"] = {"role": "assistant", "content": "".join(tokens)}
+    else:
+        choice["text"] = "".join(tokens)
+    choice["logprobs"] = logprobs_for(job, tokens, 0)
+    choice["finish_reason"] = "length"
+    return choice
+
+
+def sse(payload: dict | str) -> str:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n"
+
+
+# ---------------------------------------------------------------- timing and generation
+
+
+SPIN_S = 0.003
+
+
+async def sleep_until(deadline: float) -> None:
+    """Wake at the deadline to well under a millisecond.
+
+    asyncio.sleep overshoots by up to a millisecond or two (epoll waits in whole milliseconds,
+    rounded up), which would show up as late chunks; so sleep to just short of the deadline and
+    spin the rest, still yielding to the other streams.
+    """
+    loop = asyncio.get_running_loop()
+    delay = deadline - loop.time() - SPIN_S
+    if delay > 0:
+        await asyncio.sleep(delay)
+    while loop.time() < deadline:
+        await asyncio.sleep(0)
+
+
+def die(reason: str) -> None:
+    print(f"delay_server: {reason}", file=sys.stderr, flush=True)
+    os._exit(CRASH_EXIT_CODE)
+
+
+async def stream_events(job: Job, state: State):
+    if job.kind == "chat":
+        role = {"index": 0, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}
+        yield sse(envelope(job, [role]))
+    schedule = chunk_schedule(job.n_tokens, state.timing)
+    for i, chunk in enumerate(schedule):
+        await sleep_until(job.arrival + chunk.offset_s)
+        state.forward_passes += chunk.end - chunk.start
+        finish = "length" if i == len(schedule) - 1 else None
+        running = usage(job, chunk.end) if job.continuous_usage else None
+        yield sse(envelope(job, [stream_choice(job, chunk, finish)], running))
+        if job.crash:
+            # The generator resumes only after the first chunk went out, so the client has it.
+            await asyncio.sleep(state.timing.token_ms / 2000)
+            die("crashing on purpose")
+    if job.include_usage:
+        yield sse(envelope(job, [], usage(job, job.n_tokens)))
+    yield sse("[DONE]")
+
+
+async def complete(job: Job, state: State) -> dict:
+    schedule = chunk_schedule(job.n_tokens, state.timing)
+    if job.crash:
+        await sleep_until(job.arrival + schedule[0].offset_s)
+        die("crashing on purpose")
+    await sleep_until(job.arrival + schedule[-1].offset_s)
+    state.forward_passes += job.n_tokens
+    return envelope(job, [full_choice(job)], usage(job, job.n_tokens), final=True)
+
+
+async def handle(kind: str, request: Request, state: State):
+    arrival = asyncio.get_running_loop().time()
+    try:
+        body = await request.json()
+    except ValueError:
+        return JSONResponse({"error": {"message": "body is not JSON"}}, status_code=400)
+    job = parse_job(kind, body, state, arrival)
+    if job.n_tokens < 1:
+        return JSONResponse({"error": {"message": "max_tokens must be >= 1"}}, status_code=400)
+    if job.stream:
+        return StreamingResponse(stream_events(job, state), media_type="text/event-stream")
+    return JSONResponse(await complete(job, state))
+
+
+def build_app(state: State) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def metrics():
+        return {"forward_passes": state.forward_passes, "requests_total": state.requests_total}
+
+    @app.post("/reset_prefix_cache")
+    async def reset_prefix_cache():
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": "delay", "object": "model", "owned_by": "tests"}]}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await handle("completions", request, state)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await handle("chat", request, state)
+
+    return app
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--ttft-ms", type=float, default=200.0)
+    p.add_argument("--token-ms", type=float, default=20.0)
+    p.add_argument("--tokens-per-chunk", type=int, default=3)
+    p.add_argument("--crash-after", type=int, default=None, help="crash mid-stream on the N-th request")
+    p.add_argument("--die-after-s", type=float, default=None, help="exit hard S seconds after start")
+    args = p.parse_args(argv)
+    if args.tokens_per_chunk < 1:
+        p.error("--tokens-per-chunk must be >= 1")
+    return args
+
+
+async def serve(args: argparse.Namespace) -> None:
+    timing = Timing(args.ttft_ms, args.token_ms, args.tokens_per_chunk)
+    app = build_app(State(timing, args.crash_after))
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", loop="asyncio", workers=1)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            return await task  # startup failed; uvicorn has logged why
+        await asyncio.sleep(0.01)
+    if args.die_after_s is not None:
+        remaining = args.die_after_s - (time.monotonic() - PROCESS_START)
+        asyncio.get_running_loop().call_later(max(remaining, 0), die, "dying on purpose")
+    print(f"delay_server ready on port {args.port}", file=sys.stderr, flush=True)
+    await task
+
+
+def main(argv: list[str] | None = None) -> None:
+    asyncio.run(serve(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""The leaderboard from synthetic rows: which rows it reads, ratios, verdicts, plots, determinism."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.leaderboard import metric_label, write_leaderboard
+from harness.row import ResultRow
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+SCENARIO_A = """\
+setting: A
+name: standard_serving
+title: "A: standard serving"
+needs: [completions]
+leaderboard:
+  primary: output_throughput
+  direction: higher
+  columns: [output_throughput, median_ttft_ms, p99_ttft_ms]
+  load_point: last
+profiles:
+  tiny: {model: m}
+  paper: {model: m}
+"""
+
+SCENARIO_D = """\
+setting: D
+name: streaming_asr
+title: "D: streaming speech recognition"
+needs: [audio_stream]
+leaderboard:
+  primary: median_ttft_ms
+  direction: lower
+  columns: [median_ttft_ms, p99_ttft_ms]
+  load_point: last
+profiles:
+  tiny: {model: m}
+  paper: {model: m}
+"""
+
+MACHINE = {"cpu": "Test CPU 9000", "cores": 8, "loadavg_before": [0.1, 0.2, 0.3], "loadavg_after": [1.0, 1.1, 1.2], "gpu": None}
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    scenarios = tmp_path / "scenarios"
+    scenarios.mkdir()
+    (scenarios / "standard_serving.yaml").write_text(SCENARIO_A)
+    (scenarios / "streaming_asr.yaml").write_text(SCENARIO_D)
+    return tmp_path / "results", scenarios
+
+
+def perf(results: Path, stack: str, run_id: str, rate: float, metrics: dict, *, setting: str = "A",
+         repeat: int = 0, status: str = "ok", error: str | None = None, started_at: str = "2026-01-01T00:00:00Z") -> None:
+    ResultRow(
+        run_id=run_id, stack=stack, setting=setting, scenario="s", profile="tiny", kind="performance",
+        status=status, load_point={"label": f"rate={rate}", "request_rate": rate}, repeat=repeat,
+        metrics=metrics, error=error, machine=MACHINE, commit={"sha": "abcdef1234567890", "dirty": False},
+        started_at=started_at,
+    ).write(results)
+
+
+def accuracy(results: Path, stack: str, run_id: str, status: str, info: dict | None, error: str | None = None,
+             started_at: str = "2026-01-01T00:00:00Z") -> None:
+    ResultRow(
+        run_id=run_id, stack=stack, setting="A", scenario="s", profile="tiny", kind="accuracy",
+        status=status, accuracy=info, error=error, machine=MACHINE, started_at=started_at,
+    ).write(results)
+
+
+def table_row(md: str, stack: str, heading: str = "## A:") -> list[str]:
+    """The cells of stack's row in the first table under a heading starting with `heading`."""
+    section = md[md.index(heading):]
+    section = section[: section.find("\n## ", 1)] if "\n## " in section[1:] else section
+    for line in section.splitlines():
+        if line.startswith(f"| `{stack}` |"):
+            return [c.strip() for c in line.strip("|").split(" | ")]
+    raise AssertionError(f"no row for {stack} in:\n{section}")
+
+
+def header(md: str, heading: str = "## A:") -> list[str]:
+    section = md[md.index(heading):]
+    line = next(l for l in section.splitlines() if l.startswith("| stack"))
+    return [c.strip() for c in line.strip("|").split(" | ")]
+
+
+def cell(md: str, stack: str, column: str, heading: str = "## A:") -> str:
+    return table_row(md, stack, heading)[header(md, heading).index(column)]
+
+
+def test_higher_is_better_ratio(dirs):
+    results, scenarios = dirs
+    perf(results, "vllm", "run1", 1.0, {"output_throughput": 100.0, "median_ttft_ms": 50.0})
+    perf(results, "mine", "run1", 1.0, {"output_throughput": 150.0, "median_ttft_ms": 40.0})
+    md = write_leaderboard(results, scenarios).read_text()
+    assert cell(md, "mine", "vs vllm") == "1.50×"
+    assert cell(md, "vllm", "vs vllm") == "1.00×"
+    assert cell(md, "mine", "output tok/s ↑") == "150.0"
+    assert cell(md, "mine", "TTFT p50 (ms)") == "40.00"
+    assert cell(md, "mine", "TTFT p99 (ms)") == "—"  # missing key
+    # ranked: best first
+    assert md.index("| `mine` |") < md.index("| `vllm` |")
+
+
+def test_lower_is_better_ratio(dirs):
+    results, scenarios = dirs
+    perf(results, "vllm", "run1", 1.0, {"median_ttft_ms": 200.0}, setting="D")
+    perf(results, "mine", "run1", 1.0, {"median_ttft_ms": 100.0}, setting="D")
+    md = write_leaderboard(results, scenarios).read_text()
+    heading = "## D:"
+    assert cell(md, "mine", "vs vllm", heading) == "2.00×"
+    assert cell(md, "vllm", "vs vllm", heading) == "1.00×"
+    assert md.index("| `mine` |") < md.index("| `vllm` |")
+
+
+def test_extra_baseline_argument(dirs):
+    results, scenarios = dirs
+    perf(results, "old-mine", "run1", 1.0, {"output_throughput": 80.0})
+    perf(results, "mine", "run1", 1.0, {"output_throughput": 120.0})
+    md = write_leaderboard(results, scenarios, baselines={"old-mine"}).read_text()
+    assert cell(md, "mine", "vs old-mine") == "1.50×"
+    md = write_leaderboard(results, scenarios).read_text()
+    assert "vs old-mine" not in md
+
+
+def test_ratio_never_across_runs(dirs):
+    results, scenarios = dirs
+    perf(results, "vllm", "run1", 1.0, {"output_throughput": 100.0}, started_at="2026-01-01T00:00:00Z")
+    perf(results, "mine", "run2", 1.0, {"output_throughput": 150.0}, started_at="2026-01-02T00:00:00Z")
+    md = write_leaderboard(results, scenarios).read_text()
+    assert cell(md, "mine", "vs vllm") == "—"
+    assert cell(md, "vllm", "vs vllm") == "1.00×"
+    assert "Run `run1` (`vllm`)" in md and "Run `run2` (`mine`)" in md
+
+
+def test_ratio_uses_baseline_from_the_stacks_own_run(dirs):
+    """vllm's latest run is run2, but mine ran beside vllm in run1: compare there."""
+    results, scenarios = dirs
+    perf(results, "vllm", "run1", 1.0, {"output_throughput": 100.0}, started_at="2026-01-01T00:00:00Z")
+    perf(results, "mine", "run1", 1.0, {"output_throughput": 300.0}, started_at="2026-01-01T00:00:00Z")
+    perf(results, "vllm", "run2", 1.0, {"output_throughput": 200.0}, started_at="2026-01-02T00:00:00Z")
+    md = write_leaderboard(results, scenarios).read_text()
+    assert cell(md, "mine", "vs vllm") == "3.00×"
+    assert cell(md, "vllm", "output tok/s ↑") == "200.0"
+
+
+def test_latest_run_per_stack(dirs):
+    results, scenarios = dirs
+    # run ids sort the other way round from time, so ordering must follow started_at
+    perf(results, "mine", "zzz-old", 1.0, {"output_throughput": 10.0}, started_at="2026-01-01T00:00:00Z")
+    perf(results, "mine", "aaa-new", 1.0, {"output_throughput": 20.0}, started_at="2026-03-01T00:00:00Z")
+    md = write_leaderboard(results, scenarios).read_text()
+    assert cell(md, "mine", "output tok/s ↑") == "20.00"
+    assert "aaa-new" in md and "zzz-old" not in md
+    assert md.count("| `mine` |") == 1
+
+
+def test_median_over_repeats(dirs):
+    results, scenarios = dirs
+    for repeat, value in enumerate([10.0, 30.0, 20.0]):
+        perf(results, "mine", "run1", 1.0, {"output_throughput": value, "median_ttft_ms": value * 2}, repeat=repeat)
+    md = write_leaderboard(results, scenarios).read_text()
+    assert cell(md, "mine", "output tok/s ↑") == "20.00"
+    assert cell(md, "mine", "TTFT p50 (ms)") == "40.00"
+
+
+def test_last_load_point_is_highest_rate(dirs):
+    results, scenarios = dirs
+    # written so that neither file order nor label order gives the answer
+    perf(results, "mine", "run1", 4.0, {"output_throughput": 400.0}, started_at="2026-01-01T00:00:00Z")
+    perf(results, "mine", "run1", 16.0, {"output_throughput": 1600.0}, started_at="2026-01-01T00:01:00Z")
+    perf(results, "mine", "run1", 8.0, {"output_throughput": 800.0}, started_at="2026-01-01T00:02:00Z")
+    md = write_leaderboard(results, scenarios).read_text()
+    assert cell(md, "mine", "output tok/s ↑") == "1,600.0"
+    assert cell(md, "mine", "load point") == "rate=16.0"
+
+
+def test_failed_higher_load_point_is_noted(dirs):
+    results, scenarios = dirs
+    perf(results, "mine", "run1", 1.0, {"output_throughput": 50.0})
+    perf(results, "mine", "run1", 2.0, {}, status="crashed", error="boom")
+    md = write_leaderboard(results, scenarios).read_text()
+    assert cell(md, "mine", "load point") == "rate=1.0 (rate=2.0 crashed)"
+    assert cell(md, "mine", "output tok/s ↑") == "50.00"
+
+
+def test_accuracy_verdicts(dirs):
+    results, scenarios = dirs
+    long = "token 17 differs outside top-5: " + "x" * 100
+    accuracy(results, "good", "run1", "ok", {"verdict": "pass", "summary": "16/16 match"})
+    accuracy(results, "bad", "run1", "failed", {"verdict": "fail", "summary": long})
+    accuracy(results, "na", "run1", "not_applicable", None, error="stack lacks logprobs")
+    perf(results, "none", "run1", 1.0, {"output_throughput": 1.0})
+    md = write_leaderboard(results, scenarios).read_text()
+    assert cell(md, "good", "accuracy") == "pass"
+    bad = cell(md, "bad", "accuracy")
+    assert bad.startswith("FAIL: token 17 differs") and len(bad) <= len("FAIL: ") + 60
+    assert cell(md, "na", "accuracy") == "not applicable: stack lacks logprobs"
+    assert cell(md, "none", "accuracy") == "—"
+    # an accuracy-only stack has no numbers
+    assert cell(md, "good", "output tok/s ↑") == "—"
+
+
+def test_crashed_and_not_applicable_stacks(dirs):
+    results, scenarios = dirs
+    perf(results, "vllm", "run1", 1.0, {"output_throughput": 100.0})
+    perf(results, "broken", "run1", 1.0, {}, status="crashed", error="Segmentation fault | core dumped")
+    perf(results, "nope", "run1", 1.0, {}, status="not_applicable", error="does not support logprobs")
+    md = write_leaderboard(results, scenarios).read_text()
+    row = table_row(md, "broken")
+    assert "**crashed: Segmentation fault \\| core dumped**" in row
+    assert cell(md, "broken", "vs vllm") == "—"
+    assert "**not applicable: does not support logprobs**" in table_row(md, "nope")
+    # failing stacks rank after the ones with numbers
+    assert md.index("| `vllm` |") < md.index("| `broken` |")
+
+
+def test_plot_is_a_png_and_linked(dirs):
+    results, scenarios = dirs
+    for rate, value in [(0.25, 20.0), (0.5, 40.0), (1.0, 70.0)]:
+        perf(results, "vllm", "run1", rate, {"output_throughput": value, "median_ttft_ms": 30.0})
+        perf(results, "mine", "run1", rate, {"output_throughput": value * 1.2, "median_ttft_ms": 25.0})
+    md = write_leaderboard(results, scenarios).read_text()
+    png = results / "plots" / "A-tiny.png"
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    assert "[plots/A-tiny.png](plots/A-tiny.png)" in md
+
+
+def test_unknown_setting_and_sections_order(dirs):
+    results, scenarios = dirs
+    perf(results, "mine", "run1", 1.0, {"output_throughput": 1.0}, setting="Z")
+    perf(results, "mine", "run1", 1.0, {"median_ttft_ms": 1.0}, setting="D")
+    perf(results, "mine", "run1", 1.0, {"output_throughput": 1.0}, setting="A")
+    md = write_leaderboard(results, scenarios).read_text()
+    assert md.index("## A: standard serving") < md.index("## D: streaming") < md.index("## Z — profile")
+    assert (results / "plots" / "Z-tiny.png").exists()
+
+
+def test_machine_and_commit_line(dirs):
+    results, scenarios = dirs
+    perf(results, "mine", "run1", 1.0, {"output_throughput": 1.0})
+    md = write_leaderboard(results, scenarios).read_text()
+    assert "Test CPU 9000 (8 cores)" in md
+    assert "load average 0.10 0.20 0.30 → 1.00 1.10 1.20" in md
+    assert "`abcdef123456`" in md
+
+
+def test_no_rows(dirs):
+    results, scenarios = dirs
+    path = write_leaderboard(results, scenarios)
+    assert path == results / "LEADERBOARD.md"
+    assert "No result rows yet" in path.read_text()
+
+
+def test_byte_identical_rerun(dirs):
+    results, scenarios = dirs
+    for repeat in range(2):
+        perf(results, "vllm", "run1", 0.5, {"output_throughput": 40.0 + repeat, "median_ttft_ms": 30.0}, repeat=repeat)
+        perf(results, "mine", "run1", 0.5, {"output_throughput": 50.0 + repeat, "median_ttft_ms": 20.0}, repeat=repeat)
+    accuracy(results, "mine", "run1", "ok", {"verdict": "pass"})
+    path = write_leaderboard(results, scenarios)
+    first_md, first_png = path.read_bytes(), (results / "plots" / "A-tiny.png").read_bytes()
+    write_leaderboard(results, scenarios)
+    assert path.read_bytes() == first_md
+    assert (results / "plots" / "A-tiny.png").read_bytes() == first_png
+    assert not [p for p in results.rglob(".*.tmp")]
+
+
+@pytest.mark.parametrize(
+    "key,label",
+    [("output_throughput", "output tok/s"), ("median_ttft_ms", "TTFT p50 (ms)"),
+     ("p99_tpot_ms", "TPOT p99 (ms)"), ("mean_e2el_ms", "E2E latency mean (ms)"), ("weird_key", "weird_key")],
+)
+def test_metric_labels(key, label):
+    assert metric_label(key) == label

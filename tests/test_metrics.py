@@ -1,0 +1,59 @@
+"""Metric formulas on hand-made records with known answers."""
+import numpy as np
+import pytest
+
+from harness.arrivals import arrival_offsets
+from harness.metrics import itls, summarize, tpot
+from harness.records import RequestRecord
+
+
+def rec(i, sent, times, tokens, usage=None, error=None):
+    return RequestRecord(index=i, sent_at=sent, chunk_times=times, chunk_tokens=tokens,
+                         completion_tokens=usage, error=error, prompt_tokens=10)
+
+
+def test_tpot_uses_usage_count_and_excludes_first_token():
+    r = rec(0, 0.0, [0.2, 0.26, 0.32], [1, 3, 3], usage=7)
+    assert r.ttft == pytest.approx(0.2)
+    assert tpot(r) == pytest.approx(0.12 / 6)
+
+
+def test_itl_spreads_each_gap_over_the_chunk_tokens():
+    r = rec(0, 0.0, [0.2, 0.26, 0.30], [1, 3, 2])
+    assert itls(r) == pytest.approx([0.02, 0.02, 0.02, 0.02, 0.02])
+
+
+def test_token_count_source_is_reported():
+    assert rec(0, 0, [0.1], [1], usage=1).token_count_source == "usage"
+    r = rec(0, 0, [0.1, 0.2], [1, 1])
+    assert r.output_tokens == 2 and r.token_count_source == "one_per_chunk"
+
+
+def test_summary_throughput_over_the_window_and_failures():
+    records = [rec(0, 0.0, [0.5, 1.0], [1, 1], usage=2), rec(1, 1.0, [0.5, 2.0], [1, 3], usage=4),
+               rec(2, 1.5, [], [], error="HTTP 500: boom")]
+    m = summarize(records, slos_ms={"ttft": 600})
+    assert m["completed"] == 2 and m["failed"] == 1
+    assert m["duration"] == pytest.approx(3.0)  # first send 0.0 -> last token 1.0 + 2.0
+    assert m["output_throughput"] == pytest.approx(6 / 3.0)
+    assert m["median_ttft_ms"] == pytest.approx(500)
+    assert m["request_goodput"] == pytest.approx(2 / 3.0)
+    assert m["errors"] == {"HTTP 500: boom": 1}
+    assert m["token_count_source"] == "usage"
+
+
+def test_no_completed_request_gives_none_not_zero():
+    m = summarize([rec(0, 0.0, [], [], error="x")])
+    assert m["median_ttft_ms"] is None and m["output_throughput"] is None
+
+
+def test_arrivals_are_rescaled_to_n_over_rate_and_poisson_shaped():
+    off = arrival_offsets(2000, rate=4.0, burstiness=1.0, seed=3)
+    assert off[-1] == pytest.approx(500.0)
+    gaps = np.diff(off)
+    assert np.all(gaps >= 0)
+    assert np.std(gaps) / np.mean(gaps) == pytest.approx(1.0, abs=0.1)  # exponential: CV = 1
+    smooth = np.diff(arrival_offsets(2000, rate=4.0, burstiness=8.0, seed=3))
+    assert np.std(smooth) / np.mean(smooth) < 0.5
+    assert np.array_equal(arrival_offsets(5, None), np.zeros(5))
+    assert np.array_equal(off, arrival_offsets(2000, rate=4.0, burstiness=1.0, seed=3))

@@ -1,0 +1,94 @@
+"""Against a stack with known delays, the reported TTFT/TPOT/ITL are right to 2 ms and counts are exact.
+
+The delay stack (tests/stacks/delay_server.py) sends the first token at 200 ms, then produces a
+token every 20 ms but emits them three per chunk, so chunks and tokens differ on purpose.
+"""
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from harness.bench import Bench
+from harness.errors import StackError
+from harness.launcher import launch
+from harness.loadgen import LoadPoint, run_load_point
+from harness.metrics import summarize
+from harness.row import read_rows
+from harness.scenario import load_scenario
+from harness.stack import load_spec
+
+STACKS = Path(__file__).parent / "stacks"
+SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "standard_serving.yaml"
+TOLERANCE_MS = 2.0
+
+
+@pytest.fixture(scope="module")
+def delay_stack(tmp_path_factory):
+    with launch(load_spec(STACKS / "delay.yaml"), "unused", tmp_path_factory.mktemp("logs")) as stack:
+        yield stack
+
+
+def payloads(n, max_tokens=16):
+    return [{"model": "m", "prompt": f"request {i}", "max_tokens": max_tokens, "temperature": 0} for i in range(n)]
+
+
+@pytest.mark.parametrize("point", [LoadPoint(num_prompts=6, concurrency=1, warmup=1),
+                                   LoadPoint(num_prompts=16, request_rate=4.0, warmup=1, seed=5)],
+                         ids=["closed-loop-1", "poisson-4rps"])
+def test_known_delays_are_measured_within_2ms(delay_stack, point):
+    # Noise from other processes on a shared machine only ever adds delay, so of three runs the
+    # one with the smallest median TTFT is the calibration reading.
+    runs = []
+    for _ in range(3):
+        result = asyncio.run(run_load_point(delay_stack.base_url, "completions", payloads(point.num_prompts + 1),
+                                            point, request_timeout_s=30))
+        runs.append((summarize(result.records), result))
+    m, result = min(runs, key=lambda run: run[0]["median_ttft_ms"])
+    assert m["completed"] == point.num_prompts and m["failed"] == 0
+    assert m["total_output_tokens"] == 16 * point.num_prompts and m["token_count_source"] == "usage"
+    assert abs(m["median_ttft_ms"] - 200) < TOLERANCE_MS, m["median_ttft_ms"]
+    assert abs(m["median_tpot_ms"] - 20) < TOLERANCE_MS, m["median_tpot_ms"]
+    assert abs(m["median_itl_ms"] - 20) < TOLERANCE_MS, m["median_itl_ms"]
+    # 1 token, then five chunks of 3: the chunk structure was seen, not assumed.
+    assert all(r.chunk_tokens == [1, 3, 3, 3, 3, 3] for r in result.records)
+    assert len(result.warmup_records) == 1 and result.warmup_records[0].ok
+
+
+def test_chat_role_chunk_is_not_a_token(delay_stack):
+    chat = [{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 7}] * 3
+    result = asyncio.run(run_load_point(delay_stack.base_url, "chat", chat, LoadPoint(num_prompts=3, concurrency=1),
+                                        request_timeout_s=30))
+    m = summarize(result.records)
+    # Had the role-only chunk counted, TTFT would be about 1 ms.
+    assert m["median_ttft_ms"] > 190 and m["total_output_tokens"] == 21
+
+
+def test_bad_request_is_recorded_as_an_error_not_a_hang(delay_stack):
+    bad = [{"model": "m", "prompt": "x", "max_tokens": 4, "n": "many"}]
+    result = asyncio.run(run_load_point(delay_stack.base_url + "/nowhere", "completions", bad,
+                                        LoadPoint(num_prompts=1, concurrency=1), request_timeout_s=10))
+    assert result.records[0].error.startswith("HTTP 404")
+
+
+def test_stack_dying_mid_run_keeps_rows_and_reports_its_log(tmp_path):
+    spec = load_spec(STACKS / "delay.yaml")
+    spec = spec.__class__(**{**spec.__dict__, "name": "delay-crash",
+                             "command": spec.command + ("--crash-after", "5")})
+    scenario = load_scenario(SCENARIO)
+    stack = launch(spec, "unused", tmp_path / "logs")
+    bench = Bench(run_id="run-crash", results_dir=tmp_path, scenario=scenario, profile="tiny", spec=spec, stack=stack)
+    try:
+        ok_row = bench.measure("completions", payloads(3), LoadPoint(num_prompts=3, concurrency=1), 30)
+        assert ok_row.status == "ok"
+        with pytest.raises(StackError, match="exited with code 3") as info:
+            bench.measure("completions", payloads(10), LoadPoint(num_prompts=10, concurrency=1), 30, repeat=1)
+        assert "crashing on purpose" in str(info.value)
+    finally:
+        stack.stop()
+    rows = {r.load_point["num_prompts"]: r for r in read_rows(tmp_path)}
+    assert rows[3].status == "ok" and rows[3].metrics["completed"] == 3
+    crashed = rows[10]
+    assert crashed.status == "crashed" and "crashing on purpose" in crashed.error
+    assert 0 < crashed.metrics["completed"] < 10  # what was measured before the crash is kept
+    records = (tmp_path / "runs" / "run-crash" / "A-tiny" / "delay-crash" / crashed.records_file).read_text()
+    assert records.count("\n") == 10
