@@ -72,7 +72,17 @@ def _structure_problem(got: Generation) -> str | None:
     return None
 
 
+def _without_trailing_eos(got: Generation, eos: set[str]) -> Generation:
+    """Some engines (vLLM) list the final end-of-sequence token among the output tokens and count it
+    in usage; the reference does not. Keep its step's alternatives, drop the token itself."""
+    if got.finish_reason != "stop" or not got.tokens or got.tokens[-1] not in eos:
+        return got
+    usage = got.usage_tokens - 1 if got.usage_tokens is not None else None
+    return Generation(tokens=got.tokens[:-1], top=got.top, finish_reason="stop", text=got.text, usage_tokens=usage)
+
+
 def compare(prompt_id: str, ref: Generation, got: Generation, eos: set[str]) -> PromptVerdict:
+    got = _without_trailing_eos(got, eos)
     problem = _structure_problem(got)
     if problem:
         return PromptVerdict(prompt_id, False, 0, 0, problem)

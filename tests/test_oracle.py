@@ -81,3 +81,9 @@ def test_verdict_needs_every_prompt_and_at_least_one():
     assert judge(["a", "b"], [ref_gen()] * 2, [good, good], EOS).ok
     assert not judge(["a", "b"], [ref_gen()] * 2, [good, bad], EOS).ok
     assert not judge([], [], [], EOS).ok
+
+
+def test_a_listed_final_eos_token_is_the_same_as_stopping():
+    tokens = ref_gen().tokens + ["<|im_end|>"]
+    top = [{t: -0.1} for t in tokens]
+    assert compare("p", ref_gen(), stack_gen(tokens, top=top), EOS).ok

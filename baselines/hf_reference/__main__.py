@@ -1,0 +1,59 @@
+"""python -m baselines.hf_reference --model DIR --port P [--host H] [--dtype D] [--device D] [--threads N]
+[--served-model-name NAME]: an OpenAI-compatible server over plain transformers generate."""
+
+from __future__ import annotations
+
+import os
+
+# Before transformers is imported: this server never talks to a model hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m baselines.hf_reference", description=__doc__)
+    parser.add_argument("--model", required=True, type=Path, help="a local transformers model folder")
+    parser.add_argument("--port", required=True, type=int)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                        help="auto: the dtype in the model's config")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:N")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
+    parser.add_argument("--served-model-name", default=None, help="default: the model folder's name")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not (args.model / "config.json").is_file():
+        sys.exit(f"hf-reference: {args.model} is not a model folder (no config.json)")
+
+    import torch
+    import uvicorn
+
+    from .generator import Generator
+    from .loader import load_model
+    from .server import ServerInfo, create_app
+
+    torch.set_num_threads(args.threads)
+    generator = Generator(load_model(args.model, args.dtype, args.device))
+    info = ServerInfo(args.served_model_name or args.model.resolve().name, str(args.model), int(time.time()))
+    logging.getLogger(__name__).info("serving %s on http://%s:%d with %d threads",
+                                     info.served_model_name, args.host, args.port, args.threads)
+    try:
+        uvicorn.run(create_app(generator, info), host=args.host, port=args.port, log_level="info",
+                    access_log=False)
+    finally:
+        generator.shutdown()
+
+
+if __name__ == "__main__":
+    main()

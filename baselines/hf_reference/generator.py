@@ -1,0 +1,322 @@
+"""The generate worker: one `model.generate` at a time on a single thread, FIFO.
+
+Tokens reach the asyncio side one by one: a `BaseStreamer` receives each new token id in
+the worker thread, turns it into a `Delta` (text, logprobs, finish reason) and hands it to
+the request's asyncio queue with `loop.call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from .detokenizer import IncrementalText
+from .loader import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What a request asks of generation, already validated."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+    top_logprobs: int | None = None  # None: no logprobs; k: the chosen token plus the top k
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]  # (token id, logprob), best first
+
+
+@dataclass(frozen=True)
+class Delta:
+    """One step of a request's output. `token_id` is None on a finish-only delta (EOS, cancel)."""
+
+    text: str
+    token_id: int | None
+    logprobs: TokenLogprob | None
+    finish_reason: str | None
+
+
+class GenerationFailed(Exception):
+    """`model.generate` raised inside the worker."""
+
+
+@dataclass
+class Counters:
+    """The `/metrics` counters; updated from both the event loop and the worker thread."""
+
+    forward_passes: int = 0
+    requests_total: int = 0
+    requests_running: int = 0
+    requests_waiting: int = 0
+    prompt_tokens_total: int = 0
+    generation_tokens_total: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **deltas: int) -> None:
+        with self._lock:
+            for name, delta in deltas.items():
+                setattr(self, name, getattr(self, name) + delta)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+@dataclass
+class Job:
+    """A request handed to the worker; the asyncio side reads `queue`."""
+
+    prompt_ids: list[int]
+    sampling: Sampling
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def send(self, item: Delta | GenerationFailed) -> None:
+        """Called from the worker thread."""
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+class LogprobRecorder(LogitsProcessor):
+    """Keeps the log-softmax of the current step's raw scores; leaves the scores unchanged.
+
+    `generate` appends custom processors before the sampling warpers, so these are the
+    model's logprobs before temperature / top-p, as vLLM reports them by default.
+    """
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.current: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.current = torch.log_softmax(scores[0].float(), dim=-1)
+        return scores
+
+    def entry(self, token_id: int) -> TokenLogprob:
+        assert self.current is not None, "a token arrived before its scores"
+        values, ids = torch.topk(self.current, self.k) if self.k else (torch.empty(0), torch.empty(0))
+        top = tuple(zip((int(i) for i in ids), (float(v) for v in values)))
+        return TokenLogprob(token_id, float(self.current[token_id]), top)
+
+
+class StopWhen(StoppingCriteria):
+    """Ends `generate` at the next step once `should_stop()` is true (stop string, cancel)."""
+
+    def __init__(self, should_stop: Callable[[], bool]) -> None:
+        self.should_stop = should_stop
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.should_stop(), dtype=torch.bool)
+
+
+class TokenStreamer(BaseStreamer):
+    """Forwards generated token ids; `generate` first puts the prompt, which is skipped."""
+
+    def __init__(self, on_token: Callable[[int], None]) -> None:
+        self.on_token = on_token
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for token_id in value.reshape(-1).tolist():
+            self.on_token(int(token_id))
+
+    def end(self) -> None:
+        pass
+
+
+class OutputTracker:
+    """Per-request output state in the worker: tokens, text, finish reason."""
+
+    def __init__(self, job: Job, tokenizer, eos_ids: frozenset[int], counters: Counters,
+                 recorder: LogprobRecorder | None) -> None:
+        self.job = job
+        self.sampling = job.sampling
+        self.eos_ids = frozenset() if job.sampling.ignore_eos else eos_ids
+        self.counters = counters
+        self.recorder = recorder
+        self.text = IncrementalText(tokenizer, job.sampling.stop)
+        self.n_tokens = 0
+        self.finish_reason: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def on_token(self, token_id: int) -> None:
+        if self.finished:
+            return  # a step that ran before the stopping criteria saw the stop
+        if token_id in self.eos_ids:
+            self.finish("stop")
+            return
+        logprobs = self.recorder.entry(token_id) if self.recorder else None
+        self.n_tokens += 1
+        self.counters.add(generation_tokens_total=1)
+        text = self.text.add(token_id)
+        if self.text.stopped:
+            self.finish_reason = "stop"
+        elif self.n_tokens >= self.sampling.max_tokens:
+            self.finish_reason = "length"
+        if self.finished:
+            text += self.text.flush()
+        self.job.send(Delta(text, token_id, logprobs, self.finish_reason))
+
+    def finish(self, reason: str) -> None:
+        """End without a new token (EOS, cancel, or generate stopped on its own)."""
+        if not self.finished:
+            self.finish_reason = reason
+            self.job.send(Delta(self.text.flush(), None, None, reason))
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """A whole request's output, for non-streaming responses."""
+
+    text: str
+    finish_reason: str
+    n_tokens: int
+    logprobs: list[TokenLogprob]
+
+
+class Generator:
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.eos_ids = loaded.eos_ids
+        self.pad_id = loaded.pad_id
+        self.max_model_len = loaded.max_model_len
+        self.vocab_size = loaded.vocab_size
+        self.counters = Counters()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+        self._current: Job | None = None
+        self.model.register_forward_pre_hook(self._count_forward)
+
+    def _count_forward(self, module: torch.nn.Module, args: tuple) -> None:
+        self.counters.add(forward_passes=1)
+
+    def submit(self, prompt_ids: list[int], sampling: Sampling) -> Job:
+        """Queue a request (call from the event loop); it starts when those before it are done."""
+        job = Job(prompt_ids, sampling, asyncio.get_running_loop())
+        self.counters.add(requests_total=1, requests_waiting=1)
+        self._executor.submit(self._run, job)
+        return job
+
+    async def deltas(self, job: Job) -> AsyncIterator[Delta]:
+        """The job's deltas until the one with a finish reason; cancels the job if abandoned."""
+        try:
+            while True:
+                item = await job.queue.get()
+                if isinstance(item, GenerationFailed):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            job.cancel()
+
+    async def collect(self, job: Job) -> JobResult:
+        parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
+        n_tokens, finish_reason = 0, "stop"
+        async for delta in self.deltas(job):
+            parts.append(delta.text)
+            if delta.token_id is not None:
+                n_tokens += 1
+            if delta.logprobs is not None:
+                logprobs.append(delta.logprobs)
+            finish_reason = delta.finish_reason or finish_reason
+        return JobResult("".join(parts), finish_reason, n_tokens, logprobs)
+
+    def shutdown(self) -> None:
+        """Drop queued jobs and stop the running one, so the process can exit promptly."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._current is not None:
+            self._current.cancel()
+
+    # --- worker thread ---
+
+    def _run(self, job: Job) -> None:
+        if job.cancelled.is_set():
+            self.counters.add(requests_waiting=-1)
+            job.send(Delta("", None, None, "abort"))
+            return
+        self.counters.add(requests_waiting=-1, requests_running=1, prompt_tokens_total=len(job.prompt_ids))
+        started = time.perf_counter()
+        self._current = job
+        try:
+            tracker = self._generate(job)
+            log.info("request done: %d prompt + %d generated tokens, %s, %.2fs",
+                     len(job.prompt_ids), tracker.n_tokens, tracker.finish_reason,
+                     time.perf_counter() - started)
+        except Exception as exc:  # reported to the client, the worker keeps serving
+            log.exception("generate failed")
+            job.send(GenerationFailed(f"{type(exc).__name__}: {exc}"))
+        finally:
+            self._current = None
+            self.counters.add(requests_running=-1)
+
+    def _generate(self, job: Job) -> OutputTracker:
+        sampling = job.sampling
+        recorder = LogprobRecorder(sampling.top_logprobs) if sampling.top_logprobs is not None else None
+        tracker = OutputTracker(job, self.tokenizer, self.eos_ids, self.counters, recorder)
+        input_ids = torch.tensor([job.prompt_ids], dtype=torch.long, device=self.model.device)
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        self.model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            generation_config=self._generation_config(sampling),
+            streamer=TokenStreamer(tracker.on_token),
+            logits_processor=LogitsProcessorList([recorder] if recorder else []),
+            stopping_criteria=StoppingCriteriaList(
+                [StopWhen(lambda: tracker.finished or job.cancelled.is_set())]
+            ),
+        )
+        tracker.finish(_end_reason(tracker, job))
+        return tracker
+
+    def _generation_config(self, sampling: Sampling) -> GenerationConfig:
+        # ignore_eos as vLLM does it: EOS is not masked, it just does not end generation.
+        eos = [] if sampling.ignore_eos else sorted(self.eos_ids)
+        common = dict(max_new_tokens=sampling.max_tokens, eos_token_id=eos, pad_token_id=self.pad_id)
+        if sampling.greedy:
+            return GenerationConfig(do_sample=False, **common)
+        return GenerationConfig(
+            do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0, **common
+        )
+
+
+def _end_reason(tracker: OutputTracker, job: Job) -> str:
+    """Why `generate` returned when the tracker had not already decided (EOS and stop strings are decided as they arrive)."""
+    if tracker.n_tokens >= job.sampling.max_tokens:
+        return "length"
+    return "abort" if job.cancelled.is_set() else "stop"

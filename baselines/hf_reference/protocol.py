@@ -1,0 +1,249 @@
+"""OpenAI request validation (into typed dataclasses) and error bodies.
+
+Validation is done by hand rather than by pydantic so that every error names its field and
+reads like OpenAI's / vLLM's. Unknown fields are ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+MAX_TOP_LOGPROBS = 20
+DEFAULT_COMPLETION_MAX_TOKENS = 16
+
+
+class RequestError(Exception):
+    """A client error, answered as OpenAI's error body."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400,
+                 type_: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.status = status
+        self.type = type_
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param)
+
+
+def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
+               code: int | str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    include_usage: bool = False
+    continuous_usage_stats: bool = False
+
+
+@dataclass(frozen=True)
+class Common:
+    """Fields shared by completions and chat. `max_tokens` None: up to the context length."""
+
+    max_tokens: int | None
+    temperature: float
+    top_p: float
+    seed: int | None
+    stop: tuple[str, ...]
+    ignore_eos: bool
+    top_logprobs: int | None  # None: logprobs off
+    stream: bool
+    stream_options: StreamOptions
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    prompt: str | list[int]
+    common: Common
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: list[ChatMessage]
+    common: Common
+
+
+def parse_completion(body: Any) -> CompletionRequest:
+    body = _require_object(body)
+    if body.get("echo") not in (None, False):
+        raise RequestError("echo is not supported by hf-reference (only echo=false)", "echo")
+    logprobs = _opt_int(body, "logprobs", 0, MAX_TOP_LOGPROBS)
+    max_tokens = _opt_int(body, "max_tokens", 1, None)
+    common = _parse_common(body, DEFAULT_COMPLETION_MAX_TOKENS if max_tokens is None else max_tokens, logprobs)
+    return CompletionRequest(_parse_prompt(body), common)
+
+
+def parse_chat(body: Any) -> ChatRequest:
+    body = _require_object(body)
+    max_tokens = _opt_int(body, "max_completion_tokens", 1, None)
+    if max_tokens is None:
+        max_tokens = _opt_int(body, "max_tokens", 1, None)
+    wants_logprobs = _opt_bool(body, "logprobs", False)
+    top = _opt_int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+    if top is not None and top > 0 and not wants_logprobs:
+        raise RequestError("top_logprobs requires logprobs to be true", "top_logprobs")
+    common = _parse_common(body, max_tokens, (top or 0) if wants_logprobs else None)
+    return ChatRequest(_parse_messages(body), common)
+
+
+def _parse_common(body: dict, max_tokens: int | None, top_logprobs: int | None) -> Common:
+    if _opt_int(body, "n", 1, None) not in (None, 1):
+        raise RequestError("n must be 1: hf-reference generates one choice per request", "n")
+    _reject_response_format(body.get("response_format"))
+    stream = _opt_bool(body, "stream", False)
+    return Common(
+        max_tokens=max_tokens,
+        temperature=_opt_float(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=_top_p(body),
+        seed=_opt_int(body, "seed", None, None),
+        stop=_parse_stop(body.get("stop")),
+        ignore_eos=_opt_bool(body, "ignore_eos", False),
+        top_logprobs=top_logprobs,
+        stream=stream,
+        stream_options=_parse_stream_options(body.get("stream_options"), stream),
+    )
+
+
+def _require_object(body: Any) -> dict:
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    return body
+
+
+def _parse_prompt(body: dict) -> str | list[int]:
+    if "prompt" not in body or body["prompt"] is None:
+        raise RequestError("prompt is required", "prompt")
+    prompt = body["prompt"]
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]  # a batch of exactly one prompt
+    if isinstance(prompt, str):
+        if not prompt:
+            raise RequestError("prompt must not be empty", "prompt")
+        return prompt
+    if isinstance(prompt, list) and all(_is_int(t) for t in prompt):
+        if not prompt:
+            raise RequestError("prompt must not be empty", "prompt")
+        return list(prompt)
+    raise RequestError(
+        "prompt must be a string, a list of token ids, or a list holding exactly one of those "
+        "(hf-reference serves one prompt per request)", "prompt")
+
+
+def _parse_messages(body: dict) -> list[ChatMessage]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("messages must be a non-empty list", "messages")
+    return [_parse_message(m, i) for i, m in enumerate(messages)]
+
+
+def _parse_message(message: Any, index: int) -> ChatMessage:
+    param = f"messages[{index}]"
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        raise RequestError(f"{param} must be an object with a string role", param)
+    return ChatMessage(message["role"], _message_text(message.get("content"), f"{param}.content"))
+
+
+def _message_text(content: Any, param: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                raise RequestError(f"{param}: only text content parts are supported by hf-reference", param)
+            texts.append(part["text"])
+        return "\n".join(texts)
+    raise RequestError(f"{param} must be a string or a list of text parts", param)
+
+
+def _parse_stop(stop: Any) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise RequestError("stop must be a string or a list of strings", "stop")
+    return tuple(s for s in stop if s)
+
+
+def _parse_stream_options(options: Any, stream: bool) -> StreamOptions:
+    if options is None:
+        return StreamOptions()
+    if not stream:
+        raise RequestError("stream_options is only allowed when stream is true", "stream_options")
+    if not isinstance(options, dict):
+        raise RequestError("stream_options must be an object", "stream_options")
+    return StreamOptions(
+        include_usage=_opt_bool(options, "include_usage", False, "stream_options."),
+        continuous_usage_stats=_opt_bool(options, "continuous_usage_stats", False, "stream_options."),
+    )
+
+
+def _reject_response_format(fmt: Any) -> None:
+    if fmt is None:
+        return
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return
+    if kind in ("json_schema", "json_object"):
+        raise RequestError(f"response_format {kind} is not supported by hf-reference", "response_format")
+    raise RequestError("response_format must be an object with a type", "response_format")
+
+
+def _top_p(body: dict) -> float:
+    top_p = _opt_float(body, "top_p", 1.0, 0.0, 1.0)
+    if top_p <= 0.0:
+        raise RequestError("top_p must be in (0, 1]", "top_p")
+    return top_p
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _opt_int(body: dict, name: str, lo: int | None, hi: int | None) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise RequestError(f"{name} must be an integer, got {value!r}", name)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise RequestError(f"{name} must be {_range_text(lo, hi)}, got {value}", name)
+    return value
+
+
+def _opt_float(body: dict, name: str, default: float, lo: float, hi: float) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise RequestError(f"{name} must be a number, got {value!r}", name)
+    if not lo <= value <= hi:
+        raise RequestError(f"{name} must be between {lo:g} and {hi:g}, got {value}", name)
+    return float(value)
+
+
+def _opt_bool(body: dict, name: str, default: bool, prefix: str = "") -> bool:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise RequestError(f"{prefix}{name} must be a boolean, got {value!r}", prefix + name)
+    return value
+
+
+def _range_text(lo: int | None, hi: int | None) -> str:
+    if hi is None:
+        return f">= {lo}"
+    return f"between {lo} and {hi}"

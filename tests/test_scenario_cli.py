@@ -1,0 +1,67 @@
+"""`pytest scenarios/` as a user runs it: a server started by hand, a wrong stack, a stack that crashes."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from harness.launcher import free_port
+from harness.row import read_rows
+
+REPO = Path(__file__).resolve().parent.parent
+DELAY = [sys.executable, "tests/stacks/delay_server.py", "--ttft-ms", "50", "--token-ms", "5", "--tokens-per-chunk", "2"]
+pytestmark = pytest.mark.slow
+
+
+def score(tmp_path, *args, timeout=400):
+    cmd = [sys.executable, "-m", "pytest", "scenarios/test_standard_serving.py", "-p", "no:cacheprovider", "-q",
+           "--results-dir", str(tmp_path), *args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def hand_started_server():
+    port = free_port()
+    proc = subprocess.Popen([*DELAY, "--port", str(port)], cwd=REPO, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    proc.kill()
+    proc.wait()
+
+
+def test_url_stack_is_scored_and_a_wrong_stack_fails_accuracy(hand_started_server, tmp_path):
+    out = score(tmp_path, "--stack", f"url={hand_started_server}", "-k", "accuracy or rate-1.0")
+    text = out.stdout + out.stderr
+    # The delay server is not SmolLM2: its performance cell passes, its accuracy must fail.
+    assert "1 failed, 1 passed" in text, text[-3000:]
+    assert "test_accuracy" in text and "prompts fail" in text
+    rows = {r.kind: r for r in read_rows(tmp_path)}
+    assert rows["performance"].status == "ok" and rows["performance"].metrics["completed"] == 24
+    assert rows["performance"].metrics["total_output_tokens"] == 24 * 64
+    assert rows["accuracy"].accuracy["verdict"] == "fail"
+    assert (tmp_path / "LEADERBOARD.md").read_text().count("FAIL") == 1
+
+
+def test_a_stack_that_dies_mid_run_fails_fast_with_its_log_and_keeps_rows(tmp_path):
+    spec = tmp_path / "crashing.yaml"
+    # Request 40 is inside the second load point (2 warm-up + 24 measured per point).
+    spec.write_text(json.dumps({"name": "crashing", "command": ["python", *DELAY[1:], "--port", "{port}", "--crash-after", "40"],
+                                "startup_timeout_s": 30, "supports": ["completions", "chat", "logprobs"]}))
+    started = time.monotonic()
+    out = score(tmp_path, "--stack", str(spec), "-k", "performance and (rate-1.0 or rate-0.5)")
+    text = out.stdout + out.stderr
+    assert out.returncode == 1 and time.monotonic() - started < 200
+    assert "exited with code 3" in text and "crashing on purpose" in text, text[-3000:]
+    assert "Traceback" not in text
+    rows = sorted(read_rows(tmp_path), key=lambda r: r.started_at)
+    assert [r.status for r in rows] == ["ok", "crashed"]
+    assert rows[1].metrics["completed"] > 0
