@@ -99,7 +99,8 @@ def bench(request, stack_spec, scenario, profile, model_dir):
     """A running stack for this scenario, wrapped in a Bench that writes rows for this run."""
     config = request.config
     results_dir = Path(config.getoption("results_dir"))
-    missing = stack_spec.missing(scenario.needs)
+    missing = [f"needs {r.upper()}" for r in stack_spec.unmet()] or [
+        f"does not support {need}" for need in stack_spec.missing(scenario.needs)]
     running = None
     if not missing:
         log_dir = results_dir / "runs" / config.servebench_run_id / "logs"
@@ -112,7 +113,7 @@ def bench(request, stack_spec, scenario, profile, model_dir):
               profile=config.getoption("profile"), spec=stack_spec, stack=running, model_dir=model_dir,
               log=_lines.append)
     if missing:
-        b.not_applicable(f"{stack_spec.name} does not support {', '.join(missing)}")
+        b.not_applicable(f"{stack_spec.name} {', '.join(missing)}")
     yield b
     config.servebench_wrote_rows |= bool(b.rows)
     if running is not None:

@@ -59,9 +59,24 @@ class Bench:
     model_dir: Path | None = None
     log: Callable[[str], None] = lambda _: None
     rows: list[ResultRow] = field(default_factory=list)
+    _served_model: str | None = field(default=None, repr=False)
+
+    @property
+    def served_model(self) -> str:
+        """The name to put in requests: the first model the stack lists (as `vllm bench` does)."""
+        if self._served_model is None:
+            try:
+                import httpx
+
+                models = httpx.get(self.stack.base_url + "/v1/models", timeout=10).json()["data"]
+                self._served_model = models[0]["id"]
+            except Exception:  # noqa: BLE001 - a stack without /v1/models accepts any name
+                self._served_model = "default"
+        return self._served_model
 
     def _row(self, kind: str, **fields) -> ResultRow:
-        info = self.spec.info() | ({"startup_s": round(self.stack.started_s, 1)} if self.stack else {})
+        info = self.spec.info() | ({"startup_s": round(self.stack.started_s, 1), "engines": self.stack.engines}
+                                   if self.stack else {})
         if self.model_dir is not None:
             info["weights_sha256_16"] = weights_checksum(self.model_dir)
             info["model_dir"] = self.model_dir.name
@@ -89,6 +104,7 @@ class Bench:
                 repeat: int = 0, slos_ms: dict[str, float] | None = None) -> ResultRow:
         """Run one load point and write its row, also when the stack dies part-way."""
         row = self._row("performance", status="ok", load_point=point.describe(), repeat=repeat)
+        payloads = [{**p, "model": self.served_model} for p in payloads]
         with progress_bar(f"{self.spec.name} {point.label}", len(payloads) - point.warmup) as tick:
             result: LoadResult = asyncio.run(run_load_point(
                 self.stack.base_url, endpoint, payloads, point, request_timeout_s,
@@ -120,10 +136,10 @@ class Bench:
 
     async def _one(self, client, p: Prompt, top_k: int) -> Generation:
         if p.chat:
-            payload = {"model": "default", "messages": [{"role": "user", "content": p.text}],
+            payload = {"model": self.served_model, "messages": [{"role": "user", "content": p.text}],
                        "max_tokens": p.max_tokens, "temperature": 0, "logprobs": True, "top_logprobs": top_k}
         else:
-            payload = {"model": "default", "prompt": p.text, "max_tokens": p.max_tokens, "temperature": 0,
+            payload = {"model": self.served_model, "prompt": p.text, "max_tokens": p.max_tokens, "temperature": 0,
                        "logprobs": top_k}
         try:
             return from_openai(await post_json(client, self.stack.base_url, "chat" if p.chat else "completions", payload), p.chat)

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from harness.errors import StackError
+from harness.placeholders import Placeholders
 from harness.stack import REPO_ROOT, StackSpec
 
 LOG_TAIL_LINES = 25
@@ -42,12 +43,6 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
         return "(no log)"
 
 
-def fill(arg: str, values: dict[str, str]) -> str:
-    for key, value in values.items():
-        arg = arg.replace("{" + key + "}", value)
-    return arg
-
-
 @dataclass
 class RunningStack:
     """A stack that is up: a base URL and, for launched ones, the process behind it."""
@@ -57,6 +52,7 @@ class RunningStack:
     log_path: Path | None = None
     process: subprocess.Popen | None = None
     started_s: float = 0.0  # seconds from launch to healthy
+    engines: dict[str, dict] = field(default_factory=dict)  # engine environments used, with versions
     _closed: bool = field(default=False, repr=False)
 
     def death(self) -> str | None:
@@ -116,13 +112,13 @@ def launch(spec: StackSpec, model: Path | str, log_dir: Path, scenario: str = ""
     port = port or free_port()
     if port_is_taken(port):
         raise StackError(f"stack {spec.name}: port {port} is already taken")
-    values = {"model": str(model), "port": str(port), "scenario": scenario, "python": sys.executable}
-    command = [fill(c, values) for c in spec.command]
+    fields = Placeholders(spec=spec, model=Path(model), port=port, scenario=scenario, log_dir=log_dir)
+    command = [fields.fill(c) for c in spec.command]
     if command[0] == "python":
         command[0] = sys.executable
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{spec.name}.log"
-    env = {**os.environ, **{k: fill(v, values) for k, v in spec.env.items()}}
+    env = {**os.environ, **fields.env, **{k: fields.fill(v) for k, v in spec.env.items()}}
     env["PYTHONUNBUFFERED"] = "1"
     with log_path.open("w") as log:
         log.write(f"$ {' '.join(command)}\n")
@@ -132,7 +128,8 @@ def launch(spec: StackSpec, model: Path | str, log_dir: Path, scenario: str = ""
                                        stdin=subprocess.DEVNULL, start_new_session=True)
         except OSError as exc:
             raise StackError(f"stack {spec.name}: cannot start {command[0]}: {exc.strerror}") from None
-    stack = RunningStack(spec=spec, base_url=f"http://127.0.0.1:{port}", log_path=log_path, process=process)
+    stack = RunningStack(spec=spec, base_url=f"http://127.0.0.1:{port}", log_path=log_path, process=process,
+                         engines=fields.engines)
     try:
         _wait_healthy(stack, startup_timeout_s or spec.startup_timeout_s)
     except BaseException:

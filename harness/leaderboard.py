@@ -486,13 +486,16 @@ def _plot_spec(section: Section, order: dict[str, tuple[str, str]]) -> PlotSpec:
 def write_leaderboard(results_dir: Path, scenarios_dir: Path, baselines: set[str] | None = None) -> Path:
     """Write results_dir/LEADERBOARD.md and results_dir/plots/<setting>-<profile>.png; return the Markdown path.
 
-    baselines: stack names compared against in addition to BASELINES (the `--baseline` option).
+    baselines: stack names compared against in addition to BASELINES and the stacks whose spec ships
+    under baselines/ (the `--baseline` option).
     """
     results_dir = Path(results_dir)
     rows = read_rows(results_dir)
     order = _run_order(rows)
     sections = _sections(rows, find_scenarios(Path(scenarios_dir)))
-    all_baselines = BASELINES | frozenset(baselines or ())
+    # Any stack launched from a spec shipped under baselines/ is a baseline too (vllm-eager, ...).
+    shipped = {r.stack for r in rows if str((r.stack_info or {}).get("spec") or "").startswith("baselines/")}
+    all_baselines = BASELINES | frozenset(baselines or ()) | frozenset(shipped)
     for section in sections:
         write_plot(results_dir / PLOTS_DIR / f"{section.slug}.png", _plot_spec(section, order))
     path = results_dir / LEADERBOARD_FILE

@@ -1,6 +1,7 @@
 """Stack specs: what to launch (or where to connect) and what the stack claims to support."""
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,8 @@ class StackSpec:
     env: dict[str, str] = field(default_factory=dict)
     supports: tuple[str, ...] = ()
     flags: dict = field(default_factory=dict)  # engine settings recorded in rows for fairness
+    requires: tuple[str, ...] = ()  # hardware the stack cannot run without: "cuda"
+    prepare: dict[str, tuple[str, ...]] = field(default_factory=dict)  # see harness.placeholders
     description: str = ""
     path: Path | None = None  # the spec file; None for url= stacks
     url: str | None = None  # set for a server someone already runs
@@ -35,6 +38,10 @@ class StackSpec:
 
     def missing(self, needs: tuple[str, ...]) -> list[str]:
         return [n for n in needs if n not in self.supports]
+
+    def unmet(self) -> list[str]:
+        """Hardware this stack requires that this machine lacks."""
+        return [r for r in self.requires if r == "cuda" and not shutil.which("nvidia-smi")]
 
     def info(self) -> dict:
         return {
@@ -75,6 +82,8 @@ def load_spec(path: Path) -> StackSpec:
         env={str(k): str(v) for k, v in (data.get("env") or {}).items()},
         supports=supports,
         flags=dict(data.get("flags") or {}),
+        requires=tuple(data.get("requires") or ()),
+        prepare={str(k): tuple(str(c) for c in v) for k, v in (data.get("prepare") or {}).items()},
         description=str(data.get("description", "")),
         path=path.resolve(),
     )

