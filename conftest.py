@@ -99,10 +99,10 @@ def bench(request, stack_spec, scenario, profile, model_dir):
     """A running stack for this scenario, wrapped in a Bench that writes rows for this run."""
     config = request.config
     results_dir = Path(config.getoption("results_dir"))
-    missing = [f"needs {r.upper()}" for r in stack_spec.unmet()] or [
-        f"does not support {need}" for need in stack_spec.missing(scenario.needs)]
+    unmet = [f"needs {r.upper()}" for r in stack_spec.unmet()]
+    usable = any(not stack_spec.missing(needs) for needs in scenario.needs.values()) or not scenario.needs
     running = None
-    if not missing:
+    if not unmet and usable:
         log_dir = results_dir / "runs" / config.servebench_run_id / "logs"
         try:
             running = launch(stack_spec, model_dir, log_dir, scenario=scenario.name,
@@ -111,9 +111,7 @@ def bench(request, stack_spec, scenario, profile, model_dir):
             pytest.fail(str(exc), pytrace=False)
     b = Bench(run_id=config.servebench_run_id, results_dir=results_dir, scenario=scenario,
               profile=config.getoption("profile"), spec=stack_spec, stack=running, model_dir=model_dir,
-              log=_lines.append)
-    if missing:
-        b.not_applicable(f"{stack_spec.name} {', '.join(missing)}")
+              log=_lines.append, unmet=unmet)
     yield b
     config.servebench_wrote_rows |= bool(b.rows)
     if running is not None:
@@ -121,10 +119,19 @@ def bench(request, stack_spec, scenario, profile, model_dir):
 
 
 @pytest.fixture
-def live_bench(bench):
-    """The bench, once it is known the stack supports the setting and is still alive."""
-    if bench.stack is None:
-        pytest.skip(f"not applicable: {bench.rows[0].error}")
+def live_bench(request, bench):
+    """The bench, once it is known the stack can run this test and is still alive.
+
+    What a test needs is read from the scenario's `needs` under the test's name (test_accuracy ->
+    accuracy). A stack that cannot run it gets a "not applicable" row and a skip, never a pass.
+    """
+    kind = request.node.originalname.removeprefix("test_")
+    missing = bench.unmet or [f"does not support {n}" for n in bench.spec.missing(bench.scenario.needs_for(kind))]
+    if missing:
+        reason = f"{bench.spec.name} {', '.join(missing)}"
+        if not any(r.kind == kind and r.status == "not_applicable" for r in bench.rows):
+            bench.not_applicable(kind, reason)
+        pytest.skip(f"not applicable: {reason}")
     dead = bench.stack.death()
     if dead:
         pytest.fail(dead, pytrace=False)

@@ -26,6 +26,7 @@ class Recipe:
     apt: tuple[str, ...] = ()  # Debian packages the engine needs at run time
     build_env: dict[str, str] = field(default_factory=dict)
     note: str = ""
+    version_of: str = ""  # the distribution whose version names the engine; default: the first requirement
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ ENGINES: dict[str, Engine] = {
             "mac": Recipe(requirements=("mlx-lm==0.32.2",)),
             # On Linux mlx-lm does not pull mlx itself; mlx[cpu] is the CPU backend. Its matmuls
             # are ~16x slower unless Debian's threaded OpenBLAS is preloaded.
-            "cpu": Recipe(requirements=("mlx[cpu]==0.32.4", "mlx-lm==0.32.2"), apt=("libopenblas0-pthread",)),
+            "cpu": Recipe(requirements=("mlx[cpu]==0.32.4", "mlx-lm==0.32.2"), apt=("libopenblas0-pthread",),
+                          version_of="mlx-lm"),
         },
     ),
     "sglang": Engine(

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from baselines.engines import ENGINES, Engine, Platform, Recipe
 from harness.atomic import atomic_write_json
@@ -26,7 +27,7 @@ class Step:
         self.console, self.log = console, log
 
     def __call__(self, title: str, cmd: list[str], env: dict | None = None) -> str:
-        with self.console.status(f"{title}…"), self.log.open("a") as log:
+        with self.console.status(f"{escape(title)}…"), self.log.open("a") as log:
             log.write(f"\n$ {' '.join(cmd)}\n")
             log.flush()
             done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -35,7 +36,7 @@ class Step:
         if done.returncode != 0:
             last = [line for line in done.stdout.strip().splitlines() if line.strip()][-1:] or ["(no output)"]
             raise HarnessError(f"{title} failed: {last[0].strip()[:300]} (full log: {self.log})")
-        self.console.print(f"  [green]✓[/] {title}")
+        self.console.print(f"  [green]✓[/] {escape(title)}")
         return done.stdout
 
 
@@ -70,7 +71,7 @@ def _launch_env(recipe: Recipe) -> dict[str, str]:
 
 def _versions(python: Path) -> dict[str, str]:
     out = subprocess.run([str(python), "-m", "pip", "list", "--format", "json"], capture_output=True, text=True)
-    return {p["name"].lower(): p["version"] for p in json.loads(out.stdout or "[]")}
+    return {p["name"].lower().replace("_", "-"): p["version"] for p in json.loads(out.stdout or "[]")}
 
 
 def _distribution(requirement: str) -> str:
@@ -85,7 +86,7 @@ def _record(engine: Engine, recipe: Recipe, here: Platform) -> dict:
         "engine": engine.name,
         "platform": engine.tag(here),
         "requirements": list(recipe.requirements),
-        "version": versions.get(_distribution(recipe.requirements[0])),
+        "version": versions.get(recipe.version_of or _distribution(recipe.requirements[0])),
         "packages": {_distribution(r): versions.get(_distribution(r)) for r in recipe.requirements}
                     | {k: versions[k] for k in ("torch", "transformers") if k in versions},
         "launch_env": _launch_env(recipe),

@@ -58,6 +58,7 @@ class Bench:
     stack: RunningStack | None  # None when the stack does not support the setting
     model_dir: Path | None = None
     log: Callable[[str], None] = lambda _: None
+    unmet: list[str] = field(default_factory=list)  # hardware the stack needs and this machine lacks
     rows: list[ResultRow] = field(default_factory=list)
     _served_model: str | None = field(default=None, repr=False)
 
@@ -96,15 +97,15 @@ class Bench:
         self.rows.append(row)
         return row
 
-    def not_applicable(self, reason: str) -> ResultRow:
-        return self._finish(self._row("accuracy", status="not_applicable", error=reason,
-                                      accuracy={"verdict": "not_applicable", "summary": reason}))
+    def not_applicable(self, kind: str, reason: str) -> ResultRow:
+        accuracy = {"verdict": "not_applicable", "summary": reason} if kind == "accuracy" else None
+        return self._finish(self._row(kind, status="not_applicable", error=reason, accuracy=accuracy))
 
     def measure(self, endpoint: str, payloads: list[dict], point: LoadPoint, request_timeout_s: float,
                 repeat: int = 0, slos_ms: dict[str, float] | None = None) -> ResultRow:
         """Run one load point and write its row, also when the stack dies part-way."""
         row = self._row("performance", status="ok", load_point=point.describe(), repeat=repeat)
-        payloads = [{**p, "model": self.served_model} for p in payloads]
+        payloads = [self.spec.adapt({**p, "model": self.served_model}) for p in payloads]
         with progress_bar(f"{self.spec.name} {point.label}", len(payloads) - point.warmup) as tick:
             result: LoadResult = asyncio.run(run_load_point(
                 self.stack.base_url, endpoint, payloads, point, request_timeout_s,
@@ -142,7 +143,9 @@ class Bench:
             payload = {"model": self.served_model, "prompt": p.text, "max_tokens": p.max_tokens, "temperature": 0,
                        "logprobs": top_k}
         try:
-            return from_openai(await post_json(client, self.stack.base_url, "chat" if p.chat else "completions", payload), p.chat)
+            response = await post_json(client, self.stack.base_url, "chat" if p.chat else "completions",
+                                       self.spec.adapt(payload))
+            return from_openai(response, p.chat)
         except (HTTPStatusError, aiohttp.ClientError, TimeoutError) as exc:
             dead = self.stack.death()
             raise StackError(dead or f"stack {self.spec.name} failed on prompt {p.id}: {exc}") from None

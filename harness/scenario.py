@@ -24,7 +24,10 @@ class ScenarioSpec:
     setting: str  # "A".."G"
     name: str
     title: str
-    needs: tuple[str, ...]  # `supports` entries a stack must declare
+    needs: dict[str, tuple[str, ...]]  # per test kind, the `supports` entries a stack must declare
+
+    def needs_for(self, kind: str) -> tuple[str, ...]:
+        return self.needs.get(kind, self.needs.get("all", ()))
     leaderboard: LeaderboardSpec
     profiles: dict[str, dict] = field(repr=False)
     path: Path | None = None
@@ -47,6 +50,13 @@ def _check_profiles_share_keys(path: Path, profiles: dict[str, dict]) -> None:
             raise HarnessError(f"{path}: profiles {first_name!r} and {name!r} differ in keys {diff}")
 
 
+def _needs(raw) -> dict[str, tuple[str, ...]]:
+    """`needs: [a, b]` applies to every test; `needs: {accuracy: [...], performance: [...]}` per test."""
+    if isinstance(raw, list):
+        return {"all": tuple(raw)}
+    return {str(kind): tuple(v) for kind, v in (raw or {}).items()}
+
+
 def load_scenario(path: Path) -> ScenarioSpec:
     path = Path(path)
     try:
@@ -60,7 +70,7 @@ def load_scenario(path: Path) -> ScenarioSpec:
             setting=str(data["setting"]),
             name=str(data["name"]),
             title=str(data.get("title", data["name"])),
-            needs=tuple(data.get("needs", [])),
+            needs=_needs(data.get("needs")),
             leaderboard=LeaderboardSpec(
                 primary=board["primary"],
                 direction=board["direction"],

@@ -28,6 +28,8 @@ class StackSpec:
     flags: dict = field(default_factory=dict)  # engine settings recorded in rows for fairness
     requires: tuple[str, ...] = ()  # hardware the stack cannot run without: "cuda"
     prepare: dict[str, tuple[str, ...]] = field(default_factory=dict)  # see harness.placeholders
+    extra_body: dict = field(default_factory=dict)  # engine-specific request fields sent with every request
+    ignore_eos: str = "native"  # how the engine takes `ignore_eos`: native | min_tokens | unsupported
     description: str = ""
     path: Path | None = None  # the spec file; None for url= stacks
     url: str | None = None  # set for a server someone already runs
@@ -38,6 +40,13 @@ class StackSpec:
 
     def missing(self, needs: tuple[str, ...]) -> list[str]:
         return [n for n in needs if n not in self.supports]
+
+    def adapt(self, payload: dict) -> dict:
+        """A request in this engine's dialect: its extra fields, and `ignore_eos` as it understands it."""
+        body = {**payload, **self.extra_body}
+        if self.ignore_eos == "min_tokens" and body.pop("ignore_eos", False):
+            body["min_tokens"] = body.get("max_tokens") or body.get("max_completion_tokens")
+        return body
 
     def unmet(self) -> list[str]:
         """Hardware this stack requires that this machine lacks."""
@@ -51,6 +60,8 @@ class StackSpec:
             "command": list(self.command),
             "supports": list(self.supports),
             "flags": dict(self.flags),
+            "extra_body": dict(self.extra_body),
+            "ignore_eos": self.ignore_eos,
         }
 
 
@@ -84,9 +95,18 @@ def load_spec(path: Path) -> StackSpec:
         flags=dict(data.get("flags") or {}),
         requires=tuple(data.get("requires") or ()),
         prepare={str(k): tuple(str(c) for c in v) for k, v in (data.get("prepare") or {}).items()},
+        extra_body=dict(data.get("extra_body") or {}),
+        ignore_eos=_choice(path, data, "ignore_eos", ("native", "min_tokens", "unsupported")),
         description=str(data.get("description", "")),
         path=path.resolve(),
     )
+
+
+def _choice(path: Path, data: dict, key: str, allowed: tuple[str, ...]) -> str:
+    value = str(data.get(key, allowed[0]))
+    if value not in allowed:
+        raise HarnessError(f"stack spec {path}: {key} must be one of {', '.join(allowed)}")
+    return value
 
 
 def registered() -> dict[str, Path]:
