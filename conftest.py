@@ -76,6 +76,24 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("load_point,repeat", cells, ids=ids)
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Run one stack's cells together, stacks in the order given, so only one stack is up at a time.
+
+    pytest's own grouping of parametrized module fixtures interleaves stacks once load points are
+    parametrized too; two engines alive at once skew each other (vLLM's engine busy-polls a core).
+    """
+    modules = {}
+    for item in items:
+        modules.setdefault(item.module.__name__ if item.module else "", len(modules))
+    names = [s.name for s in config.servebench_stacks] or ["hf-reference"]
+
+    def stack_of(item) -> int:
+        spec = getattr(item, "callspec", None) and item.callspec.params.get("stack_spec")
+        return names.index(spec.name) if spec is not None and spec.name in names else -1
+
+    items.sort(key=lambda item: (modules[item.module.__name__ if item.module else ""], stack_of(item)))
+
+
 @pytest.fixture(scope="module")
 def scenario(request):
     return load_scenario(_scenario_of(request.module))

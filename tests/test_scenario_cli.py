@@ -65,3 +65,12 @@ def test_a_stack_that_dies_mid_run_fails_fast_with_its_log_and_keeps_rows(tmp_pa
     rows = sorted(read_rows(tmp_path), key=lambda r: r.started_at)
     assert [r.status for r in rows] == ["ok", "crashed"]
     assert rows[1].metrics["completed"] > 0
+
+
+def test_each_stack_runs_its_cells_together_so_one_stack_is_up_at_a_time():
+    out = subprocess.run([sys.executable, "-m", "pytest", "scenarios/test_standard_serving.py", "--collect-only", "-q",
+                          "-p", "no:cacheprovider", "--stack", "hf-reference", "--stack", "tests/stacks/delay.yaml"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    ids = [line for line in out.stdout.splitlines() if "::" in line]
+    stacks = [line.split("[", 1)[1].split("-rate")[0].rstrip("]") for line in ids]
+    assert stacks == sorted(stacks, key=["hf-reference", "delay"].index) and len(set(stacks)) == 2, ids
