@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +10,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
+
+from harness.atomic import atomic_write_bytes
 
 LOG_X_SPAN = 4.0  # a log x axis once the largest load is more than this many times the smallest
 
@@ -103,24 +103,10 @@ def render_png(spec: PlotSpec) -> bytes:
     return buf.getvalue()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_plot(path: Path, spec: PlotSpec) -> Path:
     """Render spec to a PNG at path (atomically); leaves the file alone when the bytes are unchanged."""
     path = Path(path)
     data = render_png(spec)
     if not (path.exists() and path.read_bytes() == data):
-        _atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data)
     return path
