@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -67,8 +68,6 @@ class Bench:
         """The name to put in requests: the first model the stack lists (as `vllm bench` does)."""
         if self._served_model is None:
             try:
-                import httpx
-
                 models = httpx.get(self.stack.base_url + "/v1/models", timeout=10).json()["data"]
                 self._served_model = models[0]["id"]
             except Exception:  # noqa: BLE001 - a stack without /v1/models accepts any name
@@ -106,6 +105,7 @@ class Bench:
         """Run one load point and write its row, also when the stack dies part-way."""
         row = self._row("performance", status="ok", load_point=point.describe(), repeat=repeat)
         payloads = [self.spec.adapt({**p, "model": self.served_model}) for p in payloads]
+        row.stack_info["prefix_cache_reset"] = self.reset_prefix_cache()
         with progress_bar(f"{self.spec.name} {point.label}", len(payloads) - point.warmup) as tick:
             result: LoadResult = asyncio.run(run_load_point(
                 self.stack.base_url, endpoint, payloads, point, request_timeout_s,
@@ -124,6 +124,14 @@ class Bench:
         if result.crashed:
             raise StackError(result.crashed)
         return row
+
+    def reset_prefix_cache(self) -> str:
+        """Start each cell on a cold cache where the stack allows it (repeated runs would inflate)."""
+        try:
+            status = httpx.post(self.stack.base_url + "/reset_prefix_cache", timeout=30).status_code
+        except httpx.HTTPError as exc:
+            return f"failed: {type(exc).__name__}"
+        return "done" if status == 200 else f"unsupported (HTTP {status})"
 
     def stack_outputs(self, prompts: list[Prompt], request_timeout_s: float, top_k: int = TOP_K) -> list[Generation]:
         """Greedy outputs with top-k logprobs from the stack, one request at a time."""
