@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -35,6 +36,17 @@ def port_is_taken(port: int) -> bool:
     return False
 
 
+ERROR_LINE = re.compile(r"^\s*([\w.]+(Error|Exception)|error|ERROR)\b[:\s]")
+
+
+def cause(log_tail: str) -> str:
+    """The last line of a log that states an error, as the one-line reason for a failure."""
+    for line in reversed(log_tail.splitlines()):
+        if ERROR_LINE.match(line):
+            return line.strip()[:300]
+    return "see the log"
+
+
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     try:
         with path.open(errors="replace") as f:
@@ -59,9 +71,10 @@ class RunningStack:
         """None while the stack is alive; otherwise a one-paragraph report with its last log lines."""
         if self.process is None or self.process.poll() is None:
             return None
+        last = tail(self.log_path)
         return (
-            f"stack {self.spec.name} exited with code {self.process.returncode}; "
-            f"last lines of {self.log_path}:\n{tail(self.log_path)}"
+            f"stack {self.spec.name} exited with code {self.process.returncode}: {cause(last)}\n"
+            f"last lines of {self.log_path}:\n{last}"
         )
 
     def stop(self, grace_s: float = 10.0) -> None:
@@ -154,8 +167,9 @@ def _wait_healthy(stack: RunningStack, timeout_s: float) -> None:
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
+                last = tail(stack.log_path)
                 raise StackError(
-                    f"stack {stack.spec.name} not healthy at {url} after {timeout_s:.0f} s; "
-                    f"last lines of {stack.log_path}:\n{tail(stack.log_path)}"
+                    f"stack {stack.spec.name} not healthy at {url} after {timeout_s:.0f} s ({cause(last)}); "
+                    f"last lines of {stack.log_path}:\n{last}"
                 )
             time.sleep(0.25)

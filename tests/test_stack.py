@@ -85,6 +85,14 @@ def test_stack_that_dies_at_startup_reports_its_log(tmp_path):
     assert "bad weights" in str(info.value) and time.monotonic() - started < 10
 
 
+def test_the_error_line_of_a_traceback_is_the_reason():
+    from harness.launcher import cause
+
+    log = "INFO starting\nTraceback (most recent call last):\n  File x\npydantic_core.ValidationError: max_model_len too big\n  see docs"
+    assert cause(log) == "pydantic_core.ValidationError: max_model_len too big"
+    assert cause("all fine\n") == "see the log"
+
+
 def test_stack_that_never_gets_healthy_hits_the_deadline(tmp_path):
     spec = load_spec(write(tmp_path, "name: sleepy\ncommand: [python, -c, \"import time; print('loading'); time.sleep(60)\"]\n"
                                      "startup_timeout_s: 2\n"))
