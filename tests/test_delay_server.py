@@ -139,8 +139,10 @@ def test_chat_stream_role_chunk_then_schedule(client):
 
     t_role, role = events[0]
     assert role["choices"][0]["delta"] == {"role": "assistant"}
-    assert t_role < 50  # sent at once, long before the first token
     toks = token_events(events)
+    # Sent at once: the first token is scheduled 200 ms after arrival. Relative to it, so a slow
+    # first request on a loaded machine does not fail the check.
+    assert t_role < toks[0][0] - 150
     assert_on_schedule([t for t, _ in toks], n)
     assert sum(chunk_text(e).count(" tok") for _, e in toks) == n
     assert all("usage" not in e for _, e in toks)

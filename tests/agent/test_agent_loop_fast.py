@@ -1,0 +1,116 @@
+"""The outer loop in seconds: the offline policy against a fake judge whose 'harness' scores knob settings.
+
+The fake judge fails bfloat16 (as an exact-match oracle would) and otherwise reports a throughput
+that grows as the per-step overhead falls; hf-reference is pinned at 95 tok/s.
+"""
+from __future__ import annotations
+
+import pytest
+
+from agent import knobs, stackfiles
+from agent.backends.offline import OfflineBackend
+from agent.config import RunConfig
+from agent.display import Display
+from agent.evaluator import Measurement
+from agent.harness_run import HarnessRun
+from agent.judge import Judgement
+from agent.loop import AgentLoop
+from harness.row import ResultRow
+from agent_helpers import search_stack
+
+
+class FakeJudge:
+    snapshot = None
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.profiles: list[str] = []
+        self.baseline_value = 50.0  # hf-reference as measured next to the winner
+
+    def __call__(self, ws, run_id, profile, measure=True, alongside=()) -> Judgement:
+        self.calls += 1
+        self.profiles.append(profile)
+        data = stackfiles.load(ws.root)
+        config = knobs.current(data["command"], knobs.from_spec(data))
+        if config["dtype"] == "bfloat16":
+            return Judgement(False, "oracle: 3/4 held-out prompts diverge", "The held-out accuracy oracle failed")
+        value = 120 - float(config["step-overhead-ms"]) + 5 * int(config["threads"])
+        rows = [_row(run_id, profile, "s", value)] + [_row(run_id, profile, b, self.baseline_value) for b in alongside]
+        return Judgement(True, "pass", stack="s", harness=HarnessRun(run_id, 0, rows))
+
+
+def _row(run_id: str, profile: str, stack: str, value: float) -> ResultRow:
+    return ResultRow(run_id=run_id, stack=stack, setting="A", scenario="standard_serving", profile=profile,
+                     kind="performance", status="ok", load_point={"label": "rate=8.0", "request_rate": 8.0},
+                     metrics={"output_throughput": value, "median_ttft_ms": 100.0, "median_tpot_ms": 20.0})
+
+
+def _loop(tmp_path, judge, baseline=95.0, **overrides) -> AgentLoop:
+    settings = dict(scenario="standard_serving", profile="smoke", eval_profile="smoke", backend="offline",
+                    source=str(search_stack(tmp_path / "source")), run_id="fast", runs_dir=str(tmp_path / "runs"),
+                    publish_dir=str(tmp_path / "stacks"))
+    cfg = RunConfig(**(settings | overrides))
+    loop = AgentLoop(cfg, OfflineBackend(), Display(quiet=True), judge=judge)
+    loop.measure_baseline = lambda name, profile: Measurement(baseline, {"output_throughput": baseline})
+    return loop
+
+
+def test_loop_checkpoints_until_it_beats_the_baseline(tmp_path):
+    judge = FakeJudge()
+    result = _loop(tmp_path, judge).run()
+    rounds = result.table
+    assert "the stack passes the judge and beats every baseline" in result.stop_reason
+    assert result.final.passed and result.final.beats_all and result.final.ratios["hf-reference"] > 1
+    assert result.published and (result.published / "ROUNDS.md").is_file()
+    assert "| 0 | starting stack |" in rounds and "checkpoint (round-1)" in rounds
+
+
+def test_loop_rolls_back_a_change_that_fails_the_judge(tmp_path):
+    judge = FakeJudge()
+    loop = _loop(tmp_path, judge, baseline=1000.0, max_rounds=6)
+    result = loop.run()
+    records = loop.rounds.load()
+    bf16 = next(r for r in records if r.change.get("to") == "bfloat16")
+    assert bf16.outcome == "rejected" and bf16.attempts == 1  # the offline implementer has no repair
+    data = stackfiles.load(loop.ws.root)
+    assert knobs.current(data["command"], knobs.from_spec(data))["dtype"] == "float32"
+    assert "dtype=bfloat16" in (loop.ws.root / "roadmap.md").read_text()
+    assert "converged" in result.stop_reason or "budget" in result.stop_reason
+    assert not result.final.beats_all
+
+
+def test_resume_after_an_interrupted_round(tmp_path):
+    judge = FakeJudge()
+    loop = _loop(tmp_path, judge, baseline=1000.0, max_rounds=1)
+    loop.run()
+    ws = loop.ws
+    # Simulate a kill in the middle of round 2: an uncommitted change and a state file saying so.
+    data = stackfiles.load(ws.root)
+    data["command"] = knobs.with_value(data["command"], "threads", "2")
+    stackfiles.save(ws.root, data)
+    ws.write_json("state.json", {"round": 2, "phase": "judge", "attempt": 1})
+    before = loop.rounds.load()
+    cfg = loop.cfg
+    cfg.max_rounds = 2
+    again = AgentLoop(cfg, OfflineBackend(), Display(quiet=True), judge=judge)
+    again.measure_baseline = loop.measure_baseline
+    again.run(resume=True)
+    after = again.rounds.load()
+    assert [r.round for r in after] == [0, 1, 2] and after[:2] == before
+    assert "resumed: round 2 was interrupted in phase judge" in (ws.root / "progress.md").read_text()
+
+
+def test_unknown_profile_is_an_error_before_anything_runs(tmp_path):
+    with pytest.raises(Exception, match="unknown profile"):
+        _loop(tmp_path, FakeJudge(), eval_profile="nope")
+
+
+def test_the_final_judgement_uses_the_profile_the_user_named(tmp_path):
+    judge = FakeJudge()
+    loop = _loop(tmp_path, judge, profile="tiny", max_rounds=1)
+    result = loop.run()
+    assert set(judge.profiles[:-1]) == {"smoke"} and judge.profiles[-1] == "tiny"
+    baselines = loop.ws.read_json("baselines.json")
+    assert baselines["tiny"]["hf-reference"]["value"] == 50.0  # measured in the winner's harness run
+    assert result.final.profile == "tiny" and result.final.passed and result.final.ratios["hf-reference"] > 1
+    assert "a fresh judgement on tiny" in result.final.summary
