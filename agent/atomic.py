@@ -2,23 +2,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
-
-def write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from harness.atomic import atomic_write_text as write_text  # noqa: F401 - the agent's name for it
 
 
 def append_line(path: Path, line: str) -> None:
