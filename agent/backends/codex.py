@@ -18,7 +18,7 @@ from pathlib import Path
 
 from agent import stackfiles
 from agent.backends import prompts
-from agent.backends.base import BackendError, ImplementContext, Implemented, PlanContext, Planned, Task
+from agent.backends.base import BackendError, ImplementContext, Implemented, PlanContext, Planned
 from agent.patch import FileEdit, Patch
 from agent.usage import Usage
 from agent.workspace import Workspace
@@ -69,13 +69,7 @@ class CodexBackend:
         usage = Usage(role="planner", backend=self.name, model=self.model, round=ctx.round)
         text = self._exec(ctx.workspace, prompts.PLANNER_SYSTEM + "\nDo not edit any file.\n\n"
                           + prompts.planner_prompt(ctx), usage)
-        try:
-            task, roadmap = prompts.read_plan(prompts.parse_json(text), ctx.roadmap)
-        except (ValueError, TypeError) as exc:
-            task = Task(title="Make the stack pass the judge and improve the headline metric",
-                        pass_criteria="the judge passes; the metric improves",
-                        reasoning=f"(the planner's reply could not be read: {exc})")
-            roadmap = ctx.roadmap
+        task, roadmap = prompts.plan_from_reply(text, ctx.roadmap)
         return Planned(task, roadmap, usage)
 
     def implement(self, ctx: ImplementContext) -> Implemented:
