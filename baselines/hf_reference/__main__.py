@@ -37,22 +37,18 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"hf-reference: {args.model} is not a model folder (no config.json)")
 
     import torch
-    import uvicorn
+
+    from skills.openai_server import ServerInfo, serve
 
     from .generator import Generator
     from .loader import load_model
-    from .server import ServerInfo, create_app
 
     torch.set_num_threads(args.threads)
     generator = Generator(load_model(args.model, args.dtype, args.device))
-    info = ServerInfo(args.served_model_name or args.model.resolve().name, str(args.model), int(time.time()))
-    logging.getLogger(__name__).info("serving %s on http://%s:%d with %d threads",
-                                     info.served_model_name, args.host, args.port, args.threads)
-    try:
-        uvicorn.run(create_app(generator, info), host=args.host, port=args.port, log_level="info",
-                    access_log=False)
-    finally:
-        generator.shutdown()
+    info = ServerInfo(args.served_model_name or args.model.resolve().name, str(args.model), int(time.time()),
+                      server_name="hf-reference")
+    logging.getLogger(__name__).info("%d torch threads", args.threads)
+    serve(generator, info, args.host, args.port)
 
 
 if __name__ == "__main__":

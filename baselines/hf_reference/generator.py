@@ -1,17 +1,17 @@
 """The generate worker: one `model.generate` at a time on a single thread, FIFO.
 
 Tokens reach the asyncio side one by one: a `BaseStreamer` receives each new token id in
-the worker thread, turns it into a `Delta` (text, logprobs, finish reason) and hands it to
-the request's asyncio queue with `loop.call_soon_threadsafe`.
+the worker thread and hands a `TokenOutput` (id, logprobs, finish reason) to the request's
+`QueueStream`. Text and stop strings are done by the shared server layer
+(skills/openai_server), which cancels the stream when a stop string appears.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -20,48 +20,14 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from .detokenizer import IncrementalText
+from skills.openai_server.engine_api import GenerationFailed, SamplingParams, TokenLogprob, TokenOutput
+from skills.openai_server.stream import QueueStream
+
 from .loader import LoadedModel
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Sampling:
-    """What a request asks of generation, already validated."""
-
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    ignore_eos: bool = False
-    top_logprobs: int | None = None  # None: no logprobs; k: the chosen token plus the top k
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-
-@dataclass(frozen=True)
-class TokenLogprob:
-    token_id: int
-    logprob: float
-    top: tuple[tuple[int, float], ...]  # (token id, logprob), best first
-
-
-@dataclass(frozen=True)
-class Delta:
-    """One step of a request's output. `token_id` is None on a finish-only delta (EOS, cancel)."""
-
-    text: str
-    token_id: int | None
-    logprobs: TokenLogprob | None
-    finish_reason: str | None
-
-
-class GenerationFailed(Exception):
-    """`model.generate` raised inside the worker."""
+Sampling = SamplingParams  # the name this module used before the server layer moved to skills/
 
 
 @dataclass
@@ -88,22 +54,22 @@ class Counters:
 
 @dataclass
 class Job:
-    """A request handed to the worker; the asyncio side reads `queue`."""
+    """A request handed to the worker; the asyncio side iterates `stream`."""
 
     prompt_ids: list[int]
-    sampling: Sampling
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
-    cancelled: threading.Event = field(default_factory=threading.Event)
+    sampling: SamplingParams
+    stream: QueueStream
+
+    @property
+    def cancelled(self) -> threading.Event:
+        return self.stream.cancelled
 
     def cancel(self) -> None:
-        self.cancelled.set()
+        self.stream.cancel()
 
-    def send(self, item: Delta | GenerationFailed) -> None:
+    def send(self, item: TokenOutput | GenerationFailed) -> None:
         """Called from the worker thread."""
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-
-
+        self.stream.send(item)
 class LogprobRecorder(LogitsProcessor):
     """Keeps the log-softmax of the current step's raw scores; leaves the scores unchanged.
 
@@ -155,16 +121,15 @@ class TokenStreamer(BaseStreamer):
 
 
 class OutputTracker:
-    """Per-request output state in the worker: tokens, text, finish reason."""
+    """Per-request output state in the worker: token count and finish reason."""
 
-    def __init__(self, job: Job, tokenizer, eos_ids: frozenset[int], counters: Counters,
+    def __init__(self, job: Job, eos_ids: frozenset[int], counters: Counters,
                  recorder: LogprobRecorder | None) -> None:
         self.job = job
         self.sampling = job.sampling
         self.eos_ids = frozenset() if job.sampling.ignore_eos else eos_ids
         self.counters = counters
         self.recorder = recorder
-        self.text = IncrementalText(tokenizer, job.sampling.stop)
         self.n_tokens = 0
         self.finish_reason: str | None = None
 
@@ -181,30 +146,15 @@ class OutputTracker:
         logprobs = self.recorder.entry(token_id) if self.recorder else None
         self.n_tokens += 1
         self.counters.add(generation_tokens_total=1)
-        text = self.text.add(token_id)
-        if self.text.stopped:
-            self.finish_reason = "stop"
-        elif self.n_tokens >= self.sampling.max_tokens:
+        if self.n_tokens >= self.sampling.max_tokens:
             self.finish_reason = "length"
-        if self.finished:
-            text += self.text.flush()
-        self.job.send(Delta(text, token_id, logprobs, self.finish_reason))
+        self.job.send(TokenOutput(token_id, logprobs, self.finish_reason))
 
     def finish(self, reason: str) -> None:
         """End without a new token (EOS, cancel, or generate stopped on its own)."""
         if not self.finished:
             self.finish_reason = reason
-            self.job.send(Delta(self.text.flush(), None, None, reason))
-
-
-@dataclass(frozen=True)
-class JobResult:
-    """A whole request's output, for non-streaming responses."""
-
-    text: str
-    finish_reason: str
-    n_tokens: int
-    logprobs: list[TokenLogprob]
+            self.job.send(TokenOutput(None, None, reason))
 
 
 class Generator:
@@ -223,38 +173,18 @@ class Generator:
     def _count_forward(self, module: torch.nn.Module, args: tuple) -> None:
         self.counters.add(forward_passes=1)
 
-    def submit(self, prompt_ids: list[int], sampling: Sampling) -> Job:
+    def submit(self, prompt_ids: list[int], params: SamplingParams) -> QueueStream:
         """Queue a request (call from the event loop); it starts when those before it are done."""
-        job = Job(prompt_ids, sampling, asyncio.get_running_loop())
+        job = Job(prompt_ids, params, QueueStream.on_running_loop())
         self.counters.add(requests_total=1, requests_waiting=1)
         self._executor.submit(self._run, job)
-        return job
+        return job.stream
 
-    async def deltas(self, job: Job) -> AsyncIterator[Delta]:
-        """The job's deltas until the one with a finish reason; cancels the job if abandoned."""
-        try:
-            while True:
-                item = await job.queue.get()
-                if isinstance(item, GenerationFailed):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
-        finally:
-            job.cancel()
+    def metrics(self) -> dict[str, int]:
+        return self.counters.snapshot()
 
-    async def collect(self, job: Job) -> JobResult:
-        parts: list[str] = []
-        logprobs: list[TokenLogprob] = []
-        n_tokens, finish_reason = 0, "stop"
-        async for delta in self.deltas(job):
-            parts.append(delta.text)
-            if delta.token_id is not None:
-                n_tokens += 1
-            if delta.logprobs is not None:
-                logprobs.append(delta.logprobs)
-            finish_reason = delta.finish_reason or finish_reason
-        return JobResult("".join(parts), finish_reason, n_tokens, logprobs)
+    def reset_prefix_cache(self) -> bool:
+        return True  # there is no prefix cache to reset
 
     def shutdown(self) -> None:
         """Drop queued jobs and stop the running one, so the process can exit promptly."""
@@ -267,7 +197,7 @@ class Generator:
     def _run(self, job: Job) -> None:
         if job.cancelled.is_set():
             self.counters.add(requests_waiting=-1)
-            job.send(Delta("", None, None, "abort"))
+            job.send(TokenOutput(None, None, "abort"))
             return
         self.counters.add(requests_waiting=-1, requests_running=1, prompt_tokens_total=len(job.prompt_ids))
         started = time.perf_counter()
@@ -287,7 +217,7 @@ class Generator:
     def _generate(self, job: Job) -> OutputTracker:
         sampling = job.sampling
         recorder = LogprobRecorder(sampling.top_logprobs) if sampling.top_logprobs is not None else None
-        tracker = OutputTracker(job, self.tokenizer, self.eos_ids, self.counters, recorder)
+        tracker = OutputTracker(job, self.eos_ids, self.counters, recorder)
         input_ids = torch.tensor([job.prompt_ids], dtype=torch.long, device=self.model.device)
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
@@ -304,7 +234,7 @@ class Generator:
         tracker.finish(_end_reason(tracker, job))
         return tracker
 
-    def _generation_config(self, sampling: Sampling) -> GenerationConfig:
+    def _generation_config(self, sampling: SamplingParams) -> GenerationConfig:
         # ignore_eos as vLLM does it: EOS is not masked, it just does not end generation.
         eos = [] if sampling.ignore_eos else sorted(self.eos_ids)
         common = dict(max_new_tokens=sampling.max_tokens, eos_token_id=eos, pad_token_id=self.pad_id)

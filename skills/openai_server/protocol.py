@@ -1,7 +1,8 @@
 """OpenAI request validation (into typed dataclasses) and error bodies.
 
 Validation is done by hand rather than by pydantic so that every error names its field and
-reads like OpenAI's / vLLM's. Unknown fields are ignored.
+reads like OpenAI's / vLLM's. Unknown fields are ignored. `server` names the serving stack in
+messages about unsupported features.
 """
 
 from __future__ import annotations
@@ -72,17 +73,18 @@ class ChatRequest:
     common: Common
 
 
-def parse_completion(body: Any) -> CompletionRequest:
+def parse_completion(body: Any, server: str = "this server") -> CompletionRequest:
     body = _require_object(body)
     if body.get("echo") not in (None, False):
-        raise RequestError("echo is not supported by hf-reference (only echo=false)", "echo")
+        raise RequestError(f"echo is not supported by {server} (only echo=false)", "echo")
     logprobs = _opt_int(body, "logprobs", 0, MAX_TOP_LOGPROBS)
     max_tokens = _opt_int(body, "max_tokens", 1, None)
-    common = _parse_common(body, DEFAULT_COMPLETION_MAX_TOKENS if max_tokens is None else max_tokens, logprobs)
-    return CompletionRequest(_parse_prompt(body), common)
+    common = _parse_common(body, DEFAULT_COMPLETION_MAX_TOKENS if max_tokens is None else max_tokens, logprobs,
+                           server)
+    return CompletionRequest(_parse_prompt(body, server), common)
 
 
-def parse_chat(body: Any) -> ChatRequest:
+def parse_chat(body: Any, server: str = "this server") -> ChatRequest:
     body = _require_object(body)
     max_tokens = _opt_int(body, "max_completion_tokens", 1, None)
     if max_tokens is None:
@@ -91,14 +93,14 @@ def parse_chat(body: Any) -> ChatRequest:
     top = _opt_int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
     if top is not None and top > 0 and not wants_logprobs:
         raise RequestError("top_logprobs requires logprobs to be true", "top_logprobs")
-    common = _parse_common(body, max_tokens, (top or 0) if wants_logprobs else None)
-    return ChatRequest(_parse_messages(body), common)
+    common = _parse_common(body, max_tokens, (top or 0) if wants_logprobs else None, server)
+    return ChatRequest(_parse_messages(body, server), common)
 
 
-def _parse_common(body: dict, max_tokens: int | None, top_logprobs: int | None) -> Common:
+def _parse_common(body: dict, max_tokens: int | None, top_logprobs: int | None, server: str) -> Common:
     if _opt_int(body, "n", 1, None) not in (None, 1):
-        raise RequestError("n must be 1: hf-reference generates one choice per request", "n")
-    _reject_response_format(body.get("response_format"))
+        raise RequestError(f"n must be 1: {server} generates one choice per request", "n")
+    _reject_response_format(body.get("response_format"), server)
     stream = _opt_bool(body, "stream", False)
     return Common(
         max_tokens=max_tokens,
@@ -119,7 +121,7 @@ def _require_object(body: Any) -> dict:
     return body
 
 
-def _parse_prompt(body: dict) -> str | list[int]:
+def _parse_prompt(body: dict, server: str) -> str | list[int]:
     if "prompt" not in body or body["prompt"] is None:
         raise RequestError("prompt is required", "prompt")
     prompt = body["prompt"]
@@ -135,24 +137,24 @@ def _parse_prompt(body: dict) -> str | list[int]:
         return list(prompt)
     raise RequestError(
         "prompt must be a string, a list of token ids, or a list holding exactly one of those "
-        "(hf-reference serves one prompt per request)", "prompt")
+        f"({server} serves one prompt per request)", "prompt")
 
 
-def _parse_messages(body: dict) -> list[ChatMessage]:
+def _parse_messages(body: dict, server: str) -> list[ChatMessage]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError("messages must be a non-empty list", "messages")
-    return [_parse_message(m, i) for i, m in enumerate(messages)]
+    return [_parse_message(m, i, server) for i, m in enumerate(messages)]
 
 
-def _parse_message(message: Any, index: int) -> ChatMessage:
+def _parse_message(message: Any, index: int, server: str) -> ChatMessage:
     param = f"messages[{index}]"
     if not isinstance(message, dict) or not isinstance(message.get("role"), str):
         raise RequestError(f"{param} must be an object with a string role", param)
-    return ChatMessage(message["role"], _message_text(message.get("content"), f"{param}.content"))
+    return ChatMessage(message["role"], _message_text(message.get("content"), f"{param}.content", server))
 
 
-def _message_text(content: Any, param: str) -> str:
+def _message_text(content: Any, param: str, server: str) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
@@ -161,7 +163,7 @@ def _message_text(content: Any, param: str) -> str:
         texts = []
         for part in content:
             if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-                raise RequestError(f"{param}: only text content parts are supported by hf-reference", param)
+                raise RequestError(f"{param}: only text content parts are supported by {server}", param)
             texts.append(part["text"])
         return "\n".join(texts)
     raise RequestError(f"{param} must be a string or a list of text parts", param)
@@ -190,14 +192,14 @@ def _parse_stream_options(options: Any, stream: bool) -> StreamOptions:
     )
 
 
-def _reject_response_format(fmt: Any) -> None:
+def _reject_response_format(fmt: Any, server: str) -> None:
     if fmt is None:
         return
     kind = fmt.get("type") if isinstance(fmt, dict) else None
     if kind == "text":
         return
     if kind in ("json_schema", "json_object"):
-        raise RequestError(f"response_format {kind} is not supported by hf-reference", "response_format")
+        raise RequestError(f"response_format {kind} is not supported by {server}", "response_format")
     raise RequestError("response_format must be an object with a type", "response_format")
 
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from .generator import Delta, JobResult, TokenLogprob
+from .engine_api import TokenLogprob
+from .outputs import Delta, JobResult
 
 # JSON has no -inf; vLLM clamps the same way.
 MIN_LOGPROB = -9999.0
@@ -37,7 +38,7 @@ class Usage:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
-            # This reference never speculates, so a `prediction` is never used.
+            # No engine behind this layer speculates yet, so a `prediction` is never used.
             "completion_tokens_details": {"accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
         }
 

@@ -1,0 +1,99 @@
+"""python -m skills.engine_core.bench [--model DIR] [--dtype bfloat16] [--tokens 128] [--batch-sizes 1,8,32]
+
+Concurrency-1 decode speed and "bandwidth achieved" (model bytes x tokens/s, as gpt-fast prints
+it) against the machine's memory bandwidth, measured in the same run by a large array copy.
+With --batch-sizes, also decode tokens/s at those batch sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("GOMP_SPINCOUNT", "100")  # as engine-a runs; read when torch loads libgomp
+
+import torch  # noqa: E402
+
+from skills.openai_server.engine_api import SamplingParams  # noqa: E402
+
+from .engine import EngineConfig, LLMEngine  # noqa: E402
+from .loader import load_engine  # noqa: E402
+
+COPY_BYTES = 1 << 30  # well past any cache
+
+
+def memory_bandwidth(nbytes: int = COPY_BYTES, repeats: int = 5) -> float:
+    """Bytes/s of a large copy (read + write counted), best of `repeats`, with torch's threads."""
+    src = torch.ones(nbytes // 4, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - started)
+    return 2 * nbytes / best
+
+
+def model_bytes(engine: LLMEngine) -> int:
+    """Weights as loaded, read once per decode step (a tied embedding counts once: it is the lm_head)."""
+    return engine.runner.model.weight_bytes
+
+
+def decode_rate(engine: LLMEngine, batch: int, tokens: int, prompt: list[int]) -> tuple[float, float]:
+    """(decode tokens/s over all sequences, mean step seconds) after every prompt is prefilled."""
+    params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
+    for _ in range(batch):
+        engine.add_request(prompt, params, lambda outs: None)
+    while any(s.prefilling for s in engine.scheduler.slots) or not engine.scheduler.slots:
+        engine.step()
+    before = engine.counters.snapshot()
+    started = time.perf_counter()
+    engine.run_until_idle()
+    elapsed = time.perf_counter() - started
+    after = engine.counters.snapshot()
+    steps = after["forward_passes"] - before["forward_passes"]
+    return (after["decode_tokens_total"] - before["decode_tokens_total"]) / elapsed, elapsed / max(steps, 1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=None, help="default: the tiny profile's SmolLM2-135M-Instruct")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--tokens", type=int, default=128, help="tokens decoded per sequence")
+    p.add_argument("--batch-sizes", default="1", help="comma-separated decode batch sizes")
+    p.add_argument("--compile", default="", help="comma-separated kernels.py names to torch.compile")
+    args = p.parse_args(argv)
+    if args.model is None:
+        from harness.assets import ensure_model
+
+        args.model = Path(ensure_model("smollm2-135m-instruct"))
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    cfg = EngineConfig(max_num_seqs=max(sizes), max_num_batched_tokens=max(256, max(sizes)), max_model_len=1024,
+                       dtype=args.dtype, threads=args.threads,
+                       compile=tuple(n for n in args.compile.split(",") if n))
+    engine = load_engine(args.model, cfg)
+    prompt = engine.tokenizer("Write a short story about a robot who learns to paint.").input_ids
+    decode_rate(engine, 1, 8, prompt)  # warm-up
+    bandwidth = memory_bandwidth()
+    size = model_bytes(engine)
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, GOMP_SPINCOUNT={os.environ['GOMP_SPINCOUNT']}; "
+          f"model {size / 1e6:.0f} MB ({args.dtype})")
+    print(f"memory bandwidth (copy, read+write): {bandwidth / 1e9:.1f} GB/s")
+    for batch in sizes:
+        rate, step_s = decode_rate(engine, batch, args.tokens, prompt)
+        line = f"batch {batch:3d}: {rate:8.1f} tok/s, {step_s * 1e3:6.1f} ms/step"
+        if batch == 1:
+            achieved = size * rate
+            line += (f"; bandwidth achieved {achieved / 1e9:.1f} GB/s = "
+                     f"{100 * achieved / bandwidth:.0f}% of the measured memory bandwidth")
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""The engine: schedule -> run -> postprocess, in one background thread.
+
+`submit` (event loop) and `add_request` (any thread) hand requests over through a queue;
+outputs go back through each request's sink. Implements the server layer's `ServingEngine`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+
+from skills.openai_server.engine_api import GenerationFailed, SamplingParams, TokenOutput
+from skills.openai_server.stream import QueueStream
+
+from .counters import Counters, StepLogger
+from .runner import ModelRunner, StepResult
+from .scheduler import Scheduler, SchedulerConfig, ScheduledStep
+from .sequence import Sequence, Sink
+
+log = logging.getLogger(__name__)
+
+IDLE_WAIT_S = 0.5
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_num_seqs: int = 32
+    max_num_batched_tokens: int = 256
+    max_model_len: int = 4096
+    dtype: str = "bfloat16"  # bfloat16 | float32
+    threads: int | None = None  # torch intra-op threads; None: every core
+    compile: tuple[str, ...] = ()  # kernels.py names to torch.compile, e.g. ("decode_attention",)
+    pack_weights: bool = True  # prepack matmul weights for oneDNN (CPU; see packing.py)
+    # Before the next step, wait (at most this long) until the event loop has handed this step's
+    # outputs to their streams, so its burst of Python does not preempt an OpenMP thread mid-matmul.
+    output_sync_s: float = 0.0
+
+    def scheduler(self) -> SchedulerConfig:
+        return SchedulerConfig(self.max_num_seqs, self.max_num_batched_tokens, self.max_model_len)
+
+
+class LLMEngine:
+    def __init__(self, runner: ModelRunner, tokenizer, eos_ids: frozenset[int], cfg: EngineConfig) -> None:
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+        self.cfg = cfg
+        self.max_model_len = cfg.max_model_len
+        self.vocab_size = runner.model.cfg.vocab_size
+        self.scheduler = Scheduler(cfg.scheduler())
+        self.counters = Counters()
+        self._inbox: queue.SimpleQueue[Sequence] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None  # the event loop submit() streams to
+        self._threads = torch.get_num_threads()
+
+    # --- any thread ---
+
+    def add_request(self, prompt_ids: list[int], params: SamplingParams, sink: Sink,
+                    is_cancelled=lambda: False) -> Sequence:
+        """Raises ValueError for a request that cannot run (checked here, not in the engine thread)."""
+        if not prompt_ids:
+            raise ValueError("the prompt has no tokens")
+        if len(prompt_ids) + params.max_tokens > self.max_model_len:
+            raise ValueError(f"prompt ({len(prompt_ids)}) + max_tokens ({params.max_tokens}) exceeds "
+                             f"max_model_len {self.max_model_len}")
+        seq = Sequence(list(prompt_ids), params, sink, is_cancelled)
+        self.counters.add(requests_total=1, prompt_tokens_total=len(prompt_ids))
+        self._inbox.put(seq)
+        return seq
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams) -> QueueStream:
+        """From the event loop: a stream of this request's outputs."""
+        stream = QueueStream.on_running_loop()
+        self._event_loop = stream.loop
+        self.add_request(prompt_ids, params, stream.send_many, stream.cancelled.is_set)
+        return stream
+
+    def metrics(self) -> dict[str, int]:
+        running, waiting = len(self.scheduler.slots), len(self.scheduler.waiting) + self._inbox.qsize()
+        return {**self.counters.snapshot(), "requests_running": running, "requests_waiting": waiting}
+
+    def reset_prefix_cache(self) -> bool:
+        return True  # no prefix cache here
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        self._inbox.put(None)  # wakes the loop
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    # --- the engine thread (or a test calling step() directly) ---
+
+    def step(self, block: bool = False) -> bool:
+        """One iteration; returns whether a forward ran."""
+        self._drain_inbox(block and not self.scheduler.has_work())
+        self._reap_cancelled()
+        step = self.scheduler.schedule()
+        if step is None:
+            return False
+        result = self.runner.run(step)
+        self._postprocess(step, result)
+        if self.cfg.output_sync_s > 0 and self._event_loop is not None and self._thread is not None:
+            self._wait_for_event_loop()
+        return True
+
+    def _wait_for_event_loop(self) -> None:
+        """Outputs went out with call_soon_threadsafe; a callback queued behind them, which
+        re-queues itself once, runs after the streams' consumers have taken their items."""
+        done = threading.Event()
+        try:
+            self._event_loop.call_soon_threadsafe(self._event_loop.call_soon, done.set)
+        except RuntimeError:  # the loop is closed
+            return
+        done.wait(self.cfg.output_sync_s)
+
+    def warmup(self, batch: int = 8, prompt_len: int = 16, tokens: int = 4) -> None:
+        """Run dummy requests before serving, so lazy work (torch.compile of each kind of step,
+        oneDNN primitives) happens now and not inside the first real requests: half of them join
+        while the others decode, so mixed steps (decodes + prefill chunks) are covered too."""
+        params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
+        n = min(batch, self.cfg.max_num_seqs)
+        for i in range(n):
+            self.add_request([1 + (i + j) % (self.vocab_size - 1) for j in range(prompt_len)], params,
+                             lambda outs: None)
+            if i == n // 2:
+                self.step()
+                self.step()
+        self.run_until_idle()
+        self.counters = Counters()
+
+    def run_until_idle(self) -> None:
+        while self.step() or self.scheduler.has_work() or not self._inbox.empty():
+            pass
+
+    def _loop(self) -> None:
+        # OpenMP settings are per calling thread: give this thread the team size set at load.
+        torch.set_num_threads(self._threads)
+        stats = StepLogger(self.counters.snapshot())
+        while not self._stopping.is_set():
+            try:
+                started = time.perf_counter()
+                if self.step(block=True):
+                    stats.add(time.perf_counter() - started, self.counters.snapshot())
+            except Exception as exc:  # the failure goes to every request in flight; the engine keeps serving
+                log.exception("engine step failed")
+                self._fail_all(GenerationFailed(f"{type(exc).__name__}: {exc}"))
+
+    def _drain_inbox(self, block: bool) -> None:
+        try:
+            item = self._inbox.get(timeout=IDLE_WAIT_S) if block else self._inbox.get_nowait()
+            while True:
+                if item is not None:
+                    self.scheduler.add(item)
+                item = self._inbox.get_nowait()
+        except queue.Empty:
+            pass
+
+    def _reap_cancelled(self) -> None:
+        for seq in [*self.scheduler.waiting, *self.scheduler.slots]:
+            if seq.is_cancelled():
+                self._finish(seq, "abort", TokenOutput(None, None, "abort"))
+
+    def _postprocess(self, step: ScheduledStep, result: StepResult) -> None:
+        for seq in step.decodes:
+            seq.num_computed += 1
+        for seq, n in step.prefills:
+            seq.num_computed += n
+        self.counters.record_step(len(step.decodes), len(step.prefills), sum(n for _, n in step.prefills))
+        for seq, token_id, logprobs in zip(result.sampled, result.token_ids, result.logprobs):
+            params = seq.params
+            if token_id in self.eos_ids and not params.ignore_eos:
+                self._finish(seq, "stop", TokenOutput(None, None, "stop"))
+                continue
+            seq.output_ids.append(token_id)
+            self.counters.add(generation_tokens_total=1)
+            done = len(seq.output_ids) >= params.max_tokens or seq.num_tokens >= self.max_model_len
+            out = TokenOutput(token_id, logprobs, "length" if done else None)
+            if done:
+                self._finish(seq, "length", out)
+            else:
+                seq.sink([out])
+
+    def _finish(self, seq: Sequence, reason: str, last: TokenOutput | GenerationFailed) -> None:
+        self.runner.apply(self.scheduler.finish(seq, reason))
+        self.counters.add(requests_finished=1)
+        seq.sink([last])
+
+    def _fail_all(self, error: GenerationFailed) -> None:
+        for seq in [*self.scheduler.waiting, *self.scheduler.slots]:
+            self._finish(seq, "abort", error)
+

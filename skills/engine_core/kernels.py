@@ -1,0 +1,85 @@
+"""The elementwise pieces of a layer as plain functions of tensors, so `torch.compile` can fuse
+each into one kernel (`use_compiled`); by default they run eagerly.
+
+They take weights as arguments (not modules) so one compiled graph serves every layer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """As transformers' LlamaRMSNorm: normalise in float32, cast back, then scale."""
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + residual, rms_norm(x + residual))."""
+    x = x + residual
+    return x, weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, half: int) -> torch.Tensor:
+    """rotate_half(x) * sin == roll(x, half) * sin with the first half of sin negated."""
+    return x * cos + torch.roll(x, half, dims=-1) * sin_signed
+
+
+def silu_mul(gate_up: torch.Tensor, intermediate: int) -> torch.Tensor:
+    gate, up = gate_up.split(intermediate, dim=-1)
+    return F.silu(gate) * up
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """q [S, kv_heads, group, d]; k, v [S, kv_heads, L, d]; mask [S, 1, 1, L] additive."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def decode_attention_loops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The same as products and sums, in float32: compiled, it is one loop nest over all slots and
+    heads, where SDPA's CPU kernel pays a fixed cost per (slot, head) that dominates at decode
+    sizes (3 query rows, ~100 keys)."""
+    scale = q.shape[-1] ** -0.5
+    scores = (q.float().unsqueeze(3) * k.float().unsqueeze(2)).sum(-1) * scale + mask.float()
+    probs = torch.softmax(scores, dim=-1)
+    return (probs.unsqueeze(-1) * v.float().unsqueeze(2)).sum(3).to(q.dtype)
+
+
+MIN_SLOTS_FOR_LOOPS = 4  # below this SDPA's per-(slot, head) cost is smaller than the compiled call's
+
+
+def _compiled_decode_attention():
+    loops = torch.compile(decode_attention_loops, dynamic=True)
+
+    def pick(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return loops(q, k, v, mask) if q.shape[0] >= MIN_SLOTS_FOR_LOOPS else decode_attention(q, k, v, mask)
+
+    return pick
+
+
+_EAGER = {"rms_norm": rms_norm, "add_rms_norm": add_rms_norm, "rope": rope, "silu_mul": silu_mul,
+          "decode_attention": decode_attention}
+_COMPILED = {"decode_attention": _compiled_decode_attention}
+
+
+class Kernels:
+    """The functions layers call; `use_compiled()` swaps in compiled versions."""
+
+    rms_norm = staticmethod(rms_norm)
+    add_rms_norm = staticmethod(add_rms_norm)
+    rope = staticmethod(rope)
+    silu_mul = staticmethod(silu_mul)
+    decode_attention = staticmethod(decode_attention)
+
+    @classmethod
+    def use_compiled(cls, names: tuple[str, ...] = tuple(_EAGER), enabled: bool = True) -> None:
+        for name in names:
+            if not enabled:
+                fn = _EAGER[name]
+            elif name in _COMPILED:
+                fn = _COMPILED[name]()
+            else:
+                fn = torch.compile(_EAGER[name], dynamic=True)
+            setattr(cls, name, staticmethod(fn))

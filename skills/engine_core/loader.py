@@ -1,0 +1,61 @@
+"""Build an engine from a local model folder: config, tokenizer and weights via transformers /
+safetensors, everything else ours."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoTokenizer
+
+from .config import ModelConfig
+from .engine import EngineConfig, LLMEngine
+from .packing import can_pack
+from .runner import ModelRunner
+from .weights import build_model, read_safetensors
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def load_engine(model_dir: Path, cfg: EngineConfig) -> LLMEngine:
+    started = time.perf_counter()
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    hf_config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    model_cfg = ModelConfig.from_hf(hf_config)
+    dtype = DTYPES[cfg.dtype]
+    model = build_model(model_cfg, read_safetensors(model_dir), dtype)
+    if cfg.pack_weights and can_pack(dtype):
+        model.pack()
+    max_len = min(cfg.max_model_len, model_cfg.max_position)
+    if max_len != cfg.max_model_len:
+        cfg = EngineConfig(**{**cfg.__dict__, "max_model_len": max_len})
+    runner = ModelRunner(model, cfg.max_num_seqs, cfg.max_model_len, dtype)
+    if cfg.compile:
+        runner.compile(cfg.compile)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    engine = LLMEngine(runner, tokenizer, eos_ids(model_dir, hf_config, tokenizer), cfg)
+    engine.warmup()
+    log.info("engine ready in %.1fs: %s, %d threads, state pool %.2f GiB, %s", time.perf_counter() - started,
+             cfg.dtype, torch.get_num_threads(), runner.pool.nbytes() / 2**30, cfg)
+    return engine
+
+
+def eos_ids(model_dir: Path, hf_config, tokenizer) -> frozenset[int]:
+    ids: set[int] = set()
+    gen = model_dir / "generation_config.json"
+    values = [json.loads(gen.read_text()).get("eos_token_id")] if gen.is_file() else []
+    values += [getattr(hf_config.get_text_config(), "eos_token_id", None), tokenizer.eos_token_id]
+    for value in values:
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    if not ids:
+        raise ValueError("the model defines no EOS token")
+    return frozenset(ids)

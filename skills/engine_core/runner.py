@@ -1,0 +1,88 @@
+"""The model runner: owns the model and the state pool; turns a scheduled step into tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from skills.openai_server.engine_api import TokenLogprob
+
+from .batch import DecodeBatch, ForwardBatch, PrefillSpan, chunk_mask, decode_mask
+from .kernels import Kernels
+from .model import CausalLM
+from .sampler import SampleRequest, sample
+from .scheduler import Move, ScheduledStep
+from .sequence import Sequence
+from .state import StatePool
+
+
+@dataclass(frozen=True)
+class StepResult:
+    sampled: list[Sequence]  # the sequences that got a token this step, in order
+    token_ids: list[int]
+    logprobs: list[TokenLogprob | None]
+
+
+class ModelRunner:
+    def __init__(self, model: CausalLM, max_num_seqs: int, max_model_len: int, dtype: torch.dtype) -> None:
+        self.model = model
+        self.group = model.cfg.group_size
+        self.dtype = dtype
+        self.pool = StatePool(model.state_specs(), max_num_seqs, max_model_len, dtype)
+
+    def compile(self, names: tuple[str, ...]) -> None:
+        """Swap in torch.compile'd kernels (kernels.py) by name; shapes are dynamic, one graph each."""
+        Kernels.use_compiled(names)
+
+    def apply(self, moves: list[Move]) -> None:
+        for move in moves:
+            self.pool.move(move.src, move.dst, move.length)
+
+    @torch.inference_mode()
+    def run(self, step: ScheduledStep) -> StepResult:
+        batch, sampled = self.build(step)
+        logits = self.model(batch, self.pool)
+        ids, logprobs = sample(logits, [SampleRequest(s.params, s.generator) for s in sampled])
+        return StepResult(sampled, ids, logprobs)
+
+    def build(self, step: ScheduledStep) -> tuple[ForwardBatch, list[Sequence]]:
+        ids: list[int] = [s.last_token for s in step.decodes]
+        positions: list[int] = [s.num_tokens - 1 for s in step.decodes]
+        slots: list[int] = [s.slot for s in step.decodes]
+        sample_rows = list(range(len(ids)))
+        sampled = list(step.decodes)
+        spans: list[PrefillSpan] = []
+        for seq, n in step.prefills:
+            start, row = seq.num_computed, len(ids)
+            ids += seq.prompt_ids[start: start + n]
+            positions += range(start, start + n)
+            slots += [seq.slot] * n
+            spans.append(PrefillSpan(seq.slot, start, n, row, chunk_mask(start, n, self.group, self.dtype)))
+            if start + n == len(seq.prompt_ids):
+                sample_rows.append(row + n - 1)
+                sampled.append(seq)
+        batch = ForwardBatch(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            positions=torch.tensor(positions, dtype=torch.long),
+            slots=torch.tensor(slots, dtype=torch.long),
+            num_decodes=len(step.decodes),
+            decode=self._decode_batch(step) if step.decodes else None,
+            prefills=tuple(spans),
+            sample_rows=torch.tensor(sample_rows, dtype=torch.long),
+        )
+        return batch, sampled
+
+    def _decode_batch(self, step: ScheduledStep) -> DecodeBatch:
+        lengths = [1] * step.num_slots  # slots not decoding this step attend one (finite) key
+        for seq in step.decodes:
+            lengths[seq.slot] = seq.num_tokens
+        slots = [s.slot for s in step.decodes]
+        max_len = max(lengths)
+        return DecodeBatch(
+            num_slots=step.num_slots,
+            slots=torch.tensor(slots, dtype=torch.long),
+            dense=slots == list(range(step.num_slots)),
+            max_len=max_len,
+            mask=decode_mask(lengths, max_len, self.dtype),
+        )

@@ -1,0 +1,79 @@
+"""The interface between the OpenAI server layer and any engine behind it.
+
+An engine takes prompt token ids plus sampling parameters and streams back token-level
+outputs (id, logprobs, finish reason). Text, stop strings and response shapes are the
+server's job, so every engine (the generate-based reference, the batching engine, ...)
+shares them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What a request asks of generation, already validated."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()  # applied by the server (detokenizer); engines may ignore it
+    ignore_eos: bool = False
+    top_logprobs: int | None = None  # None: no logprobs; k: the chosen token plus the top k
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]  # (token id, logprob), best first
+
+
+@dataclass(frozen=True)
+class TokenOutput:
+    """One step of a request. `token_id` None: a finish-only output (EOS, abort).
+
+    finish_reason: None while running; "length" on the max_tokens-th token; "stop" on EOS;
+    "abort" when cancelled.
+    """
+
+    token_id: int | None
+    logprobs: TokenLogprob | None = None
+    finish_reason: str | None = None
+
+
+class GenerationFailed(Exception):
+    """The engine failed while running a request; the server answers 500 / an error event."""
+
+
+class EngineStream(Protocol):
+    """One submitted request: iterate for outputs (the last carries a finish reason)."""
+
+    def __aiter__(self) -> AsyncIterator[TokenOutput]: ...
+
+    def cancel(self) -> None:
+        """Stop generating (client gone, stop string hit). Idempotent, callable from the event loop."""
+
+
+class ServingEngine(Protocol):
+    tokenizer: object
+    max_model_len: int
+    vocab_size: int
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams) -> EngineStream:
+        """Queue a request; called from the event loop."""
+
+    def metrics(self) -> dict[str, int]:
+        """Counters for /metrics, at least `forward_passes`."""
+
+    def reset_prefix_cache(self) -> bool: ...
+
+    def shutdown(self) -> None: ...

@@ -1,0 +1,188 @@
+"""The OpenAI server layer over a scripted fake engine: shapes, streaming, usage, stop strings,
+logprobs, errors. No model runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from skills.openai_server import QueueStream, SamplingParams, ServerInfo, TokenLogprob, TokenOutput, create_app
+from skills.openai_server.engine_api import GenerationFailed
+
+TEXT = " Paris is the capital of France."
+
+
+class ScriptedEngine:
+    """Answers every request with the tokens of TEXT (then EOS), honouring max_tokens."""
+
+    max_model_len = 64
+    vocab_size = 49152
+
+    def __init__(self, tokenizer, fail_after: int | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.script = tokenizer(TEXT).input_ids
+        self.fail_after = fail_after
+        self.requests: list[tuple[list[int], SamplingParams]] = []
+        self.streams: list[QueueStream] = []
+
+    def submit(self, prompt_ids, params):
+        self.requests.append((prompt_ids, params))
+        stream = QueueStream.on_running_loop()
+        self.streams.append(stream)
+        outs: list = []
+        for i, token in enumerate(self.script[: params.max_tokens]):
+            if self.fail_after is not None and i == self.fail_after:
+                outs.append(GenerationFailed("boom"))
+                break
+            lp = None if params.top_logprobs is None else TokenLogprob(
+                token, -0.5, tuple((token + j, -0.5 - j) for j in range(params.top_logprobs)))
+            last = i + 1 == params.max_tokens
+            outs.append(TokenOutput(token, lp, "length" if last else None))
+        else:
+            if len(self.script) < params.max_tokens:
+                outs.append(TokenOutput(None, None, "stop"))
+        for out in outs:
+            stream.send(out)
+        return stream
+
+    def metrics(self):
+        return {"forward_passes": len(self.requests)}
+
+    def reset_prefix_cache(self):
+        return True
+
+    def shutdown(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from harness.assets import ensure_model
+
+    return AutoTokenizer.from_pretrained(Path(ensure_model("smollm2-135m-instruct")))
+
+
+@pytest.fixture
+def engine(tokenizer):
+    return ScriptedEngine(tokenizer)
+
+
+@pytest.fixture
+def client(engine):
+    with TestClient(create_app(engine, ServerInfo("m", "/models/m", 0, server_name="fake"))) as c:
+        yield c
+
+
+def sse(client, path, body) -> list[dict]:
+    with client.stream("POST", path, json={**body, "stream": True}) as response:
+        assert response.status_code == 200
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    return [json.loads(line[len("data: "):]) for line in lines[:-1]]
+
+
+def test_completion_whole_and_streamed(client) -> None:
+    body = client.post("/v1/completions", json={"prompt": "The capital", "max_tokens": 30}).json()
+    assert body["choices"][0]["text"] == TEXT and body["choices"][0]["finish_reason"] == "stop"
+    n = body["usage"]["completion_tokens"]
+    chunks = sse(client, "/v1/completions", {"prompt": "The capital", "max_tokens": 30,
+                                            "stream_options": {"include_usage": True, "continuous_usage_stats": True}})
+    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == TEXT
+    token_chunks = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"] is None]
+    assert [c["usage"]["completion_tokens"] for c in token_chunks] == list(range(1, n + 1))
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == n
+
+
+def test_max_tokens_is_length(client, engine) -> None:
+    body = client.post("/v1/completions", json={"prompt": [1, 2, 3], "max_tokens": 2}).json()
+    assert body["choices"][0]["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 2
+    assert engine.requests[-1][0] == [1, 2, 3]
+
+
+def test_stop_string_cuts_and_cancels(client, engine) -> None:
+    body = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 30, "stop": ["capital"]}).json()
+    assert body["choices"][0]["text"] == " Paris is the " and body["choices"][0]["finish_reason"] == "stop"
+    assert engine.streams[-1].cancelled.is_set()
+    chunks = sse(client, "/v1/completions", {"prompt": "x", "max_tokens": 30, "stop": "capital"})
+    assert "".join(c["choices"][0]["text"] for c in chunks) == " Paris is the "
+
+
+def test_chat_role_chunk_and_logprobs(client, tokenizer) -> None:
+    chunks = sse(client, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                                  "max_tokens": 3, "logprobs": True, "top_logprobs": 2})
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    entries = [c["choices"][0]["logprobs"]["content"][0] for c in chunks[1:]]
+    first = tokenizer(TEXT).input_ids[0]
+    assert entries[0]["token"] == tokenizer.decode([first]) and len(entries[0]["top_logprobs"]) == 2
+    body = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                     "max_tokens": 3, "logprobs": True}).json()
+    assert body["choices"][0]["logprobs"]["content"][0]["top_logprobs"] == []
+
+
+def test_completion_logprobs_shape(client) -> None:
+    lp = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 3, "logprobs": 2}).json()[
+        "choices"][0]["logprobs"]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == len(lp["text_offset"]) == 3
+    assert lp["text_offset"][0] == 0 and all(2 <= len(t) <= 3 for t in lp["top_logprobs"])
+
+
+def test_metrics_models_health_reset(client) -> None:
+    assert client.get("/health").status_code == 200
+    assert client.get("/v1/models").json()["data"][0]["owned_by"] == "fake"
+    assert client.get("/metrics").json() == {"forward_passes": 0}
+    assert client.post("/reset_prefix_cache").json() == {"reset": True}
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"max_tokens": 4}, "prompt"),
+    ({"prompt": "x", "n": 2}, "n"),
+    ({"prompt": "x", "max_tokens": 100}, "max_tokens"),
+    ({"prompt": "x", "logprobs": 21}, "logprobs"),
+    ({"prompt": "x", "top_p": 0}, "top_p"),
+    ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
+    ({"prompt": [99999999]}, "prompt"),
+])
+def test_bad_requests(client, body, param) -> None:
+    response = client.post("/v1/completions", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param and response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_unsupported_feature_names_the_server(client) -> None:
+    error = client.post("/v1/completions", json={"prompt": "x", "echo": True}).json()["error"]
+    assert "not supported by fake" in error["message"]
+
+
+def test_engine_failure(tokenizer) -> None:
+    with TestClient(create_app(ScriptedEngine(tokenizer, fail_after=1), ServerInfo("m", "/m", 0))) as client:
+        chunks = sse_error(client)
+        assert chunks[0]["choices"][0]["text"] == " Paris" and "boom" in chunks[-1]["error"]["message"]
+        response = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 5})
+        assert response.status_code == 500 and "boom" in response.json()["error"]["message"]
+
+
+def sse_error(client) -> list[dict]:
+    with client.stream("POST", "/v1/completions", json={"prompt": "x", "max_tokens": 5, "stream": True}) as r:
+        lines = [line for line in r.iter_lines() if line]
+    assert "data: [DONE]" not in lines
+    return [json.loads(line[len("data: "):]) for line in lines]
+
+
+def test_incremental_text_streams_the_whole_decode(tokenizer) -> None:
+    from skills.openai_server.detokenizer import IncrementalText
+
+    text = "naïve café 🙂 — done. Then more text follows here."
+    ids = tokenizer(text).input_ids
+    pieces = IncrementalText(tokenizer)
+    assert "".join(pieces.add(t) for t in ids) + pieces.flush() == tokenizer.decode(ids, skip_special_tokens=True)
+    stopping, out = IncrementalText(tokenizer, stop=("done.",)), ""
+    for t in ids:
+        out += stopping.add(t)
+        if stopping.stopped:
+            break
+    assert out + stopping.flush() == "naïve café 🙂 — "
