@@ -34,8 +34,12 @@ def pytest_configure(config):
         config.servebench_stacks = [resolve_stack(s) for s in config.getoption("stack")]
         profile = config.getoption("profile")
         scenarios = find_scenarios(SCENARIOS_DIR)
-        for scenario in scenarios:
-            scenario.profile(profile)
+        # A profile only some settings define (the agent's `smoke`) skips the others; a profile no
+        # setting defines is a typo.
+        if scenarios and not any(profile in s.profiles for s in scenarios):
+            known = "; ".join(f"{s.setting}: {', '.join(sorted(s.profiles))}"
+                             for s in sorted(scenarios, key=lambda s: s.setting))
+            raise HarnessError(f"unknown profile {profile!r}: no setting defines it ({known})")
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
     if config.getoption("repeats") < 1:
@@ -63,7 +67,11 @@ def pytest_generate_tests(metafunc):
     if "load_point" in metafunc.fixturenames:
         from harness.loadgen import LoadPoint
 
-        load = load_scenario(_scenario_of(metafunc.module)).profile(config.getoption("profile"))["load"]
+        scenario = load_scenario(_scenario_of(metafunc.module))
+        if config.getoption("profile") not in scenario.profiles:
+            metafunc.parametrize("load_point,repeat", [])  # collected as skipped: see the `profile` fixture
+            return
+        load = scenario.profile(config.getoption("profile"))["load"]
         points = [LoadPoint(num_prompts=load["num_prompts"] or 0, request_rate=p.get("request_rate"),
                             concurrency=p.get("concurrency"), max_concurrency=p.get("max_concurrency", load.get("max_concurrency")),
                             burstiness=load.get("burstiness", 1.0), warmup=load.get("warmup", 0),
@@ -101,7 +109,10 @@ def scenario(request):
 
 @pytest.fixture(scope="module")
 def profile(request, scenario):
-    return scenario.profile(request.config.getoption("profile"))
+    name = request.config.getoption("profile")
+    if name not in scenario.profiles:
+        pytest.skip(f"setting {scenario.setting} has no profile {name!r} (known: {', '.join(sorted(scenario.profiles))})")
+    return scenario.profile(name)
 
 
 @pytest.fixture(scope="module")

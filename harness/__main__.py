@@ -1,4 +1,4 @@
-"""python -m harness {assets,leaderboard,stacks}: the harness's command line."""
+"""python -m harness {assets,leaderboard,stacks,compare}: the harness's command line."""
 from __future__ import annotations
 
 import argparse
@@ -33,6 +33,17 @@ def cmd_stacks(args) -> None:
         print(f"{name:20s} {', '.join(spec.supports):40s} {spec.description}")
 
 
+def cmd_compare(args) -> None:
+    from rich.console import Console
+
+    from harness.compare import compare
+
+    summary = compare(args.scenario, args.stack, args.baseline or [], args.profile, args.results_dir, args.run_id,
+                      args.pytest_args, Console())
+    if summary["pytest_exit_code"] not in (0, 1):  # 1: some cell failed, and the table says which
+        raise HarnessError(f"pytest exited with code {summary['pytest_exit_code']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     parser.add_argument("--scenarios", type=Path, default=REPO_ROOT / "scenarios", help="scenario YAML folder")
@@ -46,6 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_leaderboard)
     p = sub.add_parser("stacks", help="list the registered stacks")
     p.set_defaults(func=cmd_stacks)
+    p = sub.add_parser("compare", help="score stacks on one scenario in one run; print ratios and bandwidth achieved")
+    p.add_argument("--scenario", default="standard_serving")
+    p.add_argument("--stack", action="append", required=True, help="repeatable; the first is the one compared")
+    p.add_argument("--baseline", action="append", help="ratios against these (default: every other stack)")
+    p.add_argument("--profile", default="tiny")
+    p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
+    p.add_argument("--run-id", default=None)
+    p.add_argument("pytest_args", nargs="*", help="passed to pytest after --, e.g. -- -k 'conc-1 or rate-inf'")
+    p.set_defaults(func=cmd_compare)
     args = parser.parse_args(argv)
     try:
         args.func(args)

@@ -15,15 +15,17 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from harness import counters
 from harness import machine as host
 from harness.assets import weights_checksum
 from harness.client import HTTPStatusError, post_json, session
+from harness.engagement import Guard, GuardResult
 from harness.errors import StackError
 from harness.generation import Generation, Prompt, from_openai
 from harness.launcher import RunningStack
 from harness.loadgen import LoadPoint, LoadResult, run_load_point
 from harness.metrics import summarize
-from harness.oracle import Verdict, judge
+from harness.oracle import Verdict, judge, judge_lossless
 from harness.records import RequestRecord, write_records
 from harness.reference import TOP_K, eos_strings, reference_outputs
 from harness.row import ResultRow
@@ -101,26 +103,44 @@ class Bench:
         return self._finish(self._row(kind, status="not_applicable", error=reason, accuracy=accuracy))
 
     def measure(self, endpoint: str, payloads: list[dict], point: LoadPoint, request_timeout_s: float,
-                repeat: int = 0, slos_ms: dict[str, float] | None = None) -> ResultRow:
-        """Run one load point and write its row, also when the stack dies part-way."""
+                repeat: int = 0, slos_ms: dict[str, float] | None = None, guard: Guard | None = None) -> ResultRow:
+        """Run one load point and write its row, also when the stack dies part-way.
+
+        The stack's /metrics counters are read around the measured requests (warm-up excluded) and
+        what moved is kept in the row. `guard`: an engagement guard, applied when the stack declares
+        its feature; a cell that fails it is written with status "failed" and the guard's reason.
+        """
         row = self._row("performance", status="ok", load_point=point.describe(), repeat=repeat)
         payloads = [self.spec.adapt({**p, "model": self.served_model}) for p in payloads]
         row.stack_info["prefix_cache_reset"] = self.reset_prefix_cache()
+        readings: list[counters.Counters | None] = []
         with progress_bar(f"{self.spec.name} {point.label}", len(payloads) - point.warmup) as tick:
             result: LoadResult = asyncio.run(run_load_point(
                 self.stack.base_url, endpoint, payloads, point, request_timeout_s,
-                liveness=self.stack.death, progress=tick))
+                liveness=self.stack.death, progress=tick,
+                on_measured_start=lambda: readings.append(counters.read(self.stack.base_url))))
+        row.counters = counters.delta(readings[0] if readings else None, counters.read(self.stack.base_url))
         row.metrics = summarize(result.records, slos_ms)
         if result.crashed:
             row.status, row.error = "crashed", result.crashed
         elif row.metrics["failed"]:
             row.status = "partial" if row.metrics["completed"] else "failed"
             row.error = next(r.error for r in result.records if r.error)
+        if guard is not None and guard.applies(self.spec.supports):
+            verdict = guard.check(row.metrics.get(guard.usage_key) if guard.usage_key else None, row.counters)
+            row.engagement = verdict.to_json()
+            if not verdict.ok and row.status == "ok":
+                row.status, row.error = "failed", verdict.reason
         self._finish(row, result.warmup_records + result.records)
+        accepted = row.metrics.get("accepted_prediction_tokens")
         self.log(f"{self.spec.name} {point.label}: {row.status}, "
                  f"{_fmt(row.metrics.get('output_throughput'))} out tok/s, "
+                 f"median {_fmt(row.metrics.get('median_tok_per_s'))} tok/s, "
                  f"TTFT p50 {_fmt(row.metrics.get('median_ttft_ms'))} ms, "
-                 f"TPOT p50 {_fmt(row.metrics.get('median_tpot_ms'))} ms, load {row.machine['loadavg_after']}")
+                 f"TPOT p50 {_fmt(row.metrics.get('median_tpot_ms'))} ms"
+                 + (f", accepted prediction tokens {accepted}" if accepted is not None else "")
+                 + f", load {row.machine['loadavg_after']}"
+                 + (f"; {row.error}" if row.engagement and row.engagement["verdict"] == "fail" else ""))
         if result.crashed:
             raise StackError(result.crashed)
         return row
@@ -147,9 +167,12 @@ class Bench:
         if p.chat:
             payload = {"model": self.served_model, "messages": [{"role": "user", "content": p.text}],
                        "max_tokens": p.max_tokens, "temperature": 0, "logprobs": True, "top_logprobs": top_k}
+            if p.template_kwargs:
+                payload["chat_template_kwargs"] = p.template_kwargs
         else:
             payload = {"model": self.served_model, "prompt": p.text, "max_tokens": p.max_tokens, "temperature": 0,
                        "logprobs": top_k}
+        payload |= p.extra
         try:
             response = await post_json(client, self.stack.base_url, "chat" if p.chat else "completions",
                                        self.spec.adapt(payload))
@@ -171,6 +194,72 @@ class Bench:
         self._finish(row)
         self.log(f"{self.spec.name} accuracy: {verdict.summary}")
         return verdict
+
+    def lossless_accuracy(self, prompts: list[Prompt], request_timeout_s: float, top_k: int = TOP_K,
+                          guard: Guard | None = None, report: Callable[[list[Generation]], dict] | None = None,
+                          reference_dir: Path | None = None) -> LosslessVerdict:
+        """The oracle of a lossless optimisation switched on by request fields (`Prompt.extra`).
+
+        1. lossless: each prompt's output with its extra fields equals, token for token, its output
+           without them on the same stack (strict; the verdict shows both top-k at a divergence);
+        2. reference: the output with them matches the transformers reference (near-tie rule);
+        3. engagement: where the stack declares `guard.feature`, the mechanism ran during pass 1
+           (usage counts summed over the prompts, or /metrics counters grown).
+        `report(outputs_on)` adds what is reported but not judged (e.g. similarity to gold).
+        """
+        ref_dir = reference_dir or self.model_dir
+        row = self._row("accuracy", status="ok")
+        refs = reference_outputs(ref_dir, [p.without_extra() for p in prompts], top_k, self.log)
+        before = counters.read(self.stack.base_url)
+        on = self.stack_outputs(prompts, request_timeout_s, top_k)
+        moved = counters.delta(before, counters.read(self.stack.base_url))
+        off = self.stack_outputs([p.without_extra() for p in prompts], request_timeout_s, top_k)
+        ids = [p.id for p in prompts]
+        eos = eos_strings(ref_dir)
+        verdict = LosslessVerdict(lossless=judge_lossless(ids, off, on, eos), reference=judge(ids, refs, on, eos))
+        if guard is not None and guard.applies(self.spec.supports):
+            used = [g.usage_details.get(guard.usage_key) for g in on] if guard.usage_key else []
+            total = sum(u for u in used if isinstance(u, (int, float))) if any(u is not None for u in used) else None
+            verdict.engagement = guard.check(total, moved)
+        row.counters = moved
+        row.engagement = verdict.engagement.to_json() if verdict.engagement else None
+        row.accuracy = verdict.to_json() | {"outputs": [g.text for g in on]} | ({"report": report(on)} if report else {})
+        row.status = "ok" if verdict.ok else "failed"
+        self._finish(row)
+        self.log(f"{self.spec.name} accuracy: {verdict.summary}")
+        return verdict
+
+
+@dataclass
+class LosslessVerdict:
+    """The three parts of a lossless-optimisation oracle; all must pass."""
+
+    lossless: Verdict
+    reference: Verdict
+    engagement: GuardResult | None = None  # None: the stack does not claim the optimisation
+
+    @property
+    def ok(self) -> bool:
+        return self.lossless.ok and self.reference.ok and (self.engagement is None or self.engagement.ok)
+
+    @property
+    def summary(self) -> str:
+        parts = [f"lossless: {self.lossless.summary}", f"reference: {self.reference.summary}"]
+        if self.engagement is not None:
+            parts.append("engagement: " + ("pass" if self.engagement.ok else self.engagement.reason))
+        return "; ".join(parts)
+
+    def failures(self) -> list[str]:
+        out = [f"lossless {p.prompt_id}: {p.reason}" for p in self.lossless.prompts if not p.ok]
+        out += [f"reference {p.prompt_id}: {p.reason}" for p in self.reference.prompts if not p.ok]
+        if self.engagement is not None and not self.engagement.ok:
+            out.append(self.engagement.reason)
+        return out
+
+    def to_json(self) -> dict:
+        return {"verdict": "pass" if self.ok else "fail", "summary": self.summary,
+                "lossless": self.lossless.to_json(), "reference": self.reference.to_json(),
+                "engagement": self.engagement.to_json() if self.engagement else None}
 
 
 def _fmt(x) -> str:

@@ -15,6 +15,8 @@ import aiohttp
 from harness.records import RequestRecord
 
 ENDPOINTS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+# OpenAI's predicted-outputs counts, read from usage.completion_tokens_details
+PREDICTION_USAGE = ("accepted_prediction_tokens", "rejected_prediction_tokens")
 
 
 def _chunk_text(choice: dict) -> str:
@@ -132,6 +134,10 @@ def _take_usage(chunk: dict, record: RequestRecord) -> None:
     if not chunk.get("choices") and usage.get("completion_tokens") is not None:
         # The closing usage-only chunk holds the authoritative total.
         record.completion_tokens = usage["completion_tokens"]
+    details = usage.get("completion_tokens_details") or {}
+    for key in PREDICTION_USAGE:
+        if isinstance(details.get(key), int):  # the latest report wins (running or closing usage)
+            setattr(record, key, details[key])
 
 
 async def post_json(client: aiohttp.ClientSession, base_url: str, endpoint: str, payload: dict) -> dict:

@@ -6,12 +6,28 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Prompt:
-    """One accuracy prompt: plain text for /v1/completions, or one user turn for /v1/chat/completions."""
+    """One accuracy prompt: plain text for /v1/completions, or one user turn for /v1/chat/completions.
+
+    `extra`: request fields that switch on a lossless optimisation (e.g. `prediction` for predicted
+    outputs); they must not change the output, so the reference never sees them. `template_kwargs`:
+    chat-template arguments (e.g. {"enable_thinking": false}), sent as `chat_template_kwargs` and
+    given to the reference's template too.
+    """
 
     id: str
     text: str
     chat: bool
     max_tokens: int
+    extra: dict = field(default_factory=dict, compare=False)
+    template_kwargs: dict = field(default_factory=dict, compare=False)
+
+    def reference_key(self) -> dict:
+        """What the reference's output depends on (the cache key of setting A's prompts is unchanged)."""
+        key = {"id": self.id, "text": self.text, "chat": self.chat, "max_tokens": self.max_tokens}
+        return key | ({"template_kwargs": self.template_kwargs} if self.template_kwargs else {})
+
+    def without_extra(self) -> "Prompt":
+        return Prompt(self.id, self.text, self.chat, self.max_tokens, {}, self.template_kwargs)
 
 
 @dataclass
@@ -29,10 +45,11 @@ class Generation:
     finish_reason: str | None = None  # "stop" (end of sequence or stop string) | "length"
     text: str = ""
     usage_tokens: int | None = None  # what the server's usage said, when it came from a server
+    usage_details: dict = field(default_factory=dict)  # usage.completion_tokens_details, when given
 
     def to_json(self) -> dict:
         return {"tokens": self.tokens, "top": self.top, "finish_reason": self.finish_reason,
-                "text": self.text, "usage_tokens": self.usage_tokens}
+                "text": self.text, "usage_tokens": self.usage_tokens, "usage_details": self.usage_details}
 
     @classmethod
     def from_json(cls, data: dict) -> "Generation":
@@ -43,6 +60,7 @@ def from_openai(response: dict, chat: bool) -> Generation:
     """Read a non-streaming completions / chat completions response that asked for logprobs."""
     choice = response["choices"][0]
     usage = (response.get("usage") or {}).get("completion_tokens")
+    details = (response.get("usage") or {}).get("completion_tokens_details") or {}
     logprobs = choice.get("logprobs") or {}
     if chat:
         entries = logprobs.get("content") or []
@@ -54,4 +72,4 @@ def from_openai(response: dict, chat: bool) -> Generation:
         top = [dict(t or {}) for t in logprobs.get("top_logprobs") or []]
         text = choice.get("text") or ""
     return Generation(tokens=tokens, top=top, finish_reason=choice.get("finish_reason"), text=text,
-                      usage_tokens=usage)
+                      usage_tokens=usage, usage_details=dict(details) if isinstance(details, dict) else {})

@@ -47,6 +47,9 @@ _LABELS = {
     "total_input_tokens": "input tokens",
     "total_output_tokens": "output tokens",
     "duration": "duration (s)",
+    "median_tok_per_s": "median tok/s",
+    "accepted_prediction_tokens": "accepted prediction tokens",
+    "rejected_prediction_tokens": "rejected prediction tokens",
 }
 _STATS = {"mean": "mean", "median": "p50", "std": "std"}
 _LATENCIES = {"ttft": "TTFT", "tpot": "TPOT", "itl": "ITL", "e2el": "E2E latency"}
@@ -131,8 +134,10 @@ def _load_label(row: ResultRow) -> str:
 
 
 def _load_x(row: ResultRow) -> float | None:
-    """The load point's size: its request rate, else its concurrency."""
+    """The load point's size: its request rate, else its concurrency; everything at once is infinite."""
     point = row.load_point or {}
+    if point.get("label", "").startswith("rate=inf"):
+        return math.inf
     for key in ("request_rate", "concurrency"):
         value = point.get(key)
         if value is None or isinstance(value, bool):

@@ -101,10 +101,12 @@ async def _closed_loop(client, base_url, endpoint, payloads, point, records, pro
 
 async def run_load_point(base_url: str, endpoint: str, payloads: list[dict], point: LoadPoint,
                          request_timeout_s: float, liveness: Liveness = lambda: None,
-                         progress: Progress = lambda _: None) -> LoadResult:
+                         progress: Progress = lambda _: None,
+                         on_measured_start: Callable[[], object] = lambda: None) -> LoadResult:
     """Send the warm-up requests, then the measured ones; stop early if the stack dies.
 
     `payloads` holds warm-up payloads first (point.warmup of them), then the measured ones.
+    `on_measured_start` runs (blocking, outside the window) between the two, e.g. to read counters.
     """
     warm, measured = payloads[: point.warmup], payloads[point.warmup:]
     warm_records = [RequestRecord(index=i, warmup=True) for i in range(len(warm))]
@@ -113,6 +115,7 @@ async def run_load_point(base_url: str, endpoint: str, payloads: list[dict], poi
     async with session(request_timeout_s) as client:
         for payload, rec in zip(warm, warm_records):
             await stream_request(client, base_url, endpoint, payload, rec)
+        await asyncio.to_thread(on_measured_start)
         drive = _closed_loop if point.concurrency else _open_loop
         result.started = time.perf_counter()
         work = asyncio.ensure_future(drive(client, base_url, endpoint, measured, point, records, progress))

@@ -6,6 +6,10 @@
 - itl: gaps between consecutive token chunks, each gap spread evenly over the tokens its chunk carried.
 - throughputs: totals over the measured window (first send -> last token of any request).
 - goodput: requests meeting every given SLO (ttft, tpot, e2el in ms) per second of the window.
+- median_tok_per_s: median(output tokens per request) / median(e2el), the study's concurrency-1
+  figure for predicted outputs (setting B); not the median of per-request rates.
+- accepted/rejected_prediction_tokens: sums over the requests of the server's
+  usage.completion_tokens_details counts (None when no request reported them).
 """
 from __future__ import annotations
 
@@ -49,6 +53,20 @@ def stats(name: str, values_s: Iterable[float]) -> dict[str, float]:
     }
 
 
+def median_tok_per_s(records: list[RequestRecord]) -> float | None:
+    done = [r for r in records if r.ok]
+    if not done:
+        return None
+    latency = float(np.median([r.e2el for r in done]))
+    return float(np.median([r.output_tokens for r in done])) / latency if latency > 0 else None
+
+
+def reported_sum(records: list[RequestRecord], key: str) -> int | None:
+    """Sum of a per-request count the server may or may not report; None when no request had it."""
+    values = [getattr(r, key) for r in records if r.ok and getattr(r, key) is not None]
+    return sum(values) if values else None
+
+
 def window_s(records: list[RequestRecord]) -> float:
     sent = [r.sent_at for r in records if r.sent_at is not None]
     ends = [r.sent_at + r.e2el for r in records if r.ok and r.sent_at is not None]
@@ -84,6 +102,9 @@ def summarize(records: list[RequestRecord], slos_ms: dict[str, float] | None = N
         **stats("tpot", (tpot(r) for r in done)),
         **stats("itl", (gap for r in done for gap in itls(r))),
         **stats("e2el", (r.e2el for r in done)),
+        "median_tok_per_s": median_tok_per_s(records),
+        "accepted_prediction_tokens": reported_sum(records, "accepted_prediction_tokens"),
+        "rejected_prediction_tokens": reported_sum(records, "rejected_prediction_tokens"),
     }
     if slos_ms:
         metrics["request_goodput"] = per_second(sum(good(r, slos_ms) for r in done))

@@ -5,6 +5,13 @@ be among the other side's top-k alternatives (vLLM's `check_logprobs_close` rule
 accepted near-tie the sequences are free to differ, so comparison of that prompt stops.
 Ending is a token too: a side that stopped on end-of-sequence where the other went on must
 have had end-of-sequence among the other side's alternatives, and vice versa.
+
+Lossless optimisations (`judge_lossless`): the same stack with the optimisation on and off must
+give the same tokens, strictly, to the end. No near-tie is excused there, but an engine that
+verifies several draft tokens in one forward pass multiplies with a different blocking than
+one-token decoding, so it can flip a float near-tie; the verdict therefore carries, at a
+divergence, both sides' top-k logprobs and the gap between the two tokens, so a person can tell
+a near-tie from a real bug.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ class PromptVerdict:
     matched: int  # tokens equal before the first divergence (or in total)
     diverged_at: int | None = None
     reason: str = ""
+    detail: dict | None = None  # at a divergence: both sides' top-k there, for a person to read
 
 
 @dataclass
@@ -111,3 +119,42 @@ def compare(prompt_id: str, ref: Generation, got: Generation, eos: set[str]) -> 
 
 def judge(prompt_ids: list[str], refs: list[Generation], gots: list[Generation], eos: set[str]) -> Verdict:
     return Verdict([compare(pid, r, g, eos) for pid, r, g in zip(prompt_ids, refs, gots, strict=True)])
+
+
+def _top_text(top: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{t!r}: {lp:.3f}" for t, lp in sorted(top.items(), key=lambda kv: -kv[1])) + "}"
+
+
+def compare_exact(prompt_id: str, base: Generation, got: Generation, eos: set[str],
+                  names: tuple[str, str] = ("off", "on")) -> PromptVerdict:
+    """Strict token equality of `got` (optimisation on) with `base` (off), ending included."""
+    base, got = _without_trailing_eos(base, eos), _without_trailing_eos(got, eos)
+    for side, gen in zip(names, (base, got)):
+        problem = _structure_problem(gen)
+        if problem:
+            return PromptVerdict(prompt_id, False, 0, 0, f"{side}: {problem}")
+    for i in range(max(len(base.tokens), len(got.tokens)) + 1):
+        b, g = _token_at(base, i), _token_at(got, i)
+        if b == g:
+            if b is None or b == END:
+                return PromptVerdict(prompt_id, True, i)
+            continue
+        tops = {names[0]: base.top[i] if i < len(base.top) else {}, names[1]: got.top[i] if i < len(got.top) else {}}
+        b_top, g_top = tops[names[0]], tops[names[1]]
+        gap = (b_top[b] - b_top[g]) if b in b_top and g in b_top else None
+        near = (g in _alternatives(base, i, eos) or g is None) and (b in _alternatives(got, i, eos) or b is None)
+        context = "".join(base.tokens[max(0, i - 8):i])
+        reason = (f"token {i} differs after {context!r}: {names[0]} {_show(b)}, {names[1]} {_show(g)}; "
+                  f"top-{len(b_top)} {names[0]} {_top_text(b_top)}, {names[1]} {_top_text(g_top)}"
+                  + (f"; logprob gap {gap:.4f}" if gap is not None else "")
+                  + ("; each token is in the other's top-k (a near-tie?)" if near else ""))
+        detail = {"index": i, names[0]: _show(b), names[1]: _show(g), f"top_{names[0]}": b_top,
+                  f"top_{names[1]}": g_top, "logprob_gap": gap, "in_each_others_top_k": near}
+        return PromptVerdict(prompt_id, False, i, i, reason, detail)
+    return PromptVerdict(prompt_id, True, len(base.tokens))
+
+
+def judge_lossless(prompt_ids: list[str], bases: list[Generation], gots: list[Generation], eos: set[str],
+                   names: tuple[str, str] = ("off", "on")) -> Verdict:
+    """Every prompt's output with the optimisation on equals its output with it off."""
+    return Verdict([compare_exact(pid, b, g, eos, names) for pid, b, g in zip(prompt_ids, bases, gots, strict=True)])

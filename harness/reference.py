@@ -19,7 +19,7 @@ def cache_key(model_dir: Path, prompts: list[Prompt], top_k: int) -> str:
 
     blob = json.dumps({
         "weights": weights_checksum(model_dir),
-        "prompts": [p.__dict__ for p in prompts],
+        "prompts": [p.reference_key() for p in prompts],
         "top_k": top_k,
         "compute": "float32",
         "torch": torch.__version__,
@@ -31,7 +31,7 @@ def cache_key(model_dir: Path, prompts: list[Prompt], top_k: int) -> str:
 def input_ids(tokenizer, prompt: Prompt) -> list[int]:
     if prompt.chat:
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt.text}],
-                                             add_generation_prompt=True, tokenize=False)
+                                             add_generation_prompt=True, tokenize=False, **prompt.template_kwargs)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     return tokenizer(prompt.text)["input_ids"]
 

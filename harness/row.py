@@ -35,6 +35,8 @@ class ResultRow:
     started_at: str = ""  # ISO 8601, UTC
     finished_at: str = ""
     records_file: str | None = None  # file name beside the row
+    counters: dict | None = None  # the stack's /metrics counters that moved during the cell (after - before)
+    engagement: dict | None = None  # the engagement guard's verdict and evidence, where one applied
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -6,6 +6,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
+# A C++ compiler builds skills/cpu_kernels (engine-a's fused kernels) on first use; without one
+# the engine runs its eager torch kernels.
+need=()
+command -v g++ >/dev/null 2>&1 || need+=(g++)
+"$PY" -c 'import os, sysconfig; exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
+    || need+=(python3-dev)
+if [ "${#need[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "== installing ${need[*]} (to build the fused CPU kernels)"
+        apt-get update -q && apt-get install -y -q "${need[@]}"
+    else
+        echo "note: missing ${need[*]}: engine-a will run its eager kernels (sudo apt-get install ${need[*]})"
+    fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
     echo "== creating .venv"
     "$PY" -m venv .venv

@@ -72,5 +72,5 @@ def test_each_stack_runs_its_cells_together_so_one_stack_is_up_at_a_time():
                           "-p", "no:cacheprovider", "--stack", "hf-reference", "--stack", "tests/stacks/delay.yaml"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     ids = [line for line in out.stdout.splitlines() if "::" in line]
-    stacks = [line.split("[", 1)[1].split("-rate")[0].rstrip("]") for line in ids]
+    stacks = [line.split("[", 1)[1].split("-rate")[0].split("-conc")[0].rstrip("]") for line in ids]
     assert stacks == sorted(stacks, key=["hf-reference", "delay"].index) and len(set(stacks)) == 2, ids

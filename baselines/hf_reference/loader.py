@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from skills.engine_core.loader import token_id_set
+
 log = logging.getLogger(__name__)
 
 DTYPES: dict[str, str | torch.dtype] = {"auto": "auto", "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -52,16 +54,8 @@ def resolve_device(device: str) -> torch.device:
 
 
 def _eos_ids(model, tokenizer) -> frozenset[int]:
-    ids: set[int] = set()
-    for value in (model.generation_config.eos_token_id, model.config.get_text_config().eos_token_id,
-                  tokenizer.eos_token_id):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    if not ids:
-        raise ValueError("the model defines no EOS token")
-    return frozenset(ids)
+    return token_id_set(model.generation_config.eos_token_id, model.config.get_text_config().eos_token_id,
+                        tokenizer.eos_token_id)
 
 
 def _first_int(*values: object) -> int:

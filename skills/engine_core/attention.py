@@ -58,8 +58,13 @@ class Attention(nn.Module):
 
     def _prefill(self, q: torch.Tensor, p: PrefillSpan, state: KVState) -> torch.Tensor:
         """q: [length, kv_heads, group, head_dim] -> the same shape."""
-        end = p.start + p.length
+        end = p.end
         k, v = state.k[p.slot: p.slot + 1, :, :end], state.v[p.slot: p.slot + 1, :, :end]
         folded = q.permute(1, 2, 0, 3).reshape(1, self.kv_heads, self.group * p.length, self.head_dim)
+        pad = self.group * (p.query_rows - p.length)
+        if pad > 0:  # a fixed query count (verify chunks): each row's numerics independent of the chunk length
+            folded = F.pad(folded, (0, 0, 0, pad))
         out = F.scaled_dot_product_attention(folded, k, v, attn_mask=p.mask, is_causal=p.mask is None)
-        return out.view(self.kv_heads, self.group, p.length, self.head_dim).permute(2, 0, 1, 3)
+        if pad > 0:
+            out = out[:, :, : self.group * p.length]
+        return out.reshape(self.kv_heads, self.group, p.length, self.head_dim).permute(2, 0, 1, 3)

@@ -21,7 +21,15 @@ class PrefillSpan:
     start: int
     length: int
     row: int
-    mask: torch.Tensor | None  # [group * length, start + length] additive; None: causal from 0 (is_causal)
+    mask: torch.Tensor | None  # [group * length, end] additive; None: causal from 0 (is_causal)
+    keys: int = 0  # keys attended (the mask's width); 0: start + length. Verify chunks read whole key blocks
+    # > length: attention pads the chunk's queries to this many rows (the mask has them), so its
+    # numerics do not depend on the chunk's length (verify chunks; see skills/speculative_decoding).
+    query_rows: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.keys or self.start + self.length
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,18 @@ def chunk_mask(start: int, length: int, group: int, dtype: torch.dtype) -> torch
     keys = torch.arange(start + length)
     rows = keys[None, :] <= (start + torch.arange(length))[:, None]
     return _additive(rows.repeat(group, 1), dtype)
+
+
+def verify_mask(start: int, length: int, keys: int, group: int, dtype: torch.dtype,
+                query_rows: int = 0) -> torch.Tensor:
+    """Causal mask of a chunk at [start, start + length) over `keys` >= start + length keys (the
+    ones past the chunk masked), plus unmasked rows for the padding queries up to `query_rows`:
+    whole key blocks and a fixed query count keep each row's attention numerics independent of
+    where the chunk starts and how long it is (see skills/speculative_decoding/NOTE.md)."""
+    rows = torch.arange(keys)[None, :] <= (start + torch.arange(length))[:, None]
+    mask = _additive(rows.repeat(group, 1), dtype)
+    pad = group * (query_rows - length)
+    return torch.cat([mask, mask.new_zeros(pad, keys)]) if pad > 0 else mask
 
 
 def decode_mask(lengths: list[int], max_len: int, dtype: torch.dtype) -> torch.Tensor:

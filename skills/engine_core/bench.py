@@ -1,4 +1,4 @@
-"""python -m skills.engine_core.bench [--model DIR] [--dtype bfloat16] [--tokens 128] [--batch-sizes 1,8,32]
+"""python -m skills.engine_core.bench [--model DIR] [--dtype bfloat16] [--tokens 128] [--batch-sizes 1,8,32] [--no-native]
 
 Concurrency-1 decode speed and "bandwidth achieved" (model bytes x tokens/s, as gpt-fast prints
 it) against the machine's memory bandwidth, measured in the same run by a large array copy.
@@ -18,24 +18,12 @@ os.environ.setdefault("GOMP_SPINCOUNT", "100")  # as engine-a runs; read when to
 
 import torch  # noqa: E402
 
+from harness.bandwidth import memory_bandwidth  # noqa: E402
 from skills.openai_server.engine_api import SamplingParams  # noqa: E402
 
 from .engine import EngineConfig, LLMEngine  # noqa: E402
+from .kernels import Kernels  # noqa: E402
 from .loader import load_engine  # noqa: E402
-
-COPY_BYTES = 1 << 30  # well past any cache
-
-
-def memory_bandwidth(nbytes: int = COPY_BYTES, repeats: int = 5) -> float:
-    """Bytes/s of a large copy (read + write counted), best of `repeats`, with torch's threads."""
-    src = torch.ones(nbytes // 4, dtype=torch.float32)
-    dst = torch.empty_like(src)
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        dst.copy_(src)
-        best = min(best, time.perf_counter() - started)
-    return 2 * nbytes / best
 
 
 def model_bytes(engine: LLMEngine) -> int:
@@ -67,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokens", type=int, default=128, help="tokens decoded per sequence")
     p.add_argument("--batch-sizes", default="1", help="comma-separated decode batch sizes")
     p.add_argument("--compile", default="", help="comma-separated kernels.py names to torch.compile")
+    p.add_argument("--native", action=argparse.BooleanOptionalAction, default=True,
+                   help="the fused C++ kernels of skills/cpu_kernels (engine-a's default)")
     args = p.parse_args(argv)
     if args.model is None:
         from harness.assets import ensure_model
@@ -76,13 +66,15 @@ def main(argv: list[str] | None = None) -> None:
     cfg = EngineConfig(max_num_seqs=max(sizes), max_num_batched_tokens=max(256, max(sizes)), max_model_len=1024,
                        dtype=args.dtype, threads=args.threads,
                        compile=tuple(n for n in args.compile.split(",") if n))
+    native = Kernels.use_native(args.native)
     engine = load_engine(args.model, cfg)
     prompt = engine.tokenizer("Write a short story about a robot who learns to paint.").input_ids
     decode_rate(engine, 1, 8, prompt)  # warm-up
     bandwidth = memory_bandwidth()
     size = model_bytes(engine)
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, GOMP_SPINCOUNT={os.environ['GOMP_SPINCOUNT']}; "
+          f"{torch.get_num_threads()} threads, GOMP_SPINCOUNT={os.environ['GOMP_SPINCOUNT']}, "
+          f"{'native' if native else 'eager'} kernels; "
           f"model {size / 1e6:.0f} MB ({args.dtype})")
     print(f"memory bandwidth (copy, read+write): {bandwidth / 1e9:.1f} GB/s")
     for batch in sizes:

@@ -24,6 +24,12 @@ class Counters:
     batch_seqs_total: int = 0  # sum over forwards of sequences in the batch (mean = / forward_passes)
     batch_seqs_max: int = 0
     prefix_cache_hit_tokens: int = 0  # no prefix cache in engine_core itself
+    # Speculative decoding: verify chunks run (one per sequence per step), draft tokens in them,
+    # draft tokens accepted (emitted as output), and of those, the ones drafted from a prediction.
+    spec_steps: int = 0
+    spec_proposed_tokens: int = 0
+    spec_accepted_tokens: int = 0
+    spec_prediction_accepted_tokens: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **deltas: int) -> None:
@@ -31,14 +37,15 @@ class Counters:
             for name, delta in deltas.items():
                 setattr(self, name, getattr(self, name) + delta)
 
-    def record_step(self, decodes: int, prefills: int, prefill_tokens: int) -> None:
+    def record_step(self, decodes: int, prefills: int, prefill_tokens: int, verify_tokens: int = 0) -> None:
+        """decodes: sequences decoding this step (verify chunks included); verify_tokens: their draft rows."""
         with self._lock:
             self.forward_passes += 1
-            self.decode_tokens_total += decodes
+            self.decode_tokens_total += decodes + verify_tokens
             self.prefill_tokens_total += prefill_tokens
             self.batch_seqs_total += decodes + prefills
             self.batch_seqs_max = max(self.batch_seqs_max, decodes + prefills)
-            self.batch_tokens_max = max(self.batch_tokens_max, decodes + prefill_tokens)
+            self.batch_tokens_max = max(self.batch_tokens_max, decodes + verify_tokens + prefill_tokens)
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:

@@ -15,12 +15,19 @@ from dataclasses import dataclass
 
 import torch
 
-from skills.openai_server.engine_api import GenerationFailed, SamplingParams, TokenOutput
+from skills.openai_server.engine_api import (
+    GenerationFailed,
+    PredictionUsage,
+    SamplingParams,
+    TokenLogprob,
+    TokenOutput,
+)
 from skills.openai_server.stream import QueueStream
+from skills.speculative_decoding.speculator import accept_greedy
 
 from .counters import Counters, StepLogger
 from .runner import ModelRunner, StepResult
-from .scheduler import Scheduler, SchedulerConfig, ScheduledStep
+from .scheduler import ScheduledStep, Scheduler, SchedulerConfig
 from .sequence import Sequence, Sink
 
 log = logging.getLogger(__name__)
@@ -46,8 +53,15 @@ class EngineConfig:
 
 
 class LLMEngine:
-    def __init__(self, runner: ModelRunner, tokenizer, eos_ids: frozenset[int], cfg: EngineConfig) -> None:
+    """`speculator`: drafts tokens per request (skills/speculative_decoding's `Speculator`, or
+    anything with `start(prompt_ids, params) -> drafter | None`, the drafter having
+    `propose(output_ids, limit) -> Draft` and `update(output_ids, draft, accepted, emitted)`);
+    None: one token per step."""
+
+    def __init__(self, runner: ModelRunner, tokenizer, eos_ids: frozenset[int], cfg: EngineConfig,
+                 speculator=None) -> None:
         self.runner = runner
+        self.speculator = speculator
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.cfg = cfg
@@ -72,6 +86,8 @@ class LLMEngine:
             raise ValueError(f"prompt ({len(prompt_ids)}) + max_tokens ({params.max_tokens}) exceeds "
                              f"max_model_len {self.max_model_len}")
         seq = Sequence(list(prompt_ids), params, sink, is_cancelled)
+        if self.speculator is not None:
+            seq.drafter = self.speculator.start(seq.prompt_ids, params)
         self.counters.add(requests_total=1, prompt_tokens_total=len(prompt_ids))
         self._inbox.put(seq)
         return seq
@@ -106,6 +122,7 @@ class LLMEngine:
         """One iteration; returns whether a forward ran."""
         self._drain_inbox(block and not self.scheduler.has_work())
         self._reap_cancelled()
+        self._propose()
         step = self.scheduler.schedule()
         if step is None:
             return False
@@ -138,6 +155,11 @@ class LLMEngine:
                 self.step()
                 self.step()
         self.run_until_idle()
+        if self.speculator is not None:  # verify chunks: a prediction holding every token always matches
+            guess = SamplingParams(max_tokens=2 * tokens, temperature=0.0, ignore_eos=True,
+                                   prediction=tuple(range(self.vocab_size)))
+            self.add_request([1 + j % (self.vocab_size - 1) for j in range(prompt_len)], guess, lambda outs: None)
+            self.run_until_idle()
         self.counters = Counters()
 
     def run_until_idle(self) -> None:
@@ -172,30 +194,95 @@ class LLMEngine:
             if seq.is_cancelled():
                 self._finish(seq, "abort", TokenOutput(None, None, "abort"))
 
+    def _propose(self) -> None:
+        """Drafts for this step's decoding sequences (those with a drafter), cut so that a fully
+        accepted draft plus its bonus token never passes max_tokens or the context length."""
+        for seq in self.scheduler.slots:
+            if seq.drafter is None or seq.prefilling:
+                continue
+            limit = min(seq.params.max_tokens - len(seq.output_ids), self.max_model_len - seq.num_tokens) - 1
+            draft = seq.drafter.propose(seq.output_ids, limit)
+            if getattr(self.speculator, "verify_rows", None):
+                # Fixed verify shape: every step is a verify chunk of at least 2 rows, drafted or
+                # not (an empty draft gets one filler token, verified like any draft), so each token
+                # takes the same numeric path whatever was drafted around it: oneDNN's bf16 matmul
+                # rounds a 1-row product differently from the same row among 2 or more.
+                if not draft.tokens:
+                    draft = type(draft)([seq.last_token], "")
+                seq.draft = draft
+            else:
+                seq.draft = draft if draft.tokens else None
+
     def _postprocess(self, step: ScheduledStep, result: StepResult) -> None:
         for seq in step.decodes:
             seq.num_computed += 1
         for seq, n in step.prefills:
             seq.num_computed += n
-        self.counters.record_step(len(step.decodes), len(step.prefills), sum(n for _, n in step.prefills))
+        rows = sum(s.draft_len for s in step.verifies)
+        drafted = sum(s.draft.proposed for s in step.verifies)
+        self.counters.record_step(len(step.decodes) + len(step.verifies), len(step.prefills),
+                                  sum(n for _, n in step.prefills), rows)
         for seq, token_id, logprobs in zip(result.sampled, result.token_ids, result.logprobs):
-            params = seq.params
-            if token_id in self.eos_ids and not params.ignore_eos:
-                self._finish(seq, "stop", TokenOutput(None, None, "stop"))
-                continue
-            seq.output_ids.append(token_id)
-            self.counters.add(generation_tokens_total=1)
-            done = len(seq.output_ids) >= params.max_tokens or seq.num_tokens >= self.max_model_len
-            out = TokenOutput(token_id, logprobs, "length" if done else None)
-            if done:
-                self._finish(seq, "length", out)
-            else:
-                seq.sink([out])
+            self._emit(seq, [token_id], [logprobs])
+        accepted_total = prediction_total = 0
+        for seq, token_ids, logprobs in result.verified:
+            draft, seq.draft = seq.draft, None
+            accepted = accept_greedy(draft.tokens, token_ids)
+            # The last token and the accepted drafts now have their K/V in the pool; the token
+            # after them (the model's own) is the new last token, computed next step.
+            seq.num_computed += 1 + accepted
+            emitted = self._emit(seq, token_ids[: accepted + 1], logprobs[: accepted + 1], draft, accepted)
+            used = min(accepted, emitted, draft.proposed)
+            accepted_total += used
+            prediction_total += used if draft.source == "prediction" else 0
+        if step.verifies:
+            self.counters.add(spec_steps=len(step.verifies), spec_proposed_tokens=drafted,
+                              spec_accepted_tokens=accepted_total, spec_prediction_accepted_tokens=prediction_total)
 
-    def _finish(self, seq: Sequence, reason: str, last: TokenOutput | GenerationFailed) -> None:
+    def _emit(self, seq: Sequence, token_ids: list[int], logprobs: list[TokenLogprob | None], draft=None,
+              accepted: int = 0) -> int:
+        """Append a step's tokens to seq one by one, stopping exactly where one-token decoding would
+        (EOS unless ignore_eos, max_tokens, context length); returns how many were appended."""
+        params = seq.params
+        outs: list[TokenOutput] = []
+        finish: str | None = None
+        for token_id, lp in zip(token_ids, logprobs):
+            if token_id in self.eos_ids and not params.ignore_eos:
+                finish = "stop"
+                break
+            seq.output_ids.append(token_id)
+            if len(seq.output_ids) >= params.max_tokens or seq.num_tokens >= self.max_model_len:
+                finish = "length"
+                outs.append(TokenOutput(token_id, lp, "length"))
+                break
+            outs.append(TokenOutput(token_id, lp, None))
+        emitted = len(outs)
+        self.counters.add(generation_tokens_total=emitted)
+        if draft is not None and seq.drafter is not None:
+            seq.drafter.update(seq.output_ids, draft, accepted, emitted)
+        usage = self._prediction_usage(seq)
+        if usage is not None:
+            outs = [TokenOutput(o.token_id, o.logprobs, o.finish_reason, usage) for o in outs]
+        if finish is None:
+            seq.sink(outs)
+        elif finish == "stop":
+            self._finish(seq, "stop", TokenOutput(None, None, "stop", usage), outs)
+        else:
+            self._finish(seq, "length", outs[-1], outs[:-1])
+        return emitted
+
+    @staticmethod
+    def _prediction_usage(seq: Sequence) -> PredictionUsage | None:
+        drafter = seq.drafter
+        if drafter is None or getattr(drafter, "prediction", None) is None:
+            return None
+        return PredictionUsage(drafter.accepted_prediction, drafter.rejected_prediction)
+
+    def _finish(self, seq: Sequence, reason: str, last: TokenOutput | GenerationFailed,
+                before: list[TokenOutput] = ()) -> None:
         self.runner.apply(self.scheduler.finish(seq, reason))
         self.counters.add(requests_finished=1)
-        seq.sink([last])
+        seq.sink([*before, last])
 
     def _fail_all(self, error: GenerationFailed) -> None:
         for seq in [*self.scheduler.waiting, *self.scheduler.slots]:

@@ -64,8 +64,29 @@ _EAGER = {"rms_norm": rms_norm, "add_rms_norm": add_rms_norm, "rope": rope, "sil
 _COMPILED = {"decode_attention": _compiled_decode_attention}
 
 
+def _native_kernels() -> dict:
+    """skills/cpu_kernels' fused C++ versions for bf16 tensors (None where they cannot be built);
+    other dtypes keep the eager functions."""
+    from skills.cpu_kernels import native
+
+    ext = native()
+    if ext is None:
+        return {}
+
+    def bf16_or(eager, fused):
+        return lambda x, *rest: fused(x, *rest) if x.dtype == torch.bfloat16 else eager(x, *rest)
+
+    return {
+        "rms_norm": bf16_or(rms_norm, ext.rms_norm),
+        "add_rms_norm": bf16_or(add_rms_norm, lambda x, r, w, eps: tuple(ext.add_rms_norm(x, r, w, eps))),
+        "rope": bf16_or(rope, lambda x, cos, sin, half: ext.rope(x, cos, sin)),
+        "silu_mul": bf16_or(silu_mul, ext.silu_mul),
+        "decode_attention": bf16_or(decode_attention, ext.decode_attention),
+    }
+
+
 class Kernels:
-    """The functions layers call; `use_compiled()` swaps in compiled versions."""
+    """The functions layers call; `use_compiled()` swaps in compiled versions, `use_native()` fused C++ ones."""
 
     rms_norm = staticmethod(rms_norm)
     add_rms_norm = staticmethod(add_rms_norm)
@@ -83,3 +104,11 @@ class Kernels:
             else:
                 fn = torch.compile(_EAGER[name], dynamic=True)
             setattr(cls, name, staticmethod(fn))
+
+    @classmethod
+    def use_native(cls, enabled: bool = True) -> bool:
+        """Swap in skills/cpu_kernels (or back to eager); returns whether the native kernels are in use."""
+        table = _native_kernels() if enabled else {}
+        for name, fn in {**_EAGER, **table}.items():
+            setattr(cls, name, staticmethod(fn))
+        return bool(table)

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def load_engine(model_dir: Path, cfg: EngineConfig) -> LLMEngine:
+def load_engine(model_dir: Path, cfg: EngineConfig, speculator=None) -> LLMEngine:
+    """speculator: see LLMEngine (skills/speculative_decoding's Speculator); None: no speculation."""
     started = time.perf_counter()
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     hf_config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
@@ -35,11 +36,15 @@ def load_engine(model_dir: Path, cfg: EngineConfig) -> LLMEngine:
     max_len = min(cfg.max_model_len, model_cfg.max_position)
     if max_len != cfg.max_model_len:
         cfg = EngineConfig(**{**cfg.__dict__, "max_model_len": max_len})
-    runner = ModelRunner(model, cfg.max_num_seqs, cfg.max_model_len, dtype)
+    rows = getattr(speculator, "verify_rows", None) or 0
+    if rows and cfg.max_model_len + rows > model_cfg.max_position:  # verify rows past the end need rope positions
+        cfg = EngineConfig(**{**cfg.__dict__, "max_model_len": model_cfg.max_position - rows})
+    runner = ModelRunner(model, cfg.max_num_seqs, cfg.max_model_len, dtype,
+                         key_block=getattr(speculator, "key_block", 0) or 0, query_rows=rows)
     if cfg.compile:
         runner.compile(cfg.compile)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    engine = LLMEngine(runner, tokenizer, eos_ids(model_dir, hf_config, tokenizer), cfg)
+    engine = LLMEngine(runner, tokenizer, eos_ids(model_dir, hf_config, tokenizer), cfg, speculator)
     engine.warmup()
     log.info("engine ready in %.1fs: %s, %d threads, state pool %.2f GiB, %s", time.perf_counter() - started,
              cfg.dtype, torch.get_num_threads(), runner.pool.nbytes() / 2**30, cfg)
@@ -47,10 +52,14 @@ def load_engine(model_dir: Path, cfg: EngineConfig) -> LLMEngine:
 
 
 def eos_ids(model_dir: Path, hf_config, tokenizer) -> frozenset[int]:
-    ids: set[int] = set()
     gen = model_dir / "generation_config.json"
     values = [json.loads(gen.read_text()).get("eos_token_id")] if gen.is_file() else []
-    values += [getattr(hf_config.get_text_config(), "eos_token_id", None), tokenizer.eos_token_id]
+    return token_id_set(*values, getattr(hf_config.get_text_config(), "eos_token_id", None), tokenizer.eos_token_id)
+
+
+def token_id_set(*values) -> frozenset[int]:
+    """The EOS ids a model declares, each place as an int, a list of ints, or None."""
+    ids: set[int] = set()
     for value in values:
         if isinstance(value, int):
             ids.add(value)

@@ -8,7 +8,14 @@ import torch
 
 from skills.openai_server.engine_api import TokenLogprob
 
-from .batch import DecodeBatch, ForwardBatch, PrefillSpan, chunk_mask, decode_mask
+from .batch import (
+    DecodeBatch,
+    ForwardBatch,
+    PrefillSpan,
+    chunk_mask,
+    decode_mask,
+    verify_mask,
+)
 from .kernels import Kernels
 from .model import CausalLM
 from .sampler import SampleRequest, sample
@@ -22,14 +29,26 @@ class StepResult:
     sampled: list[Sequence]  # the sequences that got a token this step, in order
     token_ids: list[int]
     logprobs: list[TokenLogprob | None]
+    # Verify chunks, in step.verifies order: per sequence, the greedy token after each of its
+    # 1 + len(draft) rows, and their logprobs.
+    verified: list[tuple[Sequence, list[int], list[TokenLogprob | None]]] = ()
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, max_num_seqs: int, max_model_len: int, dtype: torch.dtype) -> None:
+    def __init__(self, model: CausalLM, max_num_seqs: int, max_model_len: int, dtype: torch.dtype,
+                 key_block: int = 0, query_rows: int = 0) -> None:
+        """key_block > 0: verify chunks attend keys in whole blocks of this many, with their queries
+        padded to `query_rows` (see verify_mask); the pool then holds max_model_len + query_rows
+        positions rounded up to a whole block."""
         self.model = model
         self.group = model.cfg.group_size
         self.dtype = dtype
-        self.pool = StatePool(model.state_specs(), max_num_seqs, max_model_len, dtype)
+        self.key_block = key_block
+        self.query_rows = query_rows
+        pool_len = max_model_len + query_rows
+        if key_block:
+            pool_len = -(-pool_len // key_block) * key_block
+        self.pool = StatePool(model.state_specs(), max_num_seqs, pool_len, dtype)
 
     def compile(self, names: tuple[str, ...]) -> None:
         """Swap in torch.compile'd kernels (kernels.py) by name; shapes are dynamic, one graph each."""
@@ -43,16 +62,46 @@ class ModelRunner:
     def run(self, step: ScheduledStep) -> StepResult:
         batch, sampled = self.build(step)
         logits = self.model(batch, self.pool)
-        ids, logprobs = sample(logits, [SampleRequest(s.params, s.generator) for s in sampled])
-        return StepResult(sampled, ids, logprobs)
+        # Sample rows: the decodes, then every row of each verify chunk, then finished prompts.
+        requests = [SampleRequest(s.params, s.generator) for s in step.decodes]
+        for seq in step.verifies:
+            requests += [SampleRequest(seq.params, seq.generator)] * (1 + seq.draft_len)
+        requests += [SampleRequest(s.params, s.generator) for s in sampled[len(step.decodes):]]
+        ids, logprobs = sample(logits, requests)
+        verified, row = [], len(step.decodes)
+        for seq in step.verifies:
+            n = 1 + seq.draft_len
+            verified.append((seq, ids[row: row + n], logprobs[row: row + n]))
+            row += n
+        rest = slice(row, None)
+        decodes = slice(0, len(step.decodes))
+        return StepResult(sampled, ids[decodes] + ids[rest], logprobs[decodes] + logprobs[rest], verified)
 
     def build(self, step: ScheduledStep) -> tuple[ForwardBatch, list[Sequence]]:
+        """Rows: decodes, verify chunks, prefill chunks. `sampled`: the decodes and the sequences
+        whose prompt ends in this step (the verify chunks' rows are all sampled too, see run)."""
         ids: list[int] = [s.last_token for s in step.decodes]
         positions: list[int] = [s.num_tokens - 1 for s in step.decodes]
         slots: list[int] = [s.slot for s in step.decodes]
         sample_rows = list(range(len(ids)))
         sampled = list(step.decodes)
         spans: list[PrefillSpan] = []
+        for seq in step.verifies:
+            # A verify chunk is a prefill chunk at the sequence's current position: the last
+            # token (not yet computed) then the draft, causal, every row's logits kept. K/V of
+            # rejected drafts stay in the pool beyond num_computed, masked by length until overwritten.
+            start, row, chunk = seq.num_computed, len(ids), [seq.last_token, *seq.draft.tokens]
+            n = len(chunk)
+            ids += chunk
+            positions += range(start, start + n)
+            slots += [seq.slot] * n
+            if self.key_block:
+                keys = min(-(-(start + n) // self.key_block) * self.key_block, self.pool.max_len)
+                mask = verify_mask(start, n, keys, self.group, self.dtype, self.query_rows)
+                spans.append(PrefillSpan(seq.slot, start, n, row, mask, keys, self.query_rows))
+            else:
+                spans.append(PrefillSpan(seq.slot, start, n, row, chunk_mask(start, n, self.group, self.dtype)))
+            sample_rows += range(row, row + n)
         for seq, n in step.prefills:
             start, row = seq.num_computed, len(ids)
             ids += seq.prompt_ids[start: start + n]

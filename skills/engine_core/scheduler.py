@@ -1,6 +1,7 @@
 """Continuous batching with chunked prefill under a token budget per step.
 
-Each step: every decoding sequence gets one token; then prompts are prefilled in chunks
+Each step: every decoding sequence gets one token, or, where it holds a draft (speculative
+decoding), a verify chunk of 1 + len(draft) tokens; then prompts are prefilled in chunks
 (partly prefilled ones first, then new ones FCFS while a slot is free) until the budget is
 spent. Sequences hold a slot from admission to finish; the slots in use are kept
 contiguous (0..S-1) by moving the last slot into a freed one, so the
@@ -10,7 +11,7 @@ decode attention reads a dense slot range and no block tables are needed.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .sequence import Sequence, Status
 
@@ -40,10 +41,13 @@ class ScheduledStep:
     decodes: list[Sequence]  # in slot order
     prefills: list[tuple[Sequence, int]]  # (sequence, chunk length), chunk starts at num_computed
     num_slots: int  # slots in use: 0..num_slots-1
+    # Decoding sequences with a draft: [last token] + seq.draft.tokens at num_computed, every row sampled.
+    verifies: list[Sequence] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
-        return len(self.decodes) + sum(n for _, n in self.prefills)
+        return (len(self.decodes) + sum(1 + s.draft_len for s in self.verifies)
+                + sum(n for _, n in self.prefills))
 
 
 class Scheduler:
@@ -66,8 +70,16 @@ class Scheduler:
 
     def schedule(self) -> ScheduledStep | None:
         budget = self.cfg.max_num_batched_tokens
-        decodes = [s for s in self.slots if not s.prefilling]
-        budget -= len(decodes)
+        running = [s for s in self.slots if not s.prefilling]
+        budget -= len(running)  # one token each is always granted
+        decodes: list[Sequence] = []
+        verifies: list[Sequence] = []
+        for seq in running:
+            if seq.draft is not None:
+                if seq.draft_len > budget:  # drafts only take what the budget has left
+                    seq.draft.tokens = seq.draft.tokens[:max(budget, 0)]
+                budget -= seq.draft_len
+            (decodes if seq.draft is None else verifies).append(seq)
         prefills: list[tuple[Sequence, int]] = []
         for seq in self.slots:
             if seq.prefilling and budget > 0:
@@ -81,9 +93,9 @@ class Scheduler:
             n = min(seq.remaining_prompt, budget)
             prefills.append((seq, n))
             budget -= n
-        if not decodes and not prefills:
+        if not decodes and not verifies and not prefills:
             return None
-        return ScheduledStep(decodes, prefills, len(self.slots))
+        return ScheduledStep(decodes, prefills, len(self.slots), verifies)
 
     def finish(self, seq: Sequence, reason: str) -> list[Move]:
         """Finish a waiting or running sequence; returns the state moves that keep slots contiguous."""

@@ -36,6 +36,10 @@ class Sequence:
     status: Status = Status.WAITING
     finish_reason: str | None = None
     generator: torch.Generator | None = None  # seeded sampling
+    # Speculative decoding (see skills/speculative_decoding): the request's drafter (None: one
+    # token per step) and this step's draft, verified after last_token in one chunk.
+    drafter: object | None = None
+    draft: object | None = None  # a Draft (tokens, source) or None
 
     def __post_init__(self) -> None:
         if self.params.seed is not None and not self.params.greedy:
@@ -52,6 +56,10 @@ class Sequence:
     @property
     def last_token(self) -> int:
         return self.output_ids[-1] if self.output_ids else self.prompt_ids[-1]
+
+    @property
+    def draft_len(self) -> int:
+        return 0 if self.draft is None else len(self.draft.tokens)
 
     @property
     def remaining_prompt(self) -> int:

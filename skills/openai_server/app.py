@@ -16,7 +16,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .engine_api import EngineStream, GenerationFailed, SamplingParams, ServingEngine
 from .outputs import collect, text_deltas
-from .prompts import chat_prompt_ids, completion_prompt_ids, resolve_max_tokens
+from .prompts import (
+    chat_prompt_ids,
+    completion_prompt_ids,
+    prediction_ids,
+    resolve_max_tokens,
+)
 from .protocol import Common, RequestError, error_body, parse_chat, parse_completion
 from .responses import ChatShaper, CompletionShaper, Shaper, Usage, token_text_fn
 
@@ -81,7 +86,7 @@ async def _json_body(request: Request) -> Any:
         raise RequestError(f"the request body is not valid JSON: {exc}") from exc
 
 
-def _sampling(common: Common, prompt_len: int, max_model_len: int) -> SamplingParams:
+def _sampling(common: Common, prompt_len: int, max_model_len: int, tokenizer) -> SamplingParams:
     return SamplingParams(
         max_tokens=resolve_max_tokens(prompt_len, common.max_tokens, max_model_len),
         temperature=common.temperature,
@@ -90,12 +95,13 @@ def _sampling(common: Common, prompt_len: int, max_model_len: int) -> SamplingPa
         stop=common.stop,
         ignore_eos=common.ignore_eos,
         top_logprobs=common.top_logprobs,
+        prediction=prediction_ids(tokenizer, common.prediction),
     )
 
 
 async def _serve(engine: ServingEngine, request: Request, prompt_ids: list[int], common: Common,
                  shaper: Shaper):
-    params = _sampling(common, len(prompt_ids), engine.max_model_len)
+    params = _sampling(common, len(prompt_ids), engine.max_model_len, engine.tokenizer)
     if common.stream:
         # The role chunk goes out before generation starts, so it is built before submitting.
         prelude = shaper.prelude(Usage(len(prompt_ids), 0) if common.stream_options.continuous_usage_stats else None)
@@ -112,7 +118,7 @@ async def _serve(engine: ServingEngine, request: Request, prompt_ids: list[int],
     finally:
         watcher.cancel()
         stream.cancel()
-    usage = Usage(len(prompt_ids), result.n_tokens)
+    usage = Usage.of(len(prompt_ids), result.n_tokens, result.prediction)
     return JSONResponse(shaper.response(result, usage, common.top_logprobs is not None))
 
 
@@ -120,14 +126,16 @@ async def _sse_events(engine: ServingEngine, stream: EngineStream, params: Sampl
                       shaper: Shaper, prelude: list[dict], prompt_len: int) -> AsyncIterator[str]:
     continuous = common.stream_options.continuous_usage_stats
     n_tokens = 0
+    prediction = None
     try:
         for chunk in prelude:
             yield _sse(chunk)
         async for delta in text_deltas(stream, engine.tokenizer, params):
             n_tokens += delta.token_id is not None
-            yield _sse(shaper.chunk(delta, Usage(prompt_len, n_tokens) if continuous else None))
+            prediction = delta.prediction or prediction
+            yield _sse(shaper.chunk(delta, Usage.of(prompt_len, n_tokens, prediction) if continuous else None))
         if common.stream_options.include_usage:
-            yield _sse(shaper.usage_chunk(Usage(prompt_len, n_tokens)))
+            yield _sse(shaper.usage_chunk(Usage.of(prompt_len, n_tokens, prediction)))
         yield "data: [DONE]\n\n"
     except GenerationFailed as exc:
         yield _sse(error_body(str(exc), "server_error", None, 500))

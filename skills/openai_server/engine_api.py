@@ -24,6 +24,9 @@ class SamplingParams:
     stop: tuple[str, ...] = ()  # applied by the server (detokenizer); engines may ignore it
     ignore_eos: bool = False
     top_logprobs: int | None = None  # None: no logprobs; k: the chosen token plus the top k
+    # The predicted output (OpenAI's `prediction`), tokenized without special tokens; an engine
+    # may draft from it (speculative decoding) or ignore it. It never changes what is generated.
+    prediction: tuple[int, ...] | None = None
 
     @property
     def greedy(self) -> bool:
@@ -38,16 +41,27 @@ class TokenLogprob:
 
 
 @dataclass(frozen=True)
+class PredictionUsage:
+    """So far in a request: prediction tokens that were drafted and accepted into the output,
+    and those drafted and rejected (OpenAI's completion_tokens_details names)."""
+
+    accepted: int = 0
+    rejected: int = 0
+
+
+@dataclass(frozen=True)
 class TokenOutput:
     """One step of a request. `token_id` None: a finish-only output (EOS, abort).
 
     finish_reason: None while running; "length" on the max_tokens-th token; "stop" on EOS;
-    "abort" when cancelled.
+    "abort" when cancelled. `prediction`: the request's running totals, where the engine used
+    a prediction (None otherwise).
     """
 
     token_id: int | None
     logprobs: TokenLogprob | None = None
     finish_reason: str | None = None
+    prediction: PredictionUsage | None = None
 
 
 class GenerationFailed(Exception):

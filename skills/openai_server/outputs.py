@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from .detokenizer import IncrementalText
-from .engine_api import EngineStream, SamplingParams, TokenLogprob
+from .engine_api import EngineStream, PredictionUsage, SamplingParams, TokenLogprob
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class Delta:
     token_id: int | None
     logprobs: TokenLogprob | None
     finish_reason: str | None
+    prediction: PredictionUsage | None = None  # the engine's running totals, where it used a prediction
 
 
 @dataclass(frozen=True)
@@ -32,21 +33,24 @@ class JobResult:
     finish_reason: str
     n_tokens: int
     logprobs: list[TokenLogprob]
+    prediction: PredictionUsage | None = None
 
 
 async def text_deltas(stream: EngineStream, tokenizer, params: SamplingParams) -> AsyncIterator[Delta]:
     """The request's deltas until the one with a finish reason; cancels the engine stream at the end."""
     text = IncrementalText(tokenizer, params.stop)
+    prediction: PredictionUsage | None = None
     try:
         async for out in stream:
+            prediction = out.prediction or prediction
             if out.token_id is None:
-                yield Delta(text.flush(), None, None, out.finish_reason or "stop")
+                yield Delta(text.flush(), None, None, out.finish_reason or "stop", prediction)
                 return
             piece = text.add(out.token_id)
             finish = "stop" if text.stopped else out.finish_reason
             if finish is not None:
                 piece += text.flush()
-            yield Delta(piece, out.token_id, out.logprobs, finish)
+            yield Delta(piece, out.token_id, out.logprobs, finish, prediction)
             if finish is not None:
                 return
     finally:
@@ -57,10 +61,12 @@ async def collect(deltas: AsyncIterator[Delta]) -> JobResult:
     parts: list[str] = []
     logprobs: list[TokenLogprob] = []
     n_tokens, finish_reason = 0, "stop"
+    prediction: PredictionUsage | None = None
     async for delta in deltas:
+        prediction = delta.prediction or prediction
         parts.append(delta.text)
         n_tokens += delta.token_id is not None
         if delta.logprobs is not None:
             logprobs.append(delta.logprobs)
         finish_reason = delta.finish_reason or finish_reason
-    return JobResult("".join(parts), finish_reason, n_tokens, logprobs)
+    return JobResult("".join(parts), finish_reason, n_tokens, logprobs, prediction)

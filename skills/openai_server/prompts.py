@@ -30,6 +30,15 @@ def chat_prompt_ids(tokenizer, messages: list[ChatMessage]) -> list[int]:
     return [int(t) for t in ids]
 
 
+def prediction_ids(tokenizer, prediction: str | None) -> tuple[int, ...] | None:
+    """The predicted output as token ids: the same tokenizer, no special tokens (it stands for
+    generated text, not a prompt). None or empty: no prediction."""
+    if not prediction:
+        return None
+    ids = tokenizer(prediction, add_special_tokens=False).input_ids
+    return tuple(int(t) for t in ids) or None
+
+
 def resolve_max_tokens(prompt_len: int, max_tokens: int | None, max_model_len: int) -> int:
     """The number of tokens to generate; rejects requests that do not fit the context."""
     if max_tokens is None:

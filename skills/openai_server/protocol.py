@@ -53,6 +53,7 @@ class Common:
     top_logprobs: int | None  # None: logprobs off
     stream: bool
     stream_options: StreamOptions
+    prediction: str | None = None  # predicted output text (OpenAI `prediction`); None: none given
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ def _parse_common(body: dict, max_tokens: int | None, top_logprobs: int | None, 
         top_logprobs=top_logprobs,
         stream=stream,
         stream_options=_parse_stream_options(body.get("stream_options"), stream),
+        prediction=_parse_prediction(body.get("prediction")),
     )
 
 
@@ -190,6 +192,24 @@ def _parse_stream_options(options: Any, stream: bool) -> StreamOptions:
         include_usage=_opt_bool(options, "include_usage", False, "stream_options."),
         continuous_usage_stats=_opt_bool(options, "continuous_usage_stats", False, "stream_options."),
     )
+
+
+def _parse_prediction(prediction: Any) -> str | None:
+    """OpenAI's predicted output: {"type": "content", "content": text or a list of text parts}."""
+    if prediction is None:
+        return None
+    if not isinstance(prediction, dict):
+        raise RequestError("prediction must be an object like {\"type\": \"content\", \"content\": \"...\"}",
+                           "prediction")
+    if prediction.get("type") != "content":
+        raise RequestError(f"prediction.type must be 'content', got {prediction.get('type')!r}", "prediction.type")
+    content = prediction.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                         and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    raise RequestError("prediction.content must be a string or a list of text parts", "prediction.content")
 
 
 def _reject_response_format(fmt: Any, server: str) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from .engine_api import TokenLogprob
+from .engine_api import PredictionUsage, TokenLogprob
 from .outputs import Delta, JobResult
 
 # JSON has no -inf; vLLM clamps the same way.
@@ -32,14 +32,25 @@ def token_text_fn(tokenizer) -> TokenText:
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    accepted_prediction_tokens: int = 0  # 0 where the engine did not use a prediction
+    rejected_prediction_tokens: int = 0
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int, prediction: PredictionUsage | None) -> Usage:
+        if prediction is None:
+            return cls(prompt_tokens, completion_tokens)
+        # A stop string can end the text before the engine's last accepted run: never report
+        # more accepted prediction tokens than the completion has.
+        accepted = min(prediction.accepted, completion_tokens)
+        return cls(prompt_tokens, completion_tokens, accepted, prediction.rejected)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
-            # No engine behind this layer speculates yet, so a `prediction` is never used.
-            "completion_tokens_details": {"accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+            "completion_tokens_details": {"accepted_prediction_tokens": self.accepted_prediction_tokens,
+                                          "rejected_prediction_tokens": self.rejected_prediction_tokens},
         }
 
 

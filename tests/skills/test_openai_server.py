@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from skills.openai_server import QueueStream, SamplingParams, ServerInfo, TokenLogprob, TokenOutput, create_app
+from skills.openai_server import (
+    QueueStream,
+    SamplingParams,
+    ServerInfo,
+    TokenLogprob,
+    TokenOutput,
+    create_app,
+)
 from skills.openai_server.engine_api import GenerationFailed
 
 TEXT = " Paris is the capital of France."
@@ -186,3 +193,67 @@ def test_incremental_text_streams_the_whole_decode(tokenizer) -> None:
         if stopping.stopped:
             break
     assert out + stopping.flush() == "naïve café 🙂 — "
+
+
+# --- predicted outputs (`prediction`) ---
+
+
+class PredictingEngine(ScriptedEngine):
+    """As ScriptedEngine; where a prediction is given, reports as accepted the script tokens that
+    the prediction's tokens match position by position, and the rest of the prediction as rejected."""
+
+    def submit(self, prompt_ids, params):
+        if params.prediction is None:
+            return super().submit(prompt_ids, params)
+        from skills.openai_server.engine_api import PredictionUsage
+
+        self.requests.append((prompt_ids, params))
+        stream = QueueStream.on_running_loop()
+        tokens = self.script[: params.max_tokens]
+        accepted = 0
+        for i, token in enumerate(tokens):
+            accepted += i < len(params.prediction) and params.prediction[i] == token
+            usage = PredictionUsage(accepted, len(params.prediction) - accepted)
+            stream.send(TokenOutput(token, None, "length" if i + 1 == params.max_tokens else None, usage))
+        if len(tokens) < params.max_tokens:
+            stream.send(TokenOutput(None, None, "stop", usage))
+        return stream
+
+
+@pytest.mark.parametrize("prediction,param", [
+    ("some text", "prediction"),
+    ({"type": "text", "content": "x"}, "prediction.type"),
+    ({"type": "content"}, "prediction.content"),
+    ({"type": "content", "content": 5}, "prediction.content"),
+    ({"type": "content", "content": [{"type": "image_url"}]}, "prediction.content"),
+])
+def test_bad_prediction_is_a_400(client, prediction, param) -> None:
+    for path, body in (("/v1/completions", {"prompt": "x"}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]})):
+        response = client.post(path, json={**body, "max_tokens": 4, "prediction": prediction})
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["param"] == param and "prediction" in error["message"]
+
+
+def test_prediction_reaches_the_engine_tokenized_and_usage_reports_it(tokenizer) -> None:
+    engine = PredictingEngine(tokenizer)
+    with TestClient(create_app(engine, ServerInfo("m", "/models/m", 0, server_name="fake"))) as client:
+        predicted = TEXT.replace("France", "Spain")
+        chat = {"messages": [{"role": "user", "content": "capital?"}], "max_tokens": 30,
+                "prediction": {"type": "content", "content": [{"type": "text", "text": predicted}]}}
+        body = client.post("/v1/chat/completions", json=chat).json()
+        expected = tuple(tokenizer(predicted, add_special_tokens=False).input_ids)
+        assert engine.requests[-1][1].prediction == expected
+        details = body["usage"]["completion_tokens_details"]
+        n = body["usage"]["completion_tokens"]
+        assert 0 < details["accepted_prediction_tokens"] < n
+        assert details["accepted_prediction_tokens"] + details["rejected_prediction_tokens"] == len(expected)
+        chunks = sse(client, "/v1/chat/completions", {**chat, "stream_options": {"include_usage": True}})
+        assert chunks[-1]["usage"] == body["usage"]
+        # No prediction (or an empty one): zeros, and the engine sees None.
+        for extra in ({}, {"prediction": {"type": "content", "content": ""}}):
+            body = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 3, **extra}).json()
+            assert engine.requests[-1][1].prediction is None
+            assert body["usage"]["completion_tokens_details"] == {"accepted_prediction_tokens": 0,
+                                                                  "rejected_prediction_tokens": 0}

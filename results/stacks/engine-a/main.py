@@ -11,7 +11,11 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: never a model hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repo root, for `skills`
+
+# The checkout holding skills/: above this file, else the working directory (the harness launches
+# every stack, also a copy of this one kept elsewhere, from the repository root).
+ROOT = next((p for p in Path(__file__).resolve().parents if (p / "skills" / "__init__.py").is_file()), Path.cwd())
+sys.path.insert(0, str(ROOT))
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
@@ -37,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     p.add_argument("--compile", default=DEFAULTS["compile"],
                    help="comma-separated skills/engine_core/kernels.py names to torch.compile ('' for none)")
+    p.add_argument("--native-kernels", action=argparse.BooleanOptionalAction, default=True,
+                   help="fused C++ norms, rope, SwiGLU and decode attention (skills/cpu_kernels); built once per machine")
     p.add_argument("--output-sync-ms", type=float, default=0.0,
                    help="wait up to this long after a step for the event loop to take its outputs (0: off)")
     p.add_argument("--omp-spincount", default=None,
@@ -51,12 +57,15 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from skills.engine_core import EngineConfig, load_engine
+    from skills.engine_core.kernels import Kernels
     from skills.openai_server import ServerInfo, serve
 
     cfg = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                        max_model_len=args.max_model_len, dtype=args.dtype, threads=args.threads,
                        compile=tuple(n for n in args.compile.split(",") if n),
                        output_sync_s=args.output_sync_ms / 1e3)
+    if args.native_kernels and not Kernels.use_native():
+        logging.getLogger("engine-a").warning("native kernels unavailable: running the eager torch kernels")
     engine = load_engine(args.model, cfg)
     engine.start()
     info = ServerInfo(args.served_model_name or args.model.resolve().name, str(args.model), int(time.time()),

@@ -1,0 +1,56 @@
+"""Engagement guards: a speed-up claim needs evidence that its mechanism ran.
+
+A guard names the stack feature it applies to (a `supports` entry: a stack that declares
+`prediction` claims predicted outputs) and where the evidence is read: a per-request usage count
+the client summed over the cell (e.g. `accepted_prediction_tokens` from
+usage.completion_tokens_details) and/or `/metrics` counters whose growth over the cell counts
+(e.g. `spec_accepted_tokens`). The guard passes when any source shows a positive amount. Stacks
+that do not declare the feature are measured all the same, without the guard: a baseline that
+ignores the optimisation simply gets no speed-up from it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.counters import Counters
+
+
+@dataclass(frozen=True)
+class Guard:
+    feature: str  # the `supports` entry the guard applies to
+    usage_key: str | None = None  # a per-request usage count, summed over the cell by the client
+    counters: tuple[str, ...] = ()  # /metrics counters, any of which growing counts
+
+    def applies(self, supports: tuple[str, ...] | list[str]) -> bool:
+        return self.feature in supports
+
+    def check(self, usage_total: float | None, counter_delta: Counters | None) -> "GuardResult":
+        counters = {k: counter_delta[k] for k in self.counters if counter_delta and k in counter_delta}
+        evidence = {"usage": {self.usage_key: usage_total} if self.usage_key else {}, "counters": counters}
+        if (usage_total or 0) > 0 or any(v > 0 for v in counters.values()):
+            return GuardResult(True, evidence, "")
+        sources = []
+        if self.usage_key:
+            sources.append(f"usage {self.usage_key} " + ("not reported" if usage_total is None else f"= {usage_total:g}"))
+        for name in self.counters:
+            if counter_delta is None:
+                sources.append(f"/metrics {name}: no readable /metrics")
+            else:
+                sources.append(f"/metrics {name} " + (f"grew by {counters[name]:g}" if name in counters else "absent"))
+        reason = (f"engagement guard: the stack declares {self.feature!r} but nothing shows it ran "
+                  f"({'; '.join(sources)})")
+        return GuardResult(False, evidence, reason)
+
+
+@dataclass(frozen=True)
+class GuardResult:
+    ok: bool
+    evidence: dict
+    reason: str
+
+    def to_json(self) -> dict:
+        return {"verdict": "pass" if self.ok else "fail", "evidence": self.evidence, "reason": self.reason}
+
+
+# Predicted outputs (setting B): OpenAI's usage field, and the stack contract's /metrics counter.
+PREDICTION = Guard(feature="prediction", usage_key="accepted_prediction_tokens", counters=("spec_accepted_tokens",))

@@ -1,0 +1,30 @@
+"""Fused CPU kernels for the decode step (norms, rope, SwiGLU, decode attention): see NOTE.md.
+
+`native()` builds the C++ extension once per machine (torch's extension cache; about a minute
+the first time) and returns it, or None, with the reason logged, where it cannot be built (no
+C++ compiler or Python headers). Callers keep the eager torch path for that case.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+SOURCE = Path(__file__).with_name("kernels.cpp")
+
+
+@functools.cache
+def native():
+    if os.environ.get("SERVEBENCH_NO_NATIVE_KERNELS"):
+        return None
+    try:
+        from torch.utils import cpp_extension
+
+        return cpp_extension.load("servebench_cpu_kernels", [str(SOURCE)], extra_cflags=["-O3", "-march=native"])
+    except Exception as exc:  # no compiler or headers: the eager path still runs
+        log.warning("cpu_kernels: could not build the native kernels (%s); using eager torch",
+                    str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__)
+        return None

@@ -1,0 +1,91 @@
+"""skills/cpu_kernels: the fused C++ kernels equal the eager torch code they replace."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from skills.cpu_kernels import native
+from skills.engine_core import kernels as eager
+from skills.engine_core.kernels import Kernels
+
+ext = native()
+pytestmark = pytest.mark.skipif(ext is None, reason="the C++ kernels cannot be built here (no compiler)")
+BF16 = torch.bfloat16
+
+
+@pytest.fixture
+def native_kernels():
+    assert Kernels.use_native()
+    yield
+    Kernels.use_native(False)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 24])
+def test_elementwise_kernels_are_bit_exact(rows) -> None:
+    torch.manual_seed(rows)
+    x, res = torch.randn(rows, 96, dtype=BF16), torch.randn(rows, 96, dtype=BF16)
+    w = (1 + 0.2 * torch.randn(96)).to(BF16)
+    assert torch.equal(ext.rms_norm(x, w, 1e-5), eager.rms_norm(x, w, 1e-5))
+    for got, want in zip(ext.add_rms_norm(x, res, w, 1e-6), eager.add_rms_norm(x, res, w, 1e-6)):
+        assert torch.equal(got, want)
+    gate_up = torch.randn(rows, 2 * 80, dtype=BF16) * 4
+    assert torch.equal(ext.silu_mul(gate_up, 80), eager.silu_mul(gate_up, 80))
+    qkv = torch.randn(rows, 8 * 16 + 16, dtype=BF16)
+    heads = qkv[:, : 8 * 16].view(rows, 8, 16)  # a strided view, as attention passes it
+    cos, sin = torch.randn(rows, 1, 16, dtype=BF16), torch.randn(rows, 1, 16, dtype=BF16)
+    assert torch.equal(ext.rope(heads, cos, sin), eager.rope(heads, cos, sin, 8))
+
+
+def test_decode_attention_matches_float32_sdpa() -> None:
+    torch.manual_seed(0)
+    slots, kv_heads, group, dim, keys = 6, 3, 3, 64, 40
+    q = torch.randn(slots, kv_heads, group, dim, dtype=BF16)
+    cache_k = torch.randn(8, kv_heads, 128, dim, dtype=BF16)
+    cache_v = torch.randn(8, kv_heads, 128, dim, dtype=BF16)
+    k, v = cache_k[:slots, :, :keys], cache_v[:slots, :, :keys]  # views of the slot cache
+    lengths = torch.tensor([40, 1, 17, 3, 39, 25])
+    keep = torch.arange(keys) < lengths[:, None]
+    mask = torch.zeros(slots, 1, 1, keys, dtype=BF16).masked_fill_(~keep[:, None, None, :], float("-inf"))
+    want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask.float())
+    got = ext.decode_attention(q, k, v, mask)
+    torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=2e-2)
+    # a slot attends to its own keys only: changing a masked key changes nothing
+    cache_k[1, :, 5:keys] = 100
+    assert torch.equal(ext.decode_attention(q, cache_k[:slots, :, :keys], v, mask)[1], got[1])
+
+
+def test_float32_stays_on_the_eager_path(native_kernels) -> None:
+    x, w = torch.randn(3, 32), torch.rand(32) + 0.5
+    assert torch.equal(Kernels.rms_norm(x, w, 1e-5), eager.rms_norm(x, w, 1e-5))
+
+
+def test_engine_decodes_the_same_tokens_with_native_kernels(hf_model) -> None:
+    """Continuous batching in bf16 (decode attention over sparse slots included): the fused kernels
+    pick the same greedy tokens as the eager ones."""
+    from skills.engine_core.config import ModelConfig
+    from skills.engine_core.engine import EngineConfig, LLMEngine
+    from skills.engine_core.runner import ModelRunner
+    from skills.engine_core.weights import build_model
+    from skills.openai_server.engine_api import SamplingParams
+
+    prompts = [[5, 6, 7], list(range(10, 40)), [20, 21], list(range(50, 61)), [8]]
+
+    def generate() -> list[list[int]]:
+        cfg = EngineConfig(max_num_seqs=3, max_num_batched_tokens=8, max_model_len=128, dtype="bfloat16")
+        model = build_model(ModelConfig.from_hf(hf_model.config), dict(hf_model.state_dict()), BF16)
+        engine = LLMEngine(ModelRunner(model, 3, 128, BF16), None, frozenset({2}), cfg)
+        outs: list[list] = [[] for _ in prompts]
+        for prompt, out in zip(prompts, outs):
+            engine.add_request(prompt, SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True), out.extend)
+        engine.run_until_idle()
+        return [[o.token_id for o in out] for out in outs]
+
+    plain = generate()
+    assert Kernels.use_native()
+    try:
+        fused = generate()
+    finally:
+        Kernels.use_native(False)
+    assert fused == plain

@@ -1,0 +1,107 @@
+"""Test-double stack for setting B's oracle: predicted outputs done right, and three ways wrong.
+
+The reply is deterministic: the words of the last user message, in order, one token each
+(" w0 w1 ..."), up to max_tokens, then it stops. `--mode` says what `prediction` does:
+
+- honest: nothing to the output; the prediction's words that the reply copies are reported as
+  accepted (usage.completion_tokens_details and /metrics spec_accepted_tokens);
+- cheat:  the reply is the prediction's words instead (lossy: the oracle must fail it);
+- idle:   nothing to the output, and zero accepted tokens reported (the engagement guard must fail it);
+- silent: nothing to the output, no usage details and no counters at all.
+
+    python tests/stacks/prediction_server.py --port P --mode honest
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+TOP = [(" alt1", -2.0), (" alt2", -2.5), (" alt3", -3.0), (" alt4", -3.5)]
+
+
+def build_app(mode: str) -> FastAPI:
+    app = FastAPI()
+    counters = {"forward_passes": 0, "spec_proposed_tokens": 0, "spec_accepted_tokens": 0}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def metrics():
+        return {"forward_passes": counters["forward_passes"]} if mode == "silent" else counters
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": "prediction-double", "object": "model"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        text = str(body["messages"][-1]["content"])
+        predicted = ((body.get("prediction") or {}).get("content")) or None
+        source = predicted if (mode == "cheat" and predicted) else text
+        tokens = [" " + w for w in source.split()][: int(body.get("max_tokens") or 16)]
+        finish = "stop" if len(tokens) < int(body.get("max_tokens") or 16) else "length"
+        accepted = 0
+        if predicted and mode in ("honest", "cheat"):
+            guess = set(predicted.split())
+            accepted = sum(1 for t in tokens if t.strip() in guess)
+        counters["forward_passes"] += len(tokens) - accepted + 1
+        counters["spec_proposed_tokens"] += len(predicted.split()) if predicted and mode != "silent" else 0
+        counters["spec_accepted_tokens"] += accepted
+        usage = {"prompt_tokens": len(text.split()), "completion_tokens": len(tokens),
+                 "total_tokens": len(text.split()) + len(tokens)}
+        if predicted and mode != "silent":
+            usage["completion_tokens_details"] = {"accepted_prediction_tokens": accepted,
+                                                  "rejected_prediction_tokens": len(predicted.split()) - accepted}
+        want_logprobs = bool(body.get("logprobs"))
+
+        def logprobs(toks: list[str]) -> dict | None:
+            if not want_logprobs:
+                return None
+            k = int(body.get("top_logprobs") or 0)
+            return {"content": [{"token": t, "logprob": -0.1, "top_logprobs":
+                                 [{"token": t, "logprob": -0.1}] + [{"token": a, "logprob": lp} for a, lp in TOP[: k - 1]]}
+                                for t in toks]}
+
+        rid, created = "chatcmpl-double", int(time.time())
+        if not body.get("stream"):
+            return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": "prediction-double",
+                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(tokens)},
+                                              "logprobs": logprobs(tokens), "finish_reason": finish}],
+                                 "usage": usage})
+
+        def events():
+            def sse(obj) -> str:
+                return f"data: {json.dumps(obj)}\n\n"
+            yield sse({"id": rid, "object": "chat.completion.chunk", "created": created,
+                       "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
+            for i, t in enumerate(tokens):
+                yield sse({"id": rid, "object": "chat.completion.chunk", "created": created,
+                           "choices": [{"index": 0, "delta": {"content": t}, "logprobs": logprobs([t]),
+                                        "finish_reason": finish if i == len(tokens) - 1 else None}]})
+            if (body.get("stream_options") or {}).get("include_usage"):
+                yield sse({"id": rid, "object": "chat.completion.chunk", "created": created, "choices": [], "usage": usage})
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--mode", choices=("honest", "cheat", "idle", "silent"), default="honest")
+    args = p.parse_args()
+    uvicorn.run(build_app(args.mode), host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Setting B's oracle against test-double stacks (tests/stacks/prediction_server.py).
+
+The transformers reference is replaced by the double's known output (the prompt's words), so
+these tests exercise the harness end to end over HTTP without a model: an honest stack passes,
+one whose output changes with `prediction` fails the lossless judge, and ones that report no
+accepted prediction tokens fail the engagement guard, in the accuracy row and in the cell.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import harness.bench
+from harness.bench import Bench
+from harness.engagement import PREDICTION
+from harness.generation import Generation, Prompt
+from harness.launcher import launch
+from harness.loadgen import LoadPoint
+from harness.scenario import load_scenario
+from harness.stack import REPO_ROOT, load_spec
+
+SCENARIO = REPO_ROOT / "scenarios" / "code_editing.yaml"
+EOS = "<|im_end|>"
+CODE = ["def f(x):\n    return x + 1\n", "def g(a, b):\n    if a < b:\n        return a\n    return b\n"]
+PROMPTS = [Prompt(id=f"item{i}", text=f"Fix the bug.\n{code}", chat=True, max_tokens=12,
+                  extra={"prediction": {"type": "content", "content": code.replace("+", "-").replace("<", ">")}})
+           for i, code in enumerate(CODE)]
+
+
+def expected(prompt: Prompt) -> Generation:
+    """What the double answers without a prediction: the prompt's words, one token each."""
+    tokens = [" " + w for w in prompt.text.split()][: prompt.max_tokens]
+    top = [{t: -0.1, " alt1": -2.0, " alt2": -2.5, " alt3": -3.0, " alt4": -3.5} for t in tokens]
+    stopped = len(tokens) < prompt.max_tokens
+    return Generation(tokens=tokens, top=top + ([{EOS: -0.1}] if stopped else []),
+                      finish_reason="stop" if stopped else "length", text="".join(tokens))
+
+
+@pytest.fixture(autouse=True)
+def known_reference(monkeypatch):
+    monkeypatch.setattr(harness.bench, "reference_outputs", lambda _dir, prompts, *a, **k: [expected(p) for p in prompts])
+    monkeypatch.setattr(harness.bench, "eos_strings", lambda _dir: {EOS})
+
+
+def spec_file(tmp_path: Path, mode: str, supports: str = "[chat, logprobs, prediction]") -> Path:
+    path = tmp_path / f"double-{mode}.yaml"
+    path.write_text(f"name: double-{mode}\ncommand: [python, tests/stacks/prediction_server.py, --port, \"{{port}}\", "
+                    f"--mode, {mode}]\nhealth: /health\nstartup_timeout_s: 30\nsupports: {supports}\n")
+    return path
+
+
+def run(tmp_path: Path, mode: str, supports: str = "[chat, logprobs, prediction]"):
+    spec = load_spec(spec_file(tmp_path, mode, supports))
+    with launch(spec, tmp_path, tmp_path / "logs", startup_timeout_s=30) as stack:
+        bench = Bench(run_id="b-oracle-test", results_dir=tmp_path / "results", scenario=load_scenario(SCENARIO),
+                      profile="tiny", spec=spec, stack=stack, model_dir=None)
+        verdict = bench.lossless_accuracy(PROMPTS, request_timeout_s=30, guard=PREDICTION, reference_dir=tmp_path)
+        payloads = [{"model": "x", "messages": [{"role": "user", "content": p.text}], "max_tokens": p.max_tokens,
+                     "temperature": 0, **p.extra} for p in PROMPTS]
+        row = bench.measure("chat", payloads, LoadPoint(num_prompts=2, concurrency=1, warmup=0), 30, guard=PREDICTION)
+    return verdict, bench.rows[0], row
+
+
+def test_an_honest_stack_passes_every_part(tmp_path):
+    verdict, acc_row, perf_row = run(tmp_path, "honest")
+    assert verdict.ok, verdict.failures()
+    assert acc_row.status == "ok" and acc_row.accuracy["verdict"] == "pass" and acc_row.engagement["verdict"] == "pass"
+    assert acc_row.counters["spec_accepted_tokens"] > 0
+    assert perf_row.status == "ok", perf_row.error
+    assert perf_row.metrics["accepted_prediction_tokens"] > 0 and perf_row.metrics["rejected_prediction_tokens"] >= 0
+    assert perf_row.metrics["median_tok_per_s"] > 0 and perf_row.counters["spec_accepted_tokens"] > 0
+
+
+def test_output_that_changes_with_the_prediction_fails_the_lossless_judge(tmp_path):
+    verdict, acc_row, _ = run(tmp_path, "cheat")
+    assert not verdict.ok and not verdict.lossless.ok
+    assert all(not p.ok for p in verdict.lossless.prompts)
+    reason = verdict.lossless.prompts[0].reason
+    assert "differs" in reason and "off ' Fix', on ' def'" in reason and "top-5 off" in reason
+    assert acc_row.status == "failed" and acc_row.accuracy["lossless"]["verdict"] == "fail"
+
+
+def test_zero_accepted_tokens_fail_the_engagement_guard(tmp_path):
+    verdict, acc_row, perf_row = run(tmp_path, "idle")
+    assert verdict.lossless.ok and verdict.reference.ok and not verdict.ok
+    assert "engagement guard" in verdict.engagement.reason and "accepted_prediction_tokens = 0" in verdict.engagement.reason
+    assert acc_row.status == "failed"
+    assert perf_row.status == "failed" and "engagement guard" in perf_row.error
+    assert perf_row.metrics["completed"] == 2  # measured all the same; the row just is not credited
+
+
+def test_a_stack_that_reports_nothing_fails_the_guard_too(tmp_path):
+    verdict, _, perf_row = run(tmp_path, "silent")
+    assert not verdict.ok and "not reported" in verdict.engagement.reason
+    assert perf_row.status == "failed" and "spec_accepted_tokens absent" in perf_row.error
+
+
+def test_a_stack_without_prediction_is_a_baseline_without_the_guard(tmp_path):
+    verdict, acc_row, perf_row = run(tmp_path, "silent", supports="[chat, logprobs]")
+    assert verdict.ok and verdict.engagement is None and acc_row.engagement is None
+    assert perf_row.status == "ok" and perf_row.engagement is None
