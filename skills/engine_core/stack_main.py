@@ -1,0 +1,59 @@
+"""What every stack's main.py built on this engine shares: the engine's flags and the start-up
+(native kernels, engine, OpenAI server). A stack adds its own flags and passes its defaults.
+
+    p = engine_arguments(description, {"max_num_seqs": 32, ...})
+    args = p.parse_args()
+    serve_engine("engine-a", args, speculator=None)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def engine_arguments(description: str | None, defaults: dict) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--port", required=True, type=int)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--served-model-name", default=None)
+    p.add_argument("--max-num-seqs", type=int, default=defaults["max_num_seqs"])
+    p.add_argument("--max-num-batched-tokens", type=int, default=defaults["max_num_batched_tokens"])
+    p.add_argument("--max-model-len", type=int, default=defaults["max_model_len"])
+    p.add_argument("--dtype", default=defaults["dtype"], choices=["bfloat16", "float32"])
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
+    p.add_argument("--compile", default=defaults.get("compile", ""),
+                   help="comma-separated skills/engine_core/kernels.py names to torch.compile ('' for none)")
+    p.add_argument("--native-kernels", action=argparse.BooleanOptionalAction, default=True,
+                   help="fused C++ norms, rope, SwiGLU and decode attention (skills/cpu_kernels); built once per machine")
+    p.add_argument("--omp-spincount", default=None,
+                   help="GOMP_SPINCOUNT: how long idle OpenMP threads spin before sleeping (engine_core NOTE.md)")
+    return p
+
+
+def serve_engine(name: str, args: argparse.Namespace, speculator=None, **config) -> None:
+    """Build the engine the flags describe (plus `config`: other EngineConfig fields) and serve it."""
+    if args.omp_spincount is not None:  # read by libgomp when torch loads it, so before the import
+        os.environ["GOMP_SPINCOUNT"] = str(args.omp_spincount)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from skills.openai_server import ServerInfo, serve
+
+    from .engine import EngineConfig
+    from .kernels import Kernels
+    from .loader import load_engine
+
+    cfg = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                       max_model_len=args.max_model_len, dtype=args.dtype, threads=args.threads,
+                       compile=tuple(n for n in args.compile.split(",") if n), **config)
+    if args.native_kernels and not Kernels.use_native():
+        logging.getLogger(name).warning("native kernels unavailable: running the eager torch kernels")
+    engine = load_engine(args.model, cfg, speculator)
+    engine.start()
+    info = ServerInfo(args.served_model_name or args.model.resolve().name, str(args.model), int(time.time()),
+                      server_name=name)
+    serve(engine, info, args.host, args.port)
