@@ -138,7 +138,8 @@ class Bench:
                  f"median {_fmt(row.metrics.get('median_tok_per_s'))} tok/s, "
                  f"TTFT p50 {_fmt(row.metrics.get('median_ttft_ms'))} ms, "
                  f"TPOT p50 {_fmt(row.metrics.get('median_tpot_ms'))} ms"
-                 + (f", accepted prediction tokens {accepted}" if accepted is not None else "")
+                 + (f", accepted prediction tokens {accepted}"
+                    if accepted is not None and (accepted or "prediction" in self.spec.supports) else "")
                  + f", load {row.machine['loadavg_after']}"
                  + (f"; {row.error}" if row.engagement and row.engagement["verdict"] == "fail" else ""))
         if result.crashed:

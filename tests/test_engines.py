@@ -93,7 +93,9 @@ def test_cuda_only_stack_is_not_applicable_on_a_cpu_machine(tmp_path):
                           "-rs", "--stack", "sglang", "--results-dir", str(tmp_path)],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     text = out.stdout + out.stderr
-    assert out.returncode == 0 and "4 skipped" in text and "not applicable: sglang needs CUDA" in text, text[-2000:]
+    summary = text.strip().splitlines()[-1]
+    assert out.returncode == 0 and "not applicable: sglang needs CUDA" in text, text[-2000:]
+    assert "skipped" in summary and "passed" not in summary and "failed" not in summary, summary
     rows = read_rows(tmp_path)
     assert sorted(r.kind for r in rows) == ["accuracy", "performance"]
     assert all(r.status == "not_applicable" and "needs CUDA" in r.error for r in rows)
