@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from agent import stackfiles
 from agent.evaluator import Measurement
 from agent.objective import Objective
 from agent.patch import Patch
@@ -79,3 +80,11 @@ class Backend(Protocol):
     def plan(self, ctx: PlanContext) -> Planned: ...
 
     def implement(self, ctx: ImplementContext) -> Implemented: ...
+
+
+def start_from(ws: Workspace, source: Path | None, stack_name: str) -> str:
+    """An LLM backend's start: the source stack copied as it is (the LLM decides what to change)."""
+    if source is None:
+        return "empty workspace: the first task builds the stack"
+    stackfiles.copy(source, ws.root, relative=False, name=stack_name)
+    return f"copied {source} as the starting stack"

@@ -16,9 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import stackfiles
 from agent.backends import prompts
-from agent.backends.base import BackendError, ImplementContext, Implemented, PlanContext, Planned
+from agent.backends.base import BackendError, ImplementContext, Implemented, PlanContext, Planned, start_from
 from agent.patch import FileEdit, Patch
 from agent.usage import Usage
 from agent.workspace import Workspace
@@ -44,10 +43,7 @@ class CodexBackend:
         return cls(binary=found, model=codex_model or os.environ.get("AGENT_CODEX_MODEL", ""))
 
     def start(self, ws: Workspace, source: Path | None, stack_name: str) -> str:
-        if source is None:
-            return "empty workspace: the first task builds the stack"
-        stackfiles.copy(source, ws.root, relative=False, name=stack_name)
-        return f"copied {source} as the starting stack"
+        return start_from(ws, source, stack_name)
 
     def _exec(self, ws: Workspace, prompt: str, usage: Usage) -> str:
         with tempfile.TemporaryDirectory() as tmp:

@@ -11,9 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import stackfiles
 from agent.backends import prompts
-from agent.backends.base import BackendError, ImplementContext, Implemented, PlanContext, Planned
+from agent.backends.base import BackendError, ImplementContext, Implemented, PlanContext, Planned, start_from
 from agent.patch import Patch
 from agent.usage import Usage
 from agent.workspace import Workspace
@@ -41,10 +40,7 @@ class OpenAIBackend:
                    price_out=float(os.environ.get("AGENT_OPENAI_PRICE_OUT", 0) or 0))
 
     def start(self, ws: Workspace, source: Path | None, stack_name: str) -> str:
-        if source is None:
-            return "empty workspace: the first task builds the stack"
-        stackfiles.copy(source, ws.root, relative=False, name=stack_name)
-        return f"copied {source} as the starting stack"
+        return start_from(ws, source, stack_name)
 
     def _chat(self, system: str, user: str, usage: Usage) -> str:
         from openai import OpenAI, OpenAIError
