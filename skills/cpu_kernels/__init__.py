@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-SOURCE = Path(__file__).with_name("kernels.cpp")
+SOURCES = [Path(__file__).with_name(name) for name in ("kernels.cpp", "row_attention.cpp", "small_gemm.cpp", "decoder.cpp")]
 
 
 @functools.cache
@@ -23,7 +23,8 @@ def native():
     try:
         from torch.utils import cpp_extension
 
-        return cpp_extension.load("servebench_cpu_kernels", [str(SOURCE)], extra_cflags=["-O3", "-march=native"])
+        return cpp_extension.load("servebench_cpu_kernels", [str(s) for s in SOURCES], extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                                     extra_ldflags=["-fopenmp"])
     except Exception as exc:  # no compiler or headers: the eager path still runs
         log.warning("cpu_kernels: could not build the native kernels (%s); using eager torch",
                     str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__)

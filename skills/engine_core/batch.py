@@ -26,6 +26,8 @@ class PrefillSpan:
     # > length: attention pads the chunk's queries to this many rows (the mask has them), so its
     # numerics do not depend on the chunk's length (verify chunks; see skills/speculative_decoding).
     query_rows: int = 0
+    # A verify chunk whose rows attend alone (Kernels.row_attention): no mask, no padding needed.
+    alone: bool = False
 
     @property
     def end(self) -> int:
@@ -52,6 +54,9 @@ class ForwardBatch:
     decode: DecodeBatch | None
     prefills: tuple[PrefillSpan, ...]
     sample_rows: torch.Tensor  # [samples] long: rows whose logits are needed (decodes, last prompt chunks)
+    # Every row attends its own slot's keys 0..position, alone (no prompt chunk in this step, native
+    # kernels): attention is one Kernels.row_attention call, and the layer loop may run in C++.
+    rows_alone: bool = False
 
     @property
     def num_rows(self) -> int:

@@ -202,11 +202,12 @@ class LLMEngine:
                 continue
             limit = min(seq.params.max_tokens - len(seq.output_ids), self.max_model_len - seq.num_tokens) - 1
             draft = seq.drafter.propose(seq.output_ids, limit)
-            if getattr(self.speculator, "verify_rows", None):
-                # Fixed verify shape: every step is a verify chunk of at least 2 rows, drafted or
-                # not (an empty draft gets one filler token, verified like any draft), so each token
-                # takes the same numeric path whatever was drafted around it: oneDNN's bf16 matmul
-                # rounds a 1-row product differently from the same row among 2 or more.
+            if getattr(self.speculator, "verify_rows", None) and not self.runner.row_count_invariant():
+                # Every step is a verify chunk of at least 2 rows, drafted or not (an empty draft
+                # gets one filler token, verified like any draft), so each token takes the same
+                # numeric path whatever was drafted around it: oneDNN's bf16 matmul rounds a 1-row
+                # product differently from the same row among 2 or more. (With the native row
+                # attention and small_gemm a row's numbers never depend on the row count.)
                 if not draft.tokens:
                     draft = type(draft)([seq.last_token], "")
                 seq.draft = draft

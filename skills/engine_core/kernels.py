@@ -47,6 +47,19 @@ def decode_attention_loops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
     return (probs.unsqueeze(-1) * v.float().unsqueeze(2)).sum(3).to(q.dtype)
 
 
+def row_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor,
+                  positions: torch.Tensor) -> torch.Tensor:
+    """Each row attends its own slot's keys 0..position: q [rows, kv_heads, group, d], the caches
+    [slots, kv_heads, max_len, d]. The reference for skills/cpu_kernels' version, which the engine
+    uses for decodes and verify chunks (one row at a time, so a row's numerics never depend on
+    the rows around it); this one runs one SDPA call per row."""
+    out = torch.empty_like(q)
+    for r, (slot, pos) in enumerate(zip(slots.tolist(), positions.tolist())):
+        k, v = k_cache[slot, :, : pos + 1], v_cache[slot, :, : pos + 1]
+        out[r] = F.scaled_dot_product_attention(q[r].float(), k.float(), v.float()).to(q.dtype)
+    return out
+
+
 MIN_SLOTS_FOR_LOOPS = 4  # below this SDPA's per-(slot, head) cost is smaller than the compiled call's
 
 
@@ -60,8 +73,10 @@ def _compiled_decode_attention():
 
 
 _EAGER = {"rms_norm": rms_norm, "add_rms_norm": add_rms_norm, "rope": rope, "silu_mul": silu_mul,
-          "decode_attention": decode_attention}
+          "decode_attention": decode_attention, "row_attention": row_attention, "decoder_layers": None,
+          "small_gemm": None}
 _COMPILED = {"decode_attention": _compiled_decode_attention}
+COMPILABLE = ("rms_norm", "add_rms_norm", "rope", "silu_mul", "decode_attention")
 
 
 def _native_kernels() -> dict:
@@ -72,6 +87,7 @@ def _native_kernels() -> dict:
     ext = native()
     if ext is None:
         return {}
+    # (Rows that attend alone and the C++ layer loop are switched on with the rest: see Kernels.)
 
     def bf16_or(eager, fused):
         return lambda x, *rest: fused(x, *rest) if x.dtype == torch.bfloat16 else eager(x, *rest)
@@ -82,6 +98,9 @@ def _native_kernels() -> dict:
         "rope": bf16_or(rope, lambda x, cos, sin, half: ext.rope(x, cos, sin)),
         "silu_mul": bf16_or(silu_mul, ext.silu_mul),
         "decode_attention": bf16_or(decode_attention, ext.decode_attention),
+        "row_attention": ext.row_attention,
+        "decoder_layers": ext.decoder_layers,
+        "small_gemm": ext.small_gemm if ext.small_gemm_available() else None,
     }
 
 
@@ -93,9 +112,20 @@ class Kernels:
     rope = staticmethod(rope)
     silu_mul = staticmethod(silu_mul)
     decode_attention = staticmethod(decode_attention)
+    row_attention = staticmethod(row_attention)
+    # skills/cpu_kernels' C++ layer loop (None: the Python layers run). Set together with the
+    # native row attention, which is bf16 only: `rows_alone(dtype)` says whether a step can use them.
+    decoder_layers = None
+    small_gemm = None  # skills/cpu_kernels' few-row matmul (packing.PackedLinear uses it when set)
 
     @classmethod
-    def use_compiled(cls, names: tuple[str, ...] = tuple(_EAGER), enabled: bool = True) -> None:
+    def rows_alone(cls, dtype: torch.dtype) -> bool:
+        """Whether decodes and verify chunks attend row by row (the native kernel), which makes every
+        row's numerics independent of its batch: the basis of lossless speculation without padding."""
+        return cls.decoder_layers is not None and dtype == torch.bfloat16
+
+    @classmethod
+    def use_compiled(cls, names: tuple[str, ...] = COMPILABLE, enabled: bool = True) -> None:
         for name in names:
             if not enabled:
                 fn = _EAGER[name]
@@ -110,5 +140,5 @@ class Kernels:
         """Swap in skills/cpu_kernels (or back to eager); returns whether the native kernels are in use."""
         table = _native_kernels() if enabled else {}
         for name, fn in {**_EAGER, **table}.items():
-            setattr(cls, name, staticmethod(fn))
+            setattr(cls, name, staticmethod(fn) if fn is not None else None)
         return bool(table)

@@ -14,8 +14,9 @@ from torch import nn
 from .attention import Attention
 from .batch import ForwardBatch
 from .config import ModelConfig
+from .kernels import Kernels
 from .layers import RMSNorm, Rotary, SwiGLU
-from .packing import PackedHead, pack_linears
+from .packing import PackedHead, PackedLinear, pack_linears
 from .state import StatePool, StateSpec
 
 
@@ -44,6 +45,7 @@ class CausalLM(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_eps)
         self.rotary = Rotary(cfg.rope, cfg.head_dim, cfg.max_position)
         self.weight_bytes = 0  # the weights as loaded (a decode step reads them all once)
+        self._loop_weights: list[torch.Tensor] | None = None  # for Kernels.decoder_layers (see pack)
         # Tied: lm_head is the embedding matrix itself (until `pack` gives it a packed copy).
         self.lm_head: nn.Module | None = None if cfg.tie_embeddings else nn.Linear(
             cfg.hidden_size, cfg.vocab_size, bias=False)
@@ -53,6 +55,31 @@ class CausalLM(nn.Module):
         head = self.embed.weight if self.lm_head is None else self.lm_head.weight
         pack_linears(self.layers)
         self.lm_head = PackedHead(head)
+        self._loop_weights = self._native_loop_weights()
+
+    @property
+    def has_small_matmuls(self) -> bool:
+        """Every matmul has small_gemm's copy of its weight (packing.PackedLinear.small)."""
+        linears = [m for m in self.modules() if isinstance(m, PackedLinear)]
+        return bool(linears) and all(m.small is not None for m in linears)
+
+    def _native_loop_weights(self) -> list[torch.Tensor] | None:
+        """Per layer: qkv, o, gate_up, down (oneDNN-packed), post-attention norm, next input norm,
+        then the four in small_gemm's layout (empty tensors without it): the order
+        skills/cpu_kernels/decoder.cpp takes. None where the C++ loop does not apply: biases, or
+        norms with different epsilons."""
+        layers = list(self.layers)
+        linears = [m for layer in layers for m in (layer.mixer.qkv, layer.mixer.o, layer.mlp.gate_up, layer.mlp.down)]
+        if any(m.bias is not None for m in linears) or len({n.eps for layer in layers
+                                                           for n in (layer.input_norm, layer.post_norm)}) != 1:
+            return None
+        weights = []
+        for i, layer in enumerate(layers):
+            nxt = layers[i + 1].input_norm.weight if i + 1 < len(layers) else torch.empty(0)
+            linears = (layer.mixer.qkv, layer.mixer.o, layer.mlp.gate_up, layer.mlp.down)
+            weights += [m.packed for m in linears] + [layer.post_norm.weight, nxt]
+            weights += [torch.empty(0) if m.small is None else m.small for m in linears]
+        return [w.detach() for w in weights]
 
     def state_specs(self) -> list[StateSpec | None]:
         return [layer.mixer.state_spec() for layer in self.layers]
@@ -62,10 +89,18 @@ class CausalLM(nn.Module):
         x = self.embed(batch.input_ids)
         cos, sin = self.rotary.tables(batch.positions, x.dtype)
         h = self.layers[0].input_norm(x)
-        for i, (layer, state) in enumerate(zip(self.layers, pool.layers)):
-            x, out = layer(x, h, batch, state, self.rotary, cos, sin)
-            if i + 1 < len(self.layers):
-                x, h = self.layers[i + 1].input_norm.add_forward(x, out)
+        if batch.rows_alone and Kernels.decoder_layers is not None and self._loop_weights is not None:
+            # The same kernels in the same order as the loop below, in C++ (skills/cpu_kernels/decoder.cpp).
+            cfg = self.cfg
+            x, out = Kernels.decoder_layers(x, h, self._loop_weights, [s.k for s in pool.layers],
+                                            [s.v for s in pool.layers], batch.slots, batch.positions, cos, sin,
+                                            cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size, cfg.rms_eps,
+                                            Kernels.small_gemm is not None)
+        else:
+            for i, (layer, state) in enumerate(zip(self.layers, pool.layers)):
+                x, out = layer(x, h, batch, state, self.rotary, cos, sin)
+                if i + 1 < len(self.layers):
+                    x, h = self.layers[i + 1].input_norm.add_forward(x, out)
         if batch.sample_rows.shape[0] != x.shape[0]:
             x, out = x[batch.sample_rows], out[batch.sample_rows]
         x = self.norm(x + out)

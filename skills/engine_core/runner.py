@@ -54,6 +54,12 @@ class ModelRunner:
         """Swap in torch.compile'd kernels (kernels.py) by name; shapes are dynamic, one graph each."""
         Kernels.use_compiled(names)
 
+    def row_count_invariant(self) -> bool:
+        """Whether a row's logits are bit-identical at any row count, 1 included: the native row
+        attention plus small_gemm for the matmuls (packing.py). Then an undrafted step of a
+        speculating request can be a plain 1-row decode."""
+        return Kernels.rows_alone(self.dtype) and Kernels.small_gemm is not None and self.model.has_small_matmuls
+
     def apply(self, moves: list[Move]) -> None:
         for move in moves:
             self.pool.move(move.src, move.dst, move.length)
@@ -86,6 +92,7 @@ class ModelRunner:
         sample_rows = list(range(len(ids)))
         sampled = list(step.decodes)
         spans: list[PrefillSpan] = []
+        alone = Kernels.rows_alone(self.dtype)
         for seq in step.verifies:
             # A verify chunk is a prefill chunk at the sequence's current position: the last
             # token (not yet computed) then the draft, causal, every row's logits kept. K/V of
@@ -95,7 +102,9 @@ class ModelRunner:
             ids += chunk
             positions += range(start, start + n)
             slots += [seq.slot] * n
-            if self.key_block:
+            if alone:  # row attention: each row's numerics are its own, whatever the chunk's length
+                spans.append(PrefillSpan(seq.slot, start, n, row, None, alone=True))
+            elif self.key_block:
                 keys = min(-(-(start + n) // self.key_block) * self.key_block, self.pool.max_len)
                 mask = verify_mask(start, n, keys, self.group, self.dtype, self.query_rows)
                 spans.append(PrefillSpan(seq.slot, start, n, row, mask, keys, self.query_rows))
@@ -119,6 +128,7 @@ class ModelRunner:
             decode=self._decode_batch(step) if step.decodes else None,
             prefills=tuple(spans),
             sample_rows=torch.tensor(sample_rows, dtype=torch.long),
+            rows_alone=alone and not step.prefills,
         )
         return batch, sampled
 

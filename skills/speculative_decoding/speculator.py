@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .proposer import NgramProposer, PredictionProposer
+from .proposer import LookupProposer
 
 
 def accept_greedy(draft: Sequence[int], greedy_ids: Sequence[int]) -> int:
@@ -40,11 +40,16 @@ class SpecConfig:
     # edit, and a shrunk K then misses the long run that follows (measured: slower).
     adaptive: bool = False
     use_prediction: bool = True  # draft from the request's `prediction`
-    ngram: bool = True  # prompt-lookup fallback when the prediction gives nothing (or there is none)
-    ngram_max: int = 4
-    ngram_min: int = 2
-    match_max: int = 8  # longest output suffix looked up in the prediction
-    match_min: int = 1
+    ngram: bool = True  # prompt lookup: the prompt and the output so far are draft sources too
+    match_max: int = 16  # longest output suffix compared at a candidate place (ranks candidates)
+    match_min: int = 1  # shortest match that makes a place a candidate
+    near: int = 2  # places at most this far ahead of the prediction cursor win ties over the output's history
+    # Draft length when unsure (measured on setting B's traces: shorter drafts there lose a little
+    # acceptance and save more verify rows): a place matched on one token only drafts at most
+    # `unsure_tokens` (0: K); with no match at all, `fallback_tokens` from where the output left
+    # its last copy (0: no draft). Following a copy always drafts K.
+    unsure_tokens: int = 5
+    fallback_tokens: int = 1
     # Fixed attention shape (the lossless guarantee under bf16): every step of a speculating
     # request is a verify chunk (1 + len(draft) rows, an empty draft included) whose attention
     # has its queries padded to K + 1 rows and reads keys in whole blocks of `key_block` (the CPU
@@ -71,15 +76,17 @@ class Draft:
 
 
 class Drafter:
-    """One request's proposers and adaptive K."""
+    """One request's lookup proposer and adaptive K."""
 
     def __init__(self, cfg: SpecConfig, prompt_ids: Sequence[int], prediction: Sequence[int] | None) -> None:
         self.cfg = cfg
-        self.k = min(cfg.initial_tokens, cfg.num_speculative_tokens)
-        self.prediction = (PredictionProposer(prediction, cfg.match_max, cfg.match_min)
-                           if cfg.use_prediction and prediction else None)
-        self.ngram = NgramProposer(prompt_ids, cfg.ngram_max, cfg.ngram_min) if cfg.ngram else None
-        self._seen = 0  # output tokens already handed to the n-gram index
+        # K drafts at most K; `initial_tokens` is where adaptive K starts.
+        self.k = min(cfg.initial_tokens, cfg.num_speculative_tokens) if cfg.adaptive else cfg.num_speculative_tokens
+        # The prediction drafted from (None: none, or not used); the engine reports prediction usage iff set.
+        self.prediction = list(prediction) if cfg.use_prediction and prediction else None
+        self.lookup = LookupProposer(prompt_ids, self.prediction, use_prompt=cfg.ngram,
+                                     max_match=cfg.match_max, min_match=cfg.match_min, near=cfg.near,
+                                     unsure_tokens=cfg.unsure_tokens, fallback_tokens=cfg.fallback_tokens)
         # Per request, for usage: draft tokens from the prediction accepted / rejected.
         self.accepted_prediction = 0
         self.rejected_prediction = 0
@@ -88,18 +95,12 @@ class Drafter:
         k = min(self.k, limit)
         if k <= 0:
             return Draft([], "")
-        self._sync_ngram(output_ids)
-        # Both proposers look; the one whose match with the output's last tokens is longer wins
-        # (ties: the prediction). A prediction the output is walking along always wins; a short
-        # re-sync match loses to prompt lookup that found a longer one (e.g. the model repeating
-        # itself, or the code fence before the code, which only the prompt has).
-        pred, pred_match = ([], 0) if self.prediction is None else self.prediction.propose_scored(output_ids, k)
-        gram, gram_match = ([], 0) if self.ngram is None else self.ngram.propose_scored(k)
-        if pred and pred_match >= gram_match:
-            return Draft(pred, "prediction")
-        if gram:
-            return Draft(gram, "ngram")
-        return Draft([], "")
+        tokens, _, from_prediction = self.lookup.propose_scored(output_ids, k)
+        if not tokens:
+            return Draft([], "")
+        # "prediction": the copy starts inside the prediction (it may run on past its end into
+        # the prompt's text after it, e.g. the closing code fence); anything else is prompt lookup.
+        return Draft(tokens, "prediction" if from_prediction else "ngram")
 
     def update(self, output_ids: Sequence[int], draft: Draft, accepted: int, emitted: int) -> None:
         """After a verify step: `accepted` of the draft were accepted, `emitted` tokens appended to output_ids
@@ -108,18 +109,12 @@ class Drafter:
         if draft.source == "prediction":
             self.accepted_prediction += used
             self.rejected_prediction += draft.proposed - used
-        if self.prediction is not None:
-            self.prediction.advance(output_ids, emitted)
+        self.lookup.update(output_ids, emitted)
         if self.cfg.adaptive and draft.proposed:
             if accepted >= draft.proposed:
                 self.k = min(self.k * 2, self.cfg.num_speculative_tokens)
             else:
                 self.k = max(self.cfg.min_tokens, min(self.k, accepted + 2))
-
-    def _sync_ngram(self, output_ids: Sequence[int]) -> None:
-        if self.ngram is not None and len(output_ids) > self._seen:
-            self.ngram.extend(output_ids[self._seen:])
-            self._seen = len(output_ids)
 
 
 class Speculator:

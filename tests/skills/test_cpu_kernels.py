@@ -56,6 +56,71 @@ def test_decode_attention_matches_float32_sdpa() -> None:
     assert torch.equal(ext.decode_attention(q, cache_k[:slots, :, :keys], v, mask)[1], got[1])
 
 
+def test_row_attention_matches_float32_and_each_row_is_computed_alone() -> None:
+    """Each row attends its own slot's keys 0..position; its result is bit-identical whatever rows
+    it is batched with (the basis of lossless speculation without padding)."""
+    torch.manual_seed(1)
+    kv_heads, group, dim = 3, 3, 64
+    cache_k = torch.randn(3, kv_heads, 700, dim, dtype=BF16)
+    cache_v = torch.randn(3, kv_heads, 700, dim, dtype=BF16)
+    # a verify chunk of 9 rows on slot 0 (positions 500..508), two decodes on slots 1 and 2
+    slots = torch.tensor([0] * 9 + [1, 2])
+    positions = torch.tensor(list(range(500, 509)) + [37, 0])
+    q = torch.randn(11, kv_heads, group, dim, dtype=BF16)
+    got = ext.row_attention(q, cache_k, cache_v, slots, positions)
+    want = eager.row_attention(q, cache_k, cache_v, slots, positions)  # fp32 SDPA, one row at a time
+    torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+    for r in range(11):  # alone, and as the second row of a different pair
+        alone = ext.row_attention(q[r: r + 1], cache_k, cache_v, slots[r: r + 1], positions[r: r + 1])
+        pair = ext.row_attention(q[[0, r]], cache_k, cache_v, slots[[0, r]], positions[[0, r]])
+        assert torch.equal(alone[0], got[r]) and torch.equal(pair[1], got[r]), r
+    # keys past a row's position are not read
+    cache_k[0, :, 509:] = 100
+    assert torch.equal(ext.row_attention(q, cache_k, cache_v, slots, positions), got)
+    # and the keys it does read matter (the check above could not pass by ignoring keys)
+    cache_k[0, :, 200] = 50
+    assert not torch.equal(ext.row_attention(q, cache_k, cache_v, slots, positions)[:9], got[:9])
+    with pytest.raises(RuntimeError, match="out of range"):
+        ext.row_attention(q[:1], cache_k, cache_v, slots[:1], torch.tensor([700]))
+
+
+def test_cpp_layer_loop_equals_the_python_layers(make_llama, native_kernels) -> None:
+    """decoder.cpp runs the same kernels in the same order as the Python layers: bit-identical
+    logits and K/V, on a batch of decodes plus a verify chunk."""
+    from skills.engine_core.batch import ForwardBatch, PrefillSpan
+    from skills.engine_core.config import ModelConfig
+    from skills.engine_core.state import StatePool
+    from skills.engine_core.weights import build_model
+
+    hf = make_llama(3, hidden_size=192, num_attention_heads=6, num_key_value_heads=2, head_dim=64)  # group 3, dim 64
+    model = build_model(ModelConfig.from_hf(hf.config), dict(hf.state_dict()), BF16)
+    model.pack()
+    assert model._loop_weights is not None
+
+    def run(loop) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        torch.manual_seed(0)
+        pool = StatePool(model.state_specs(), 3, 64, BF16)
+        for state in pool.layers:
+            state.k.normal_(), state.v.normal_()
+        batch = ForwardBatch(input_ids=torch.tensor([3, 9, 4, 5, 6, 7]), positions=torch.tensor([10, 0, 20, 21, 22, 23]),
+                             slots=torch.tensor([0, 1, 2, 2, 2, 2]), num_decodes=2, decode=None,
+                             prefills=(PrefillSpan(2, 20, 4, 2, None, alone=True),), sample_rows=torch.arange(6),
+                             rows_alone=True)
+        saved = Kernels.decoder_layers
+        Kernels.decoder_layers = saved if loop else None
+        try:
+            with torch.inference_mode():
+                logits = model(batch, pool)
+        finally:
+            Kernels.decoder_layers = saved
+        return logits, [t for state in pool.layers for t in (state.k, state.v)]
+
+    (cpp, cpp_kv), (py, py_kv) = run(True), run(False)
+    assert torch.equal(cpp, py)
+    assert all(torch.equal(a, b) for a, b in zip(cpp_kv, py_kv))
+    assert not torch.equal(cpp[2], cpp[3])  # distinct rows: the comparison is not of constants
+
+
 def test_float32_stays_on_the_eager_path(native_kernels) -> None:
     x, w = torch.randn(3, 32), torch.rand(32) + 0.5
     assert torch.equal(Kernels.rms_norm(x, w, 1e-5), eager.rms_norm(x, w, 1e-5))

@@ -12,60 +12,9 @@ from skills.engine_core.engine import EngineConfig, LLMEngine
 from skills.engine_core.runner import ModelRunner
 from skills.engine_core.weights import build_model
 from skills.openai_server.engine_api import SamplingParams
-from skills.speculative_decoding import (
-    Drafter,
-    NgramProposer,
-    PredictionProposer,
-    SpecConfig,
-    Speculator,
-    accept_greedy,
-)
+from skills.speculative_decoding import Drafter, SpecConfig, Speculator, accept_greedy
 
-# --- proposers and acceptance ---
-
-
-def test_prediction_proposer_matches_and_walks_along() -> None:
-    pred = [10, 11, 12, 13, 14, 15, 16, 17]
-    p = PredictionProposer(pred)
-    assert p.propose([99, 12], 3) == [13, 14, 15]  # the output's last token found in the prediction
-    out = [99, 12, 13, 14, 15]  # all three accepted: the cursor moves over them
-    p.advance(out, 3)
-    assert p.propose(out, 2) == [16, 17]
-    assert p.propose_scored(out, 2)[1] > 1000  # following, not re-synced
-
-
-def test_prediction_proposer_resyncs_after_an_edit_nearest_ahead() -> None:
-    # The line "1 2 3" repeats; after the edit (50 instead of 13) the output rejoins at the second copy.
-    pred = [1, 2, 3, 13, 4, 1, 2, 3, 14, 5]
-    p = PredictionProposer(pred)
-    out = [1, 2, 3]
-    assert p.propose(out, 2) == [13, 4]  # the longest match, first copy
-    out += [50, 4]  # rejected: the model edited 13 -> 50, then continued
-    p.advance(out, 2)
-    assert p.propose(out, 3) == [1, 2, 3]  # re-synced on "4"
-    out += [1, 2, 3]
-    p.advance(out, 3)
-    assert p.propose(out, 2) == [14, 5]  # the copy after the cursor, not the first one
-
-
-def test_prediction_proposer_prefers_longer_match() -> None:
-    pred = [7, 8, 1, 9, 8, 1, 2]
-    p = PredictionProposer(pred)
-    assert p.propose_scored([3, 7, 8, 1], 1) == ([9], 3)
-    assert PredictionProposer(pred).propose([42], 3) == []  # nothing matches
-    assert PredictionProposer([]).propose([1], 3) == []
-
-
-def test_ngram_proposer_latest_occurrence_and_min_n() -> None:
-    g = NgramProposer([5, 6, 7, 1, 5, 6, 8, 2], max_n=3, min_n=2)
-    g.extend([5, 6])
-    assert g.propose_scored(2) == ([8, 2], 2)  # "5 6" last seen before "8 2"
-    g2 = NgramProposer([1, 2, 3, 4], max_n=3, min_n=2)
-    g2.extend([9, 3])
-    assert g2.propose(2) == []  # only a 1-token match
-    g3 = NgramProposer([1, 2, 3, 4, 0, 2, 3, 5], max_n=3, min_n=2)
-    g3.extend([1, 2, 3])
-    assert g3.propose(2) == [4, 0]  # the 3-token match wins over the later 2-token one
+# --- the drafter and acceptance (the lookup's own cases: test_speculative_proposer.py) ---
 
 
 def test_drafter_falls_back_to_prompt_lookup_and_counts_prediction_usage() -> None:
@@ -240,6 +189,56 @@ def test_real_model_rows_are_invariant_to_the_chunking(real_engine, fixed) -> No
     finally:
         runner.key_block, runner.query_rows = saved
     assert all(same) if fixed else not all(same), same
+
+
+@pytest.mark.slow
+def test_real_model_rows_attending_alone_need_no_padding(real_engine) -> None:
+    """With the native row attention (skills/cpu_kernels) a verify chunk of any length gives a
+    token bit-identical logits, with no padded queries and no key blocks: any length >= 2 with
+    oneDNN's matmuls, any length at all with small_gemm's."""
+    from skills.engine_core.kernels import Kernels
+    from skills.engine_core.scheduler import ScheduledStep
+    from skills.engine_core.sequence import Sequence
+    from skills.speculative_decoding import Draft
+
+    if not Kernels.use_native():
+        pytest.skip("the C++ kernels cannot be built here")
+    runner = real_engine.runner
+    saved = runner.key_block, runner.query_rows
+    runner.key_block, runner.query_rows = 0, 0
+    prompt = real_engine.tokenizer("def median(data):\n    data = sorted(data)\n" * 20).input_ids
+    tokens = real_engine.tokenizer("    n = len(data)\n    if n == 0:\n        raise ValueError").input_ids[:9]
+
+    def verify(chunks: list[int]) -> torch.Tensor:
+        seq = Sequence(prompt, SamplingParams(max_tokens=20, temperature=0.0))
+        seq.slot = 0
+        runner.run(ScheduledStep([], [(seq, len(prompt) - 1)], 1))
+        seq.num_computed = len(prompt) - 1
+        rows, done = [], 0
+        for n in chunks:
+            seq.output_ids = tokens[:done]
+            seq.draft = Draft(tokens[done: done + n - 1], "")
+            batch, _ = runner.build(ScheduledStep([], [], 1, [seq]))
+            assert batch.rows_alone and batch.prefills[0].mask is None
+            rows.append(runner.model(batch, runner.pool))
+            seq.num_computed += n
+            done += n
+        return torch.cat(rows)
+
+    splits = ([1] * 9, [2, 2, 2, 3], [3, 6], [4, 2, 3], [2, 7], [1, 8])
+    try:
+        whole = verify([9])
+        same = [torch.equal(verify(chunks), whole) for chunks in splits]  # small_gemm: any row count
+        small, Kernels.small_gemm = Kernels.small_gemm, None
+        whole = verify([9])  # oneDNN for the matmuls: a 1-row product rounds differently
+        onednn_same = [torch.equal(verify(chunks), whole) for chunks in ([2, 2, 2, 3], [1] * 9)]
+    finally:
+        runner.key_block, runner.query_rows = saved
+        Kernels.use_native(False)
+    if small is not None:
+        assert all(same), same
+        assert runner.model.has_small_matmuls
+    assert onednn_same == [True, False], onednn_same
 
 
 @pytest.mark.slow
