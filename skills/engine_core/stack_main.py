@@ -43,7 +43,7 @@ def serve_engine(name: str, args: argparse.Namespace, speculator=None, **config)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from skills.openai_server import ServerInfo, serve
 
-    from .engine import EngineConfig
+    from .engine import EngineConfig, LLMEngine
     from .kernels import Kernels
     from .loader import load_engine
 
@@ -52,8 +52,8 @@ def serve_engine(name: str, args: argparse.Namespace, speculator=None, **config)
                        compile=tuple(n for n in args.compile.split(",") if n), **config)
     if args.native_kernels and not Kernels.use_native():
         logging.getLogger(name).warning("native kernels unavailable: running the eager torch kernels")
-    engine = load_engine(args.model, cfg, speculator)
-    engine.start()
+    # Loaded, warmed up and stepped on one thread (see LLMEngine.start_on_own_thread).
+    engine = LLMEngine.start_on_own_thread(lambda: load_engine(args.model, cfg, speculator))
     info = ServerInfo(args.served_model_name or args.model.resolve().name, str(args.model), int(time.time()),
                       server_name=name)
     serve(engine, info, args.host, args.port)

@@ -131,7 +131,7 @@ async def _sse_events(engine: ServingEngine, stream: EngineStream, params: Sampl
         for chunk in prelude:
             yield _sse(chunk)
         async for delta in text_deltas(stream, engine.tokenizer, params):
-            n_tokens += delta.token_id is not None
+            n_tokens += len(delta.token_ids)
             prediction = delta.prediction or prediction
             yield _sse(shaper.chunk(delta, Usage.of(prompt_len, n_tokens, prediction) if continuous else None))
         if common.stream_options.include_usage:

@@ -11,16 +11,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from .detokenizer import IncrementalText
-from .engine_api import EngineStream, PredictionUsage, SamplingParams, TokenLogprob
+from .engine_api import EngineStream, PredictionUsage, SamplingParams, TokenLogprob, TokenOutput
 
 
 @dataclass(frozen=True)
 class Delta:
-    """One step of a request's text. `token_id` is None on a finish-only delta (EOS, abort)."""
+    """The text of one or more tokens that arrived together (an engine step's: a speculative step
+    emits several), sent as one stream chunk. `token_ids` is empty on a finish-only delta (EOS, abort)."""
 
     text: str
-    token_id: int | None
-    logprobs: TokenLogprob | None
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...]
     finish_reason: str | None
     prediction: PredictionUsage | None = None  # the engine's running totals, where it used a prediction
 
@@ -36,21 +37,42 @@ class JobResult:
     prediction: PredictionUsage | None = None
 
 
+async def _batches(stream: EngineStream) -> AsyncIterator[list[TokenOutput]]:
+    """Outputs grouped as they arrived, where the stream can tell (QueueStream.batches), else one by one."""
+    if hasattr(stream, "batches"):
+        async for items in stream.batches():
+            yield items
+    else:
+        async for out in stream:
+            yield [out]
+
+
 async def text_deltas(stream: EngineStream, tokenizer, params: SamplingParams) -> AsyncIterator[Delta]:
-    """The request's deltas until the one with a finish reason; cancels the engine stream at the end."""
+    """The request's deltas until the one with a finish reason; cancels the engine stream at the end.
+    Tokens that arrive together make one delta (vLLM sends a speculative step's tokens as one chunk)."""
     text = IncrementalText(tokenizer, params.stop)
     prediction: PredictionUsage | None = None
     try:
-        async for out in stream:
-            prediction = out.prediction or prediction
-            if out.token_id is None:
-                yield Delta(text.flush(), None, None, out.finish_reason or "stop", prediction)
-                return
-            piece = text.add(out.token_id)
-            finish = "stop" if text.stopped else out.finish_reason
-            if finish is not None:
-                piece += text.flush()
-            yield Delta(piece, out.token_id, out.logprobs, finish, prediction)
+        async for items in _batches(stream):
+            pieces: list[str] = []
+            ids: list[int] = []
+            logprobs: list[TokenLogprob] = []
+            finish = None
+            for out in items:
+                prediction = out.prediction or prediction
+                if out.token_id is None:
+                    pieces.append(text.flush())
+                    finish = out.finish_reason or "stop"
+                    break
+                pieces.append(text.add(out.token_id))
+                ids.append(out.token_id)
+                if out.logprobs is not None:
+                    logprobs.append(out.logprobs)
+                finish = "stop" if text.stopped else out.finish_reason
+                if finish is not None:
+                    pieces.append(text.flush())
+                    break
+            yield Delta("".join(pieces), tuple(ids), tuple(logprobs), finish, prediction)
             if finish is not None:
                 return
     finally:
@@ -65,8 +87,7 @@ async def collect(deltas: AsyncIterator[Delta]) -> JobResult:
     async for delta in deltas:
         prediction = delta.prediction or prediction
         parts.append(delta.text)
-        n_tokens += delta.token_id is not None
-        if delta.logprobs is not None:
-            logprobs.append(delta.logprobs)
+        n_tokens += len(delta.token_ids)
+        logprobs.extend(delta.logprobs)
         finish_reason = delta.finish_reason or finish_reason
     return JobResult("".join(parts), finish_reason, n_tokens, logprobs, prediction)

@@ -89,8 +89,8 @@ class CompletionShaper(Shaper):
 
     def chunk(self, delta: Delta, usage: Usage | None) -> dict[str, Any]:
         logprobs = None
-        if delta.logprobs is not None:
-            logprobs, self._stream_offset = self._logprobs([delta.logprobs], self._stream_offset)
+        if delta.logprobs:
+            logprobs, self._stream_offset = self._logprobs(list(delta.logprobs), self._stream_offset)
         choice = {"index": 0, "text": delta.text, "logprobs": logprobs, "finish_reason": delta.finish_reason}
         return self._envelope("text_completion", [choice], usage)
 
@@ -134,7 +134,7 @@ class ChatShaper(Shaper):
         return [self._envelope("chat.completion.chunk", [choice], usage)]
 
     def chunk(self, delta: Delta, usage: Usage | None) -> dict[str, Any]:
-        logprobs = None if delta.logprobs is None else {"content": [self._entry(delta.logprobs)]}
+        logprobs = {"content": [self._entry(e) for e in delta.logprobs]} if delta.logprobs else None
         choice = {"index": 0, "delta": {"content": delta.text}, "logprobs": logprobs,
                   "finish_reason": delta.finish_reason}
         return self._envelope("chat.completion.chunk", [choice], usage)

@@ -40,6 +40,26 @@ class QueueStream:
         for item in items:
             self.queue.put_nowait(item)
 
+    async def batches(self) -> AsyncIterator[list[TokenOutput]]:
+        """The outputs in the groups they arrived in: everything queued when the consumer looks
+        (one engine step's tokens, or several steps' if the consumer fell behind)."""
+        try:
+            while True:
+                items = [await self.queue.get()]
+                while not self.queue.empty():
+                    items.append(self.queue.get_nowait())
+                for i, item in enumerate(items):
+                    if isinstance(item, GenerationFailed):
+                        if i:
+                            yield items[:i]
+                        raise item
+                    if item.finish_reason is not None:
+                        yield items[: i + 1]
+                        return
+                yield items
+        finally:
+            self.cancel()
+
     async def __aiter__(self) -> AsyncIterator[TokenOutput]:
         try:
             while True:

@@ -34,6 +34,7 @@ class ScriptedEngine:
         self.fail_after = fail_after
         self.requests: list[tuple[list[int], SamplingParams]] = []
         self.streams: list[QueueStream] = []
+        self.steps: tuple[int, ...] = ()  # tokens per engine step, each step 20 ms after the last; (): all at once
 
     def submit(self, prompt_ids, params):
         self.requests.append((prompt_ids, params))
@@ -51,8 +52,14 @@ class ScriptedEngine:
         else:
             if len(self.script) < params.max_tokens:
                 outs.append(TokenOutput(None, None, "stop"))
-        for out in outs:
-            stream.send(out)
+        if not self.steps:
+            for out in outs:
+                stream.send(out)
+            return stream
+        start = 0
+        for i, size in enumerate(self.steps):
+            stream.loop.call_later(0.02 * i, stream.send_many, outs[start: start + size])
+            start += size
         return stream
 
     def metrics(self):
@@ -100,9 +107,23 @@ def test_completion_whole_and_streamed(client) -> None:
     chunks = sse(client, "/v1/completions", {"prompt": "The capital", "max_tokens": 30,
                                             "stream_options": {"include_usage": True, "continuous_usage_stats": True}})
     assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == TEXT
-    token_chunks = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"] is None]
-    assert [c["usage"]["completion_tokens"] for c in token_chunks] == list(range(1, n + 1))
+    # Tokens that arrive together share a chunk (here the scripted engine queues them all at
+    # once); the running usage grows with every chunk and reaches n.
+    counts = [c["usage"]["completion_tokens"] for c in chunks if c["choices"] and c["choices"][0]["text"]]
+    assert counts == sorted(set(counts)) and counts[-1] == n
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == n
+
+
+def test_a_steps_tokens_go_out_as_one_chunk(client, engine) -> None:
+    """An engine step's tokens (a speculative step emits several) make one SSE chunk, as vLLM sends
+    them; the harness reads the count from continuous usage."""
+    engine.steps = (3, 2, 1, 30)
+    chunks = sse(client, "/v1/completions", {"prompt": "The capital", "max_tokens": 30,
+                                            "stream_options": {"include_usage": True, "continuous_usage_stats": True}})
+    counts = [c["usage"]["completion_tokens"] for c in chunks if c["choices"] and c["choices"][0]["text"]]
+    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == TEXT
+    assert counts[-1] == len(engine.script) and counts == sorted(set(counts))
+    assert len(counts) <= 4 and counts[0] >= 3  # one chunk per step at most (a slow reader may merge steps)
 
 
 def test_max_tokens_is_length(client, engine) -> None:
@@ -123,7 +144,8 @@ def test_chat_role_chunk_and_logprobs(client, tokenizer) -> None:
     chunks = sse(client, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
                                                   "max_tokens": 3, "logprobs": True, "top_logprobs": 2})
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    entries = [c["choices"][0]["logprobs"]["content"][0] for c in chunks[1:]]
+    entries = [e for c in chunks[1:] if c["choices"][0]["logprobs"] for e in c["choices"][0]["logprobs"]["content"]]
+    assert len(entries) == 3
     first = tokenizer(TEXT).input_ids[0]
     assert entries[0]["token"] == tokenizer.decode([first]) and len(entries[0]["top_logprobs"]) == 2
     body = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
