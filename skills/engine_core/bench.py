@@ -14,7 +14,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("GOMP_SPINCOUNT", "100")  # as engine-a runs; read when torch loads libgomp
 
 import torch  # noqa: E402
 
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     bandwidth = memory_bandwidth()
     size = model_bytes(engine)
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, GOMP_SPINCOUNT={os.environ['GOMP_SPINCOUNT']}, "
+          f"{torch.get_num_threads()} threads, GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'default')}, "
           f"{'native' if native else 'eager'} kernels; "
           f"model {size / 1e6:.0f} MB ({args.dtype})")
     print(f"memory bandwidth (copy, read+write): {bandwidth / 1e9:.1f} GB/s")

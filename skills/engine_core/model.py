@@ -46,6 +46,7 @@ class CausalLM(nn.Module):
         self.rotary = Rotary(cfg.rope, cfg.head_dim, cfg.max_position)
         self.weight_bytes = 0  # the weights as loaded (a decode step reads them all once)
         self._loop_weights: list[torch.Tensor] | None = None  # for Kernels.decoder_layers (see pack)
+        self.has_small_matmuls = False  # every matmul has small_gemm's copy of its weight (see pack)
         # Tied: lm_head is the embedding matrix itself (until `pack` gives it a packed copy).
         self.lm_head: nn.Module | None = None if cfg.tie_embeddings else nn.Linear(
             cfg.hidden_size, cfg.vocab_size, bias=False)
@@ -56,12 +57,9 @@ class CausalLM(nn.Module):
         pack_linears(self.layers)
         self.lm_head = PackedHead(head)
         self._loop_weights = self._native_loop_weights()
-
-    @property
-    def has_small_matmuls(self) -> bool:
-        """Every matmul has small_gemm's copy of its weight (packing.PackedLinear.small)."""
         linears = [m for m in self.modules() if isinstance(m, PackedLinear)]
-        return bool(linears) and all(m.small is not None for m in linears)
+        self.has_small_matmuls = bool(linears) and all(m.small is not None for m in linears)
+
 
     def _native_loop_weights(self) -> list[torch.Tensor] | None:
         """Per layer: qkv, o, gate_up, down (oneDNN-packed), post-attention norm, next input norm,
