@@ -9,6 +9,7 @@ machine's copy bandwidth measured before and after the run.
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -30,6 +31,8 @@ from harness.stack import REPO_ROOT
 
 @dataclass(frozen=True)
 class Cell:
+    """One stack at one load point: the median over its measured repeats (`--repeats N`)."""
+
     stack: str
     label: str
     status: str
@@ -37,6 +40,8 @@ class Cell:
     p99_ttft_ms: float | None
     median_tpot_ms: float | None
     concurrency: int | None
+    repeats: int = 1  # measured repeats the medians are over
+    primary_range: tuple[float, float] | None = None  # (min, max) of the primary metric over them
 
 
 @dataclass(frozen=True)
@@ -53,14 +58,27 @@ def ratio(value: float | None, base: float | None, direction: str) -> float | No
     return value / base if direction == "higher" else base / value
 
 
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
 def cells_of(rows: list[ResultRow], primary: str) -> list[Cell]:
-    out = []
+    """One cell per (stack, load point), in the order first measured; repeats become medians, so a
+    ratio is between medians, never between one repeat and another stack's last one."""
+    groups: dict[tuple[str, str], list[ResultRow]] = {}
     for r in rows:
-        if r.kind != "performance":
-            continue
-        point = r.load_point or {}
-        out.append(Cell(r.stack, str(point.get("label")), r.status, r.metrics.get(primary),
-                        r.metrics.get("p99_ttft_ms"), r.metrics.get("median_tpot_ms"), point.get("concurrency")))
+        if r.kind == "performance":
+            groups.setdefault((r.stack, str((r.load_point or {}).get("label"))), []).append(r)
+    out = []
+    for (stack, label), group in groups.items():
+        measured = [r for r in group if r.status in ("ok", "partial")] or group
+        values = [r.metrics.get(primary) for r in measured if r.metrics.get(primary) is not None]
+        out.append(Cell(stack, label, measured[-1].status, _median(values),
+                        _median([r.metrics.get("p99_ttft_ms") for r in measured]),
+                        _median([r.metrics.get("median_tpot_ms") for r in measured]),
+                        (group[0].load_point or {}).get("concurrency"), len(measured),
+                        (min(values), max(values)) if len(values) > 1 else None))
     return out
 
 
@@ -95,6 +113,8 @@ def render(scenario: ScenarioSpec, cells: list[Cell], rs: list[Ratio], model_byt
         bw = decode_bandwidth(c, model_bytes)
         bw_text = "-" if bw is None else f"{bw / 1e9:.1f} GB/s = {100 * bw / copy_bw:.0f}%"
         value = _fmt(c.primary) if c.status in ("ok", "partial") else c.status
+        if c.primary_range is not None and c.status in ("ok", "partial"):
+            value += f" (median of {c.repeats}: {c.primary_range[0]:.1f}-{c.primary_range[1]:.1f})"
         table.add_row(c.stack, c.label, value, _fmt(c.p99_ttft_ms), _fmt(c.median_tpot_ms), vs or "-", bw_text)
     return table
 

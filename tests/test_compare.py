@@ -31,6 +31,19 @@ def test_ratios_pair_cells_of_the_same_load_point_only():
     assert got == {("engine", "vllm", "rate=8.0"): pytest.approx(1.2), ("engine", "vllm", "conc=1"): pytest.approx(1.25)}
 
 
+def test_repeats_become_one_cell_and_ratios_are_between_medians():
+    """`--repeats 3`: each stack's repeats at a load point are one cell (their median), so a ratio
+    compares medians, not each repeat with the baseline's last repeat."""
+    rows = [row("engine", "conc=1", v, 4.0, 1) for v in (250, 252, 246)]
+    rows += [row("vllm", "conc=1", v, 25.0, 1) for v in (41.5, 40.0, 30.0)]
+    rows += [row("vllm", "conc=1", 0.0, 0.0, 1, status="failed")]  # a failed repeat is not a measurement
+    cells = cells_of(rows, "output_throughput")
+    assert [(c.stack, c.repeats, c.primary, c.primary_range) for c in cells] == [
+        ("engine", 3, 250, (246, 252)), ("vllm", 3, 40.0, (30.0, 41.5))]
+    [r] = ratios(cells, ["vllm"], "higher")
+    assert r.value == pytest.approx(250 / 40.0)
+
+
 def test_bandwidth_achieved_only_at_concurrency_one():
     one = Cell("engine", "conc=1", "ok", 45.0, 50.0, 20.0, 1)
     assert decode_bandwidth(one, 270_000_000) == pytest.approx(270e6 * 50)  # 50 tok/s between tokens

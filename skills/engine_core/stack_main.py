@@ -30,7 +30,8 @@ def engine_arguments(description: str | None, defaults: dict) -> argparse.Argume
     p.add_argument("--compile", default=defaults.get("compile", ""),
                    help="comma-separated skills/engine_core/kernels.py names to torch.compile ('' for none)")
     p.add_argument("--native-kernels", action=argparse.BooleanOptionalAction, default=True,
-                   help="fused C++ norms, rope, SwiGLU and decode attention (skills/cpu_kernels); built once per machine")
+                   help="skills/cpu_kernels: fused C++ norms, rope, SwiGLU, row attention, few-row matmul and the "
+                        "C++ layer loop; built once per machine")
     p.add_argument("--omp-spincount", default=None,
                    help="GOMP_SPINCOUNT: how long idle OpenMP threads spin before sleeping (engine_core NOTE.md)")
     return p

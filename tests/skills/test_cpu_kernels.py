@@ -102,7 +102,8 @@ def test_cpp_layer_loop_equals_the_python_layers(make_llama, native_kernels) -> 
         pool = StatePool(model.state_specs(), 3, 64, BF16)
         for state in pool.layers:
             state.k.normal_(), state.v.normal_()
-        batch = ForwardBatch(input_ids=torch.tensor([3, 9, 4, 5, 6, 7]), positions=torch.tensor([10, 0, 20, 21, 22, 23]),
+        batch = ForwardBatch(input_ids=torch.tensor([3, 9, 4, 5, 6, 7]),
+                             positions=torch.tensor([10, 0, 20, 21, 22, 23]),
                              slots=torch.tensor([0, 1, 2, 2, 2, 2]), num_decodes=2, decode=None,
                              prefills=(PrefillSpan(2, 20, 4, 2, None, alone=True),), sample_rows=torch.arange(6),
                              rows_alone=True)

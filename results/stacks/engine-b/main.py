@@ -3,11 +3,13 @@ skills/engine_core + skills/speculative_decoding + skills/openai_server.
 
 python results/stacks/engine-b/main.py --model DIR --port P [knobs]
 
-Greedy requests are decoded by speculation: each step verifies the last token plus K draft
-tokens (from the request's `prediction`, else prompt lookup) in one forward and keeps the
-longest prefix the model agrees with plus its own next token. Every step of a speculating
-request has the same shape (K + 1 rows, keys in whole 512-blocks), so the output does not
-depend on what was drafted: with or without a prediction it is token for token the same.
+Greedy requests are decoded by speculation: each step verifies the last token plus up to K
+draft tokens (looked up in the request's `prediction`, prompt and own output) in one forward
+and keeps the longest prefix the model agrees with plus its own next token. With the native
+kernels (skills/cpu_kernels) every row is computed alone, the same at any row count; without
+them every step of a speculating request has one fixed shape (K + 1 rows, keys in whole
+512-blocks). Either way the output does not depend on what was drafted: with or without a
+prediction it is token for token the same.
 """
 
 from __future__ import annotations
@@ -42,10 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     spec.add_argument("--adaptive-k", action="store_true",
                       help="grow K after full acceptance, shrink it after a rejection (default: always K)")
     spec.add_argument("--no-prediction", action="store_true", help="ignore `prediction` (prompt lookup only)")
-    spec.add_argument("--no-ngram", action="store_true", help="no prompt-lookup fallback")
+    spec.add_argument("--no-ngram", action="store_true",
+                      help="draft from the prediction only (not from the prompt or the output so far)")
     spec.add_argument("--key-block", type=int, default=512,
-                      help="fixed verify shape: keys read in blocks of this many (0: exact keys and 1 + len(draft) "
-                           "rows: faster when drafts are short, but bf16 rounding then depends on the draft)")
+                      help="without the native kernels, the fixed verify shape: keys read in blocks of this many "
+                           "(0: exact keys and 1 + len(draft) rows, but bf16 rounding then depends on the draft)")
     return p.parse_args(argv)
 
 
