@@ -8,7 +8,7 @@ about 120 matmuls per forward of SmolLM2-135M.
 Steps of at most `SMALL_ROWS` rows (decodes, verify chunks) take skills/cpu_kernels'
 `small_gemm` instead, from a second copy of the weight in its tile layout: at 1-5 rows it streams
 the weights ~1.5x faster than oneDNN, and a row's result never depends on the step's row count
-(oneDNN's does, between 1 and 2+ rows and above ~9). The copy doubles the weights' memory.
+(oneDNN's can, between 1 and 2+ rows and above ~9, depending on the CPU). The copy doubles the weights' memory.
 """
 
 from __future__ import annotations

@@ -149,96 +149,105 @@ def real_engine():
         torch.set_num_threads(threads)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("fixed", [True, False], ids=["fixed-shape", "exact-keys"])
-def test_real_model_rows_are_invariant_to_the_chunking(real_engine, fixed) -> None:
-    """The lossless contract under bf16: a token's logits are bit-identical whether it is verified
-    in a short chunk or in a long one (queries padded to K + 1 rows, whole key blocks, >= 2 rows).
-    The exact-keys variant with 1-row steps shows that the test can see a difference."""
+def lone_rows_nudged(kernel):
+    """`kernel` with its output scaled by 1.01 when the call has one row: a kernel whose numbers
+    depend on the step's row count, which the chunking checks below must catch. (Whether oneDNN's
+    own bf16 matmul rounds a lone row differently depends on the CPU, so it cannot be the example.)"""
+    def nudged(x, *args):
+        out = kernel(x, *args)
+        return out * 1.01 if x.shape[0] == 1 else out
+    return staticmethod(nudged)
+
+
+def verify_in_chunks(engine, chunks: list[int], rows_alone: bool | None = None) -> torch.Tensor:
+    """The logits of 9 code tokens verified after a 20-line prompt, chunk by chunk: each chunk is
+    a verify step of `n` rows (the last token plus n - 1 drafts), as the engine schedules them."""
     from skills.engine_core.scheduler import ScheduledStep
     from skills.engine_core.sequence import Sequence
     from skills.speculative_decoding import Draft
 
-    runner = real_engine.runner
-    saved = runner.key_block, runner.query_rows
-    runner.key_block, runner.query_rows = saved if fixed else (0, 0)
-    prompt = real_engine.tokenizer("def median(data):\n    data = sorted(data)\n" * 20).input_ids
-    tokens = real_engine.tokenizer("    n = len(data)\n    if n == 0:\n        raise ValueError").input_ids[:9]
+    runner = engine.runner
+    prompt = engine.tokenizer("def median(data):\n    data = sorted(data)\n" * 20).input_ids
+    tokens = engine.tokenizer("    n = len(data)\n    if n == 0:\n        raise ValueError").input_ids[:9]
+    seq = Sequence(prompt, SamplingParams(max_tokens=20, temperature=0.0))
+    seq.slot = 0
+    runner.run(ScheduledStep([], [(seq, len(prompt) - 1)], 1))
+    seq.num_computed = len(prompt) - 1
+    rows, done = [], 0
+    for n in chunks:
+        seq.output_ids = tokens[:done]  # last_token: the token before this chunk
+        seq.draft = Draft(tokens[done: done + n - 1], "")
+        batch, _ = runner.build(ScheduledStep([], [], 1, [seq]))
+        if rows_alone is not None:
+            assert batch.rows_alone == rows_alone and (not rows_alone or batch.prefills[0].mask is None)
+        rows.append(runner.model(batch, runner.pool))
+        seq.num_computed += n
+        done += n
+    return torch.cat(rows)
 
-    def verify(chunks: list[int]) -> torch.Tensor:
-        seq = Sequence(prompt, SamplingParams(max_tokens=20, temperature=0.0))
-        seq.slot = 0
-        runner.run(ScheduledStep([], [(seq, len(prompt) - 1)], 1))
-        seq.num_computed = len(prompt) - 1
-        rows, done = [], 0
-        for n in chunks:
-            seq.output_ids = tokens[:done]  # last_token: the token before this chunk
-            seq.draft = Draft(tokens[done: done + n - 1], "")
-            batch, _ = runner.build(ScheduledStep([], [], 1, [seq]))
-            rows.append(runner.model(batch, runner.pool))
-            seq.num_computed += n
-            done += n
-        return torch.cat(rows)
 
-    try:
-        whole = verify([9])
-        # The engine never runs a 1-row verify (an empty draft gets a filler token): oneDNN's bf16
-        # matmul rounds a lone row differently. Without the fixed shape, that is what differs.
-        splits = ([2, 2, 2, 3], [3, 6], [4, 2, 3]) if fixed else ([1] * 9, [2, 1, 4, 2])
-        same = [torch.equal(verify(chunks), whole) for chunks in splits]
-    finally:
-        runner.key_block, runner.query_rows = saved
-    assert all(same) if fixed else not all(same), same
+@pytest.fixture
+def eager_kernels():
+    """The torch kernels (no skills/cpu_kernels) for one test, whatever the tests before it left."""
+    from skills.engine_core.kernels import Kernels
+
+    was_native = Kernels.decoder_layers is not None
+    Kernels.use_native(False)
+    yield Kernels
+    Kernels.use_native(was_native)
 
 
 @pytest.mark.slow
-def test_real_model_rows_attending_alone_need_no_padding(real_engine) -> None:
+def test_real_model_rows_are_invariant_to_the_chunking(real_engine, eager_kernels, monkeypatch) -> None:
+    """The lossless contract under bf16 without the native kernels: a token's logits are
+    bit-identical whether it is verified in a short chunk or a long one (queries padded to K + 1
+    rows, keys in whole 512-blocks). With exact keys, 1-row steps and a kernel that treats a lone
+    row differently, the same check sees the difference."""
+    runner = real_engine.runner
+    assert runner.key_block and runner.query_rows  # the fixed shape is the engine's default here
+    whole = verify_in_chunks(real_engine, [9], rows_alone=False)
+    same = [torch.equal(verify_in_chunks(real_engine, chunks), whole) for chunks in ([2, 2, 2, 3], [3, 6], [4, 2, 3])]
+    assert all(same), same
+
+    monkeypatch.setattr(runner, "key_block", 0)
+    monkeypatch.setattr(runner, "query_rows", 0)
+    monkeypatch.setattr(eager_kernels, "silu_mul", lone_rows_nudged(eager_kernels.silu_mul))
+    whole = verify_in_chunks(real_engine, [9])
+    assert not torch.equal(verify_in_chunks(real_engine, [1] * 9), whole)
+
+
+@pytest.mark.slow
+def test_real_model_rows_attending_alone_need_no_padding(real_engine, monkeypatch) -> None:
     """With the native row attention (skills/cpu_kernels) a verify chunk of any length gives a
     token bit-identical logits, with no padded queries and no key blocks: any length >= 2 with
-    oneDNN's matmuls, any length at all with small_gemm's."""
+    oneDNN's matmuls, any length at all with small_gemm's. A matmul that rounds a lone row
+    differently is caught by the same comparison."""
     from skills.engine_core.kernels import Kernels
-    from skills.engine_core.scheduler import ScheduledStep
-    from skills.engine_core.sequence import Sequence
-    from skills.speculative_decoding import Draft
 
+    was_native = Kernels.decoder_layers is not None
     if not Kernels.use_native():
         pytest.skip("the C++ kernels cannot be built here")
     runner = real_engine.runner
-    saved = runner.key_block, runner.query_rows
-    runner.key_block, runner.query_rows = 0, 0
-    prompt = real_engine.tokenizer("def median(data):\n    data = sorted(data)\n" * 20).input_ids
-    tokens = real_engine.tokenizer("    n = len(data)\n    if n == 0:\n        raise ValueError").input_ids[:9]
-
-    def verify(chunks: list[int]) -> torch.Tensor:
-        seq = Sequence(prompt, SamplingParams(max_tokens=20, temperature=0.0))
-        seq.slot = 0
-        runner.run(ScheduledStep([], [(seq, len(prompt) - 1)], 1))
-        seq.num_computed = len(prompt) - 1
-        rows, done = [], 0
-        for n in chunks:
-            seq.output_ids = tokens[:done]
-            seq.draft = Draft(tokens[done: done + n - 1], "")
-            batch, _ = runner.build(ScheduledStep([], [], 1, [seq]))
-            assert batch.rows_alone and batch.prefills[0].mask is None
-            rows.append(runner.model(batch, runner.pool))
-            seq.num_computed += n
-            done += n
-        return torch.cat(rows)
-
+    monkeypatch.setattr(runner, "key_block", 0)
+    monkeypatch.setattr(runner, "query_rows", 0)
     splits = ([1] * 9, [2, 2, 2, 3], [3, 6], [4, 2, 3], [2, 7], [1, 8])
     try:
-        whole = verify([9])
-        same = [torch.equal(verify(chunks), whole) for chunks in splits]  # small_gemm: any row count
-        small, Kernels.small_gemm = Kernels.small_gemm, None
-        whole = verify([9])  # oneDNN for the matmuls: a 1-row product rounds differently
-        onednn_same = [torch.equal(verify(chunks), whole) for chunks in ([2, 2, 2, 3], [1] * 9)]
-    finally:
-        runner.key_block, runner.query_rows = saved
-        Kernels.use_native(False)
-    if small is not None:
+        small = Kernels.small_gemm
+        if small is not None:  # AVX-512 BF16: small_gemm for every matmul, any row count
+            assert runner.model.has_small_matmuls
+            whole = verify_in_chunks(real_engine, [9], rows_alone=True)
+            same = [torch.equal(verify_in_chunks(real_engine, chunks, rows_alone=True), whole) for chunks in splits]
+            assert all(same), same
+            monkeypatch.setattr(Kernels, "small_gemm", lone_rows_nudged(small))  # the lm_head runs through it
+            whole = verify_in_chunks(real_engine, [9])
+            assert not torch.equal(verify_in_chunks(real_engine, [1] * 9), whole)
+        monkeypatch.setattr(Kernels, "small_gemm", None)  # oneDNN for the matmuls: the engine keeps >= 2 rows
+        whole = verify_in_chunks(real_engine, [9])
+        same = [torch.equal(verify_in_chunks(real_engine, chunks), whole) for chunks in ([2, 2, 2, 3], [3, 6], [2, 7])]
         assert all(same), same
-        assert runner.model.has_small_matmuls
-    assert onednn_same == [True, False], onednn_same
+    finally:
+        monkeypatch.undo()
+        Kernels.use_native(was_native)
 
 
 @pytest.mark.slow
