@@ -38,8 +38,10 @@ def cmd_compare(args) -> None:
 
     from harness.compare import compare
 
+    # Piped into a file or `tee`, rich would squeeze the table into 80 columns of ellipses.
+    console = Console() if sys.stdout.isatty() else Console(width=200)
     summary = compare(args.scenario, args.stack, args.baseline or [], args.profile, args.results_dir, args.run_id,
-                      args.pytest_args, Console())
+                      args.pytest_args, console)
     if summary["pytest_exit_code"] not in (0, 1):  # 1: some cell failed, and the table says which
         raise HarnessError(f"pytest exited with code {summary['pytest_exit_code']}")
 

@@ -67,13 +67,23 @@ class RunningStack:
     engines: dict[str, dict] = field(default_factory=dict)  # engine environments used, with versions
     _closed: bool = field(default=False, repr=False)
 
-    def death(self) -> str | None:
-        """None while the stack is alive; otherwise a one-paragraph report with its last log lines."""
-        if self.process is None or self.process.poll() is None:
+    def death(self, wait_s: float = 0.0) -> str | None:
+        """None while the stack is alive; otherwise a one-paragraph report with its last log lines.
+        wait_s: how long to give a process that may be dying (its sockets close before it is reaped)."""
+        if self.process is None:
+            return None
+        if wait_s > 0:
+            try:
+                self.process.wait(timeout=wait_s)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.process.poll() is None:
             return None
         last = tail(self.log_path)
+        code = self.process.returncode
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
         return (
-            f"stack {self.spec.name} exited with code {self.process.returncode}: {cause(last)}\n"
+            f"stack {self.spec.name} {how}: {cause(last)}\n"
             f"last lines of {self.log_path}:\n{last}"
         )
 

@@ -100,3 +100,18 @@ def test_a_stack_without_prediction_is_a_baseline_without_the_guard(tmp_path):
     verdict, acc_row, perf_row = run(tmp_path, "silent", supports="[chat, logprobs]")
     assert verdict.ok and verdict.engagement is None and acc_row.engagement is None
     assert perf_row.status == "ok" and perf_row.engagement is None
+
+
+def test_the_passes_with_and_without_prediction_each_start_on_a_cold_prefix_cache(tmp_path):
+    """A stack whose reused cache changes a token (vLLM's bf16 K/V, computed in other chunks, can
+    flip a near-tie) is judged on the prediction alone: the cache is reset before each pass."""
+    verdict, acc_row, _ = run(tmp_path, "cached", supports="[chat, logprobs]")
+    assert verdict.ok, verdict.failures()
+    assert acc_row.stack_info["prefix_cache_reset"] == "done"
+
+
+def test_the_cached_double_would_fail_without_the_reset(tmp_path, monkeypatch):
+    """The check above can fail: with the resets skipped the second pass reuses the first's cache."""
+    monkeypatch.setattr(Bench, "reset_prefix_cache", lambda self: "skipped")
+    verdict, acc_row, _ = run(tmp_path, "cached", supports="[chat, logprobs]")
+    assert not verdict.lossless.ok and "' cached'" in verdict.lossless.prompts[0].reason

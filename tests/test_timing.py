@@ -10,6 +10,7 @@ import pytest
 
 from harness.bench import Bench
 from harness.errors import StackError
+from harness.generation import Prompt
 from harness.launcher import launch
 from harness.loadgen import LoadPoint, run_load_point
 from harness.metrics import summarize
@@ -92,3 +93,20 @@ def test_stack_dying_mid_run_keeps_rows_and_reports_its_log(tmp_path):
     assert 0 < crashed.metrics["completed"] < 10  # what was measured before the crash is kept
     records = (tmp_path / "runs" / "run-crash" / "A-tiny" / "delay-crash" / crashed.records_file).read_text()
     assert records.count("\n") == 10
+
+
+def test_a_stack_killed_by_a_signal_is_reported_so_not_as_a_dropped_connection(tmp_path):
+    """A native crash (llama.cpp's did, on its first request) closes the socket a moment before the
+    process is reaped: the error names the signal and the log, not "Server disconnected"."""
+    spec = load_spec(STACKS / "delay.yaml")
+    spec = spec.__class__(**{**spec.__dict__, "name": "delay-segv",
+                             "command": spec.command + ("--crash-after", "1", "--crash-by-signal")})
+    stack = launch(spec, "unused", tmp_path / "logs")
+    bench = Bench(run_id="run-segv", results_dir=tmp_path, scenario=load_scenario(SCENARIO), profile="tiny",
+                  spec=spec, stack=stack)
+    try:
+        with pytest.raises(StackError, match="was killed by SIGSEGV") as info:
+            bench.stack_outputs([Prompt(id="p0", text="hello there", chat=False, max_tokens=4)], request_timeout_s=30)
+        assert "crashing on purpose" in str(info.value)
+    finally:
+        stack.stop()

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 import uuid
@@ -27,6 +28,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 DEFAULT_MAX_TOKENS = 16
 CHOSEN_LOGPROB = -0.1
 CRASH_EXIT_CODE = 3
+CRASH_SIGNAL: list[int] = []  # --crash-by-signal: die as a native fault does
 PROCESS_START = time.monotonic()
 
 
@@ -262,6 +264,9 @@ async def sleep_until(deadline: float) -> None:
 
 def die(reason: str) -> None:
     print(f"delay_server: {reason}", file=sys.stderr, flush=True)
+    if CRASH_SIGNAL:
+        signal.signal(CRASH_SIGNAL[0], signal.SIG_DFL)
+        os.kill(os.getpid(), CRASH_SIGNAL[0])
     os._exit(CRASH_EXIT_CODE)
 
 
@@ -351,7 +356,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tokens-per-chunk", type=int, default=3)
     p.add_argument("--crash-after", type=int, default=None, help="crash mid-stream on the N-th request")
     p.add_argument("--die-after-s", type=float, default=None, help="exit hard S seconds after start")
+    p.add_argument("--crash-by-signal", action="store_true", help="crash by SIGSEGV instead of an exit code")
     args = p.parse_args(argv)
+    if args.crash_by_signal:
+        CRASH_SIGNAL.append(signal.SIGSEGV)
     if args.tokens_per_chunk < 1:
         p.error("--tokens-per-chunk must be >= 1")
     return args

@@ -7,7 +7,9 @@ The reply is deterministic: the words of the last user message, in order, one to
   accepted (usage.completion_tokens_details and /metrics spec_accepted_tokens);
 - cheat:  the reply is the prediction's words instead (lossy: the oracle must fail it);
 - idle:   nothing to the output, and zero accepted tokens reported (the engagement guard must fail it);
-- silent: nothing to the output, no usage details and no counters at all.
+- silent: nothing to the output, no usage details and no counters at all;
+- cached: ignores `prediction` like vLLM, but has a prefix cache whose reuse changes the reply's
+  last token (as reused bf16 K/V can flip a near-tie); POST /reset_prefix_cache empties it.
 
     python tests/stacks/prediction_server.py --port P --mode honest
 """
@@ -27,6 +29,7 @@ TOP = [(" alt1", -2.0), (" alt2", -2.5), (" alt3", -3.0), (" alt4", -3.5)]
 def build_app(mode: str) -> FastAPI:
     app = FastAPI()
     counters = {"forward_passes": 0, "spec_proposed_tokens": 0, "spec_accepted_tokens": 0}
+    cached: set[str] = set()  # prompts whose K/V a later request would reuse (mode "cached")
 
     @app.get("/health")
     async def health():
@@ -35,6 +38,11 @@ def build_app(mode: str) -> FastAPI:
     @app.get("/metrics")
     async def metrics():
         return {"forward_passes": counters["forward_passes"]} if mode == "silent" else counters
+
+    @app.post("/reset_prefix_cache")
+    async def reset_prefix_cache():
+        cached.clear()
+        return {"status": "ok"}
 
     @app.get("/v1/models")
     async def models():
@@ -47,6 +55,10 @@ def build_app(mode: str) -> FastAPI:
         predicted = ((body.get("prediction") or {}).get("content")) or None
         source = predicted if (mode == "cheat" and predicted) else text
         tokens = [" " + w for w in source.split()][: int(body.get("max_tokens") or 16)]
+        if mode == "cached":
+            if text in cached:
+                tokens[-1] = " cached"
+            cached.add(text)
         finish = "stop" if len(tokens) < int(body.get("max_tokens") or 16) else "length"
         accepted = 0
         if predicted and mode in ("honest", "cheat"):
@@ -57,7 +69,7 @@ def build_app(mode: str) -> FastAPI:
         counters["spec_accepted_tokens"] += accepted
         usage = {"prompt_tokens": len(text.split()), "completion_tokens": len(tokens),
                  "total_tokens": len(text.split()) + len(tokens)}
-        if predicted and mode != "silent":
+        if predicted and mode not in ("silent", "cached"):
             usage["completion_tokens_details"] = {"accepted_prediction_tokens": accepted,
                                                   "rejected_prediction_tokens": len(predicted.split()) - accepted}
         want_logprobs = bool(body.get("logprobs"))
@@ -98,7 +110,7 @@ def build_app(mode: str) -> FastAPI:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--mode", choices=("honest", "cheat", "idle", "silent"), default="honest")
+    p.add_argument("--mode", choices=("honest", "cheat", "idle", "silent", "cached"), default="honest")
     args = p.parse_args()
     uvicorn.run(build_app(args.mode), host="127.0.0.1", port=args.port, log_level="warning")
 
