@@ -6,6 +6,15 @@ import shutil
 from dataclasses import dataclass, field
 
 
+# llama.cpp builds for the host CPU (-march=native). On an x86 VM whose CPU reports AMX, ggml's
+# AMX matmul faulted at its first tile instruction (ldtilecfg: general protection fault, the
+# server dying on its first request), while torch's oneDNN ran AMX fine: build without AMX. GCC
+# keeps an explicit -mno-* flag whatever -march=native turns on.
+_NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+_LLAMACPP_ISA = ({"CMAKE_ARGS": f'-DCMAKE_C_FLAGS="{_NO_AMX}" -DCMAKE_CXX_FLAGS="{_NO_AMX}"'}
+                 if platform.machine() in ("x86_64", "AMD64") else {})
+
+
 @dataclass(frozen=True)
 class Platform:
     cuda: bool
@@ -69,7 +78,7 @@ ENGINES: dict[str, Engine] = {
         check="import llama_cpp.server",
         install_time="about 8 minutes (builds from source)",
         recipes={"cpu": Recipe(requirements=("llama-cpp-python[server]==0.3.36",),
-                               build_env={"CMAKE_BUILD_PARALLEL_LEVEL": "{cores}"})},
+                               build_env={"CMAKE_BUILD_PARALLEL_LEVEL": "{cores}", **_LLAMACPP_ISA})},
     ),
     "mlx-lm": Engine(
         name="mlx-lm",

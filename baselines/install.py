@@ -86,6 +86,7 @@ def _record(engine: Engine, recipe: Recipe, here: Platform) -> dict:
         "engine": engine.name,
         "platform": engine.tag(here),
         "requirements": list(recipe.requirements),
+        "build_env": dict(recipe.build_env),
         "version": versions.get(recipe.version_of or _distribution(recipe.requirements[0])),
         "packages": {_distribution(r): versions.get(_distribution(r)) for r in recipe.requirements}
                     | {k: versions[k] for k in ("torch", "transformers") if k in versions},
@@ -101,6 +102,8 @@ def _record(engine: Engine, recipe: Recipe, here: Platform) -> dict:
 def _installed_matches(engine: Engine, recipe: Recipe) -> bool:
     info = engine_info(engine.name)
     if not info or info.get("requirements") != list(recipe.requirements):
+        return False
+    if info.get("build_env", {}) != dict(recipe.build_env):  # built with other flags: build again
         return False
     python = engine_dir(engine.name) / "venv" / "bin" / "python"
     return python.exists() and subprocess.run([str(python), "-c", engine.check], capture_output=True).returncode == 0
@@ -136,7 +139,10 @@ def install(name: str, force: bool = False, console: Console | None = None) -> d
         step("create venv", [sys.executable, "-m", "venv", str(venv)])
     step("upgrade pip", [str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"])
     build_env = {k: v.replace("{cores}", str(os.cpu_count() or 1)) for k, v in recipe.build_env.items()}
-    step(f"pip install {' '.join(recipe.requirements)}", [str(python), "-m", "pip", "install", *recipe.requirements],
+    # A wheel pip built earlier may have been built with other flags: build flags mean a fresh build.
+    fresh = ["--no-cache-dir"] if recipe.build_env else []
+    step(f"pip install {' '.join(recipe.requirements)}", [str(python), "-m", "pip", "install", *fresh,
+                                                          *recipe.requirements],
          env=build_env)
     if recipe.remove:
         step(f"remove {' '.join(recipe.remove)}", [str(python), "-m", "pip", "uninstall", "-y", *recipe.remove])

@@ -42,6 +42,33 @@ def test_vllm_recipe_follows_the_machine():
     assert _distribution("llama-cpp-python[server]==0.3.36") == "llama-cpp-python"
 
 
+def test_llamacpp_builds_without_amx_on_x86_and_a_change_of_build_flags_means_a_rebuild(tmp_path, monkeypatch):
+    """ggml's AMX matmul faulted on an x86 VM reporting AMX; an install built with other flags
+    (or before the flags were recorded) is not taken as installed."""
+    import dataclasses
+    import json
+    import platform
+
+    from baselines.install import _installed_matches
+
+    engine = ENGINES["llamacpp"]
+    recipe = engine.recipe(Platform(cuda=False, system="Linux", machine=platform.machine()))
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert "-mno-amx-int8" in recipe.build_env["CMAKE_ARGS"]
+    monkeypatch.setenv("SERVEBENCH_CACHE", str(tmp_path))
+    home = tmp_path / "engines" / "llamacpp"
+    (home / "venv" / "bin").mkdir(parents=True)
+    (home / "venv" / "bin" / "python").symlink_to(sys.executable)
+    info = {"requirements": list(recipe.requirements), "build_env": dict(recipe.build_env)}
+    (home / "engine.json").write_text(json.dumps(info))
+    importable = dataclasses.replace(engine, check="pass")  # the venv here is this interpreter
+    assert _installed_matches(importable, recipe)
+    (home / "engine.json").write_text(json.dumps({**info, "build_env": {"CMAKE_BUILD_PARALLEL_LEVEL": "{cores}"}}))
+    assert not _installed_matches(importable, recipe)
+    (home / "engine.json").write_text(json.dumps({"requirements": info["requirements"]}))
+    assert not _installed_matches(importable, recipe)
+
+
 def test_engine_not_installed_stops_the_launch_with_the_install_command(tmp_path, monkeypatch):
     monkeypatch.setenv("SERVEBENCH_CACHE", str(tmp_path / "empty-cache"))
     spec = spec_file(tmp_path, "name: e\ncommand: ['{engine:vllm}', -m, x]\n")
