@@ -45,6 +45,9 @@ class EngineConfig:
     threads: int | None = None  # torch intra-op threads; None: every core
     compile: tuple[str, ...] = ()  # kernels.py names to torch.compile, e.g. ("decode_attention",)
     pack_weights: bool = True  # prepack matmul weights for oneDNN (CPU; see packing.py)
+    # The matmul of decode and verify steps, with the native kernels: small_gemm | onednn | auto
+    # (row_invariance.py: oneDNN only where it is row-invariant on this CPU; auto: the faster).
+    few_row_matmul: str = "small_gemm"
     # Before the next step, wait (at most this long) until the event loop has handed this step's
     # outputs to their streams, so its burst of Python does not preempt an OpenMP thread mid-matmul.
     output_sync_s: float = 0.0

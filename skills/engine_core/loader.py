@@ -14,7 +14,8 @@ from transformers import AutoConfig, AutoTokenizer
 
 from .config import ModelConfig
 from .engine import EngineConfig, LLMEngine
-from .packing import can_pack
+from .kernels import Kernels
+from .packing import SMALL_ROWS, can_pack
 from .runner import ModelRunner
 from .weights import build_model, read_safetensors
 
@@ -33,6 +34,14 @@ def load_engine(model_dir: Path, cfg: EngineConfig, speculator=None) -> LLMEngin
     model = build_model(model_cfg, read_safetensors(model_dir), dtype)
     if cfg.pack_weights and can_pack(dtype):
         model.pack()
+        if cfg.few_row_matmul != "small_gemm" and Kernels.rows_alone(dtype):
+            k = getattr(getattr(speculator, "cfg", None), "num_speculative_tokens", None)
+            rows = k + 1 if k is not None else cfg.max_num_seqs  # a verify chunk, else a batch of decodes
+            choice = model.choose_few_row_matmul(min(rows, SMALL_ROWS), cfg.few_row_matmul)
+            log.info("few-row matmul: %s (%s)", choice.kernel, choice.reason)
+    if hasattr(speculator, "matmul_chosen"):
+        speculator.matmul_chosen("onednn" if model.onednn_rows_invariant else "small_gemm")
+        log.info("speculation: K = %d", speculator.cfg.num_speculative_tokens)
     max_len = min(cfg.max_model_len, model_cfg.max_position)
     if max_len != cfg.max_model_len:
         cfg = EngineConfig(**{**cfg.__dict__, "max_model_len": max_len})

@@ -17,6 +17,7 @@ from .config import ModelConfig
 from .kernels import Kernels
 from .layers import RMSNorm, Rotary, SwiGLU
 from .packing import PackedHead, PackedLinear, pack_linears
+from .row_invariance import MatmulChoice, choose
 from .state import StatePool, StateSpec
 
 
@@ -47,6 +48,7 @@ class CausalLM(nn.Module):
         self.weight_bytes = 0  # the weights as loaded (a decode step reads them all once)
         self._loop_weights: list[torch.Tensor] | None = None  # for Kernels.decoder_layers (see pack)
         self.has_small_matmuls = False  # every matmul has small_gemm's copy of its weight (see pack)
+        self.onednn_rows_invariant = False  # few-row steps run oneDNN, checked row-invariant (row_invariance.py)
         # Tied: lm_head is the embedding matrix itself (until `pack` gives it a packed copy).
         self.lm_head: nn.Module | None = None if cfg.tie_embeddings else nn.Linear(
             cfg.hidden_size, cfg.vocab_size, bias=False)
@@ -59,6 +61,19 @@ class CausalLM(nn.Module):
         self._loop_weights = self._native_loop_weights()
         linears = [m for m in self.modules() if isinstance(m, PackedLinear)]
         self.has_small_matmuls = bool(linears) and all(m.small is not None for m in linears)
+
+    def choose_few_row_matmul(self, rows: int, wanted: str) -> MatmulChoice:
+        """Pick the matmul of steps of <= `rows` rows (row_invariance.py); taking oneDNN drops the
+        small_gemm copies of the weights."""
+        linears = [m for m in self.modules() if isinstance(m, PackedLinear)]
+        choice = choose(linears, rows, wanted, Kernels.small_gemm is not None and self.has_small_matmuls)
+        if choice.kernel == "onednn":
+            for m in linears:
+                m.small = None
+            self.has_small_matmuls = False
+            self._loop_weights = self._native_loop_weights()
+            self.onednn_rows_invariant = choice.invariant
+        return choice
 
 
     def _native_loop_weights(self) -> list[torch.Tensor] | None:

@@ -46,8 +46,14 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.small is not None and x.shape[0] <= SMALL_ROWS and Kernels.small_gemm is not None:
-            return Kernels.small_gemm(x.contiguous(), self.small, self.out_features)
+            return self.small_gemm(x)
+        return self.onednn(x)
+
+    def onednn(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, self.bias, "none", [], "")
+
+    def small_gemm(self, x: torch.Tensor) -> torch.Tensor:
+        return Kernels.small_gemm(x.contiguous(), self.small, self.out_features)
 
 
 def pack_linears(module: nn.Module) -> int:

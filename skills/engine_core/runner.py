@@ -56,9 +56,11 @@ class ModelRunner:
 
     def row_count_invariant(self) -> bool:
         """Whether a row's logits are bit-identical at any row count, 1 included: the native row
-        attention plus small_gemm for the matmuls (packing.py). Then an undrafted step of a
-        speculating request can be a plain 1-row decode."""
-        return Kernels.rows_alone(self.dtype) and Kernels.small_gemm is not None and self.model.has_small_matmuls
+        attention plus, for the matmuls, small_gemm or oneDNN where it was checked row-invariant on
+        this CPU (row_invariance.py). Then an undrafted step of a speculating request can be a
+        plain 1-row decode."""
+        small = Kernels.small_gemm is not None and self.model.has_small_matmuls
+        return Kernels.rows_alone(self.dtype) and (small or self.model.onednn_rows_invariant)
 
     def apply(self, moves: list[Move]) -> None:
         for move in moves:

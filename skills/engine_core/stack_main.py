@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from .row_invariance import CHOICES
+
 
 def engine_arguments(description: str | None, defaults: dict) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,6 +34,10 @@ def engine_arguments(description: str | None, defaults: dict) -> argparse.Argume
     p.add_argument("--native-kernels", action=argparse.BooleanOptionalAction, default=True,
                    help="skills/cpu_kernels: fused C++ norms, rope, SwiGLU, row attention, few-row matmul and the "
                         "C++ layer loop; built once per machine")
+    p.add_argument("--few-row-matmul", default=defaults.get("few_row_matmul", "small_gemm"), choices=CHOICES,
+                   help="with the native kernels, the matmul of decode and verify steps: small_gemm (row-invariant "
+                        "by construction), onednn (where checked row-invariant on this CPU at load), auto (the "
+                        "faster of the two at a verify step's rows); skills/engine_core/row_invariance.py")
     p.add_argument("--omp-spincount", default=None,
                    help="GOMP_SPINCOUNT: how long idle OpenMP threads spin before sleeping (engine_core NOTE.md)")
     return p
@@ -50,7 +56,8 @@ def serve_engine(name: str, args: argparse.Namespace, speculator=None, **config)
 
     cfg = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                        max_model_len=args.max_model_len, dtype=args.dtype, threads=args.threads,
-                       compile=tuple(n for n in args.compile.split(",") if n), **config)
+                       compile=tuple(n for n in args.compile.split(",") if n),
+                       few_row_matmul=args.few_row_matmul, **config)
     if args.native_kernels and not Kernels.use_native():
         logging.getLogger(name).warning("native kernels unavailable: running the eager torch kernels")
     # Loaded, warmed up and stepped on one thread (see LLMEngine.start_on_own_thread).

@@ -16,7 +16,7 @@ tokens are sampled exactly as without speculation (rejection sampling is not imp
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .proposer import LookupProposer
 
@@ -117,15 +117,32 @@ class Drafter:
                 self.k = max(self.cfg.min_tokens, min(self.k, accepted + 2))
 
 
+# K by the matmul of verify steps (engine_core's few_row_matmul), for `Speculator(auto_k=True)`:
+# with oneDNN on an AMX CPU a verify step of up to 17 rows costs about what 1 row does, so longer
+# drafts are nearly free; small_gemm's cost grows from ~5 rows. Measured on setting B (NOTE.md).
+AUTO_K = {"onednn": 12, "small_gemm": 8}
+
+
 class Speculator:
     """Makes a `Drafter` per request; the engine holds one of these (None: no speculation).
 
-    `verify_rows` (K + 1, or None) and `key_block` tell the engine the fixed attention shape."""
+    `verify_rows` (K + 1, or None) and `key_block` tell the engine the fixed attention shape.
+    auto_k: K from AUTO_K once the engine has chosen its few-row matmul (`matmul_chosen`); until
+    then the largest, so the engine checks row counts up to it."""
 
-    def __init__(self, cfg: SpecConfig | None = None) -> None:
+    def __init__(self, cfg: SpecConfig | None = None, auto_k: bool = False) -> None:
         self.cfg = cfg or SpecConfig()
+        self.auto_k = auto_k
+        if auto_k:
+            self.cfg = replace(self.cfg, num_speculative_tokens=max(AUTO_K.values()))
         self.verify_rows = self.cfg.num_speculative_tokens + 1 if self.cfg.key_block else None
         self.key_block = self.cfg.key_block
+
+    def matmul_chosen(self, kernel: str) -> None:
+        """The engine's few-row matmul ("onednn" | "small_gemm"; the eager path counts as the latter)."""
+        if self.auto_k:
+            self.cfg = replace(self.cfg, num_speculative_tokens=AUTO_K[kernel])
+            self.verify_rows = self.cfg.num_speculative_tokens + 1 if self.cfg.key_block else None
 
     def start(self, prompt_ids: Sequence[int], params) -> Drafter | None:
         if not params.greedy:

@@ -31,6 +31,20 @@ def test_drafter_falls_back_to_prompt_lookup_and_counts_prediction_usage() -> No
     assert Speculator(cfg).start(prompt, SamplingParams(max_tokens=4, temperature=0.7)) is None
 
 
+def test_auto_k_follows_the_engines_few_row_matmul() -> None:
+    from skills.speculative_decoding.speculator import AUTO_K
+
+    spec = Speculator(SpecConfig(num_speculative_tokens=5), auto_k=True)
+    assert spec.cfg.num_speculative_tokens == max(AUTO_K.values())  # the rows the engine checks
+    spec.matmul_chosen("small_gemm")
+    assert spec.cfg.num_speculative_tokens == AUTO_K["small_gemm"] and spec.verify_rows == AUTO_K["small_gemm"] + 1
+    spec.matmul_chosen("onednn")
+    assert spec.cfg.num_speculative_tokens == AUTO_K["onednn"]
+    fixed = Speculator(SpecConfig(num_speculative_tokens=5))
+    fixed.matmul_chosen("onednn")
+    assert fixed.cfg.num_speculative_tokens == 5  # a K that was asked for stays
+
+
 def test_accept_greedy() -> None:
     assert accept_greedy([5, 6, 7], [5, 6, 9, 1]) == 2
     assert accept_greedy([5, 6, 7], [5, 6, 7, 1]) == 3
@@ -247,6 +261,48 @@ def test_real_model_rows_attending_alone_need_no_padding(real_engine, monkeypatc
         assert all(same), same
     finally:
         monkeypatch.undo()
+        Kernels.use_native(was_native)
+
+
+@pytest.mark.slow
+def test_real_model_with_onednn_where_it_is_row_invariant() -> None:
+    """`few_row_matmul="onednn"`: taken only if the load-time check finds oneDNN row-invariant on
+    this CPU (on AMX CPUs it is, and a 9-17-row verify step then costs what a 1-row one does); then
+    1-row steps are allowed, every chunking gives bit-identical logits, and output with the
+    prediction equals output without it."""
+    from harness.assets import ensure_model
+    from skills.engine_core import load_engine
+    from skills.engine_core.kernels import Kernels
+    from skills.speculative_decoding.bench import PROMPT, buggy_items
+
+    was_native = Kernels.decoder_layers is not None
+    if not Kernels.use_native():
+        pytest.skip("the C++ kernels cannot be built here")
+    threads = torch.get_num_threads()
+    try:
+        engine = load_engine(ensure_model("smollm2-135m-instruct"),
+                             EngineConfig(max_num_seqs=2, max_num_batched_tokens=512, max_model_len=1024, threads=1,
+                                          few_row_matmul="onednn"),
+                             Speculator(SpecConfig(num_speculative_tokens=8)))
+        model = engine.runner.model
+        if not model.onednn_rows_invariant:
+            assert model.has_small_matmuls == (Kernels.small_gemm is not None)  # kept small_gemm
+            pytest.skip("oneDNN is not row-invariant on this CPU: small_gemm kept")
+        assert not model.has_small_matmuls and engine.runner.row_count_invariant()
+        whole = verify_in_chunks(engine, [9], rows_alone=True)
+        for chunks in ([1] * 9, [2, 2, 2, 3], [4, 5], [1, 8]):
+            assert torch.equal(verify_in_chunks(engine, chunks), whole), chunks
+        tok = engine.tokenizer
+        for _, _, bug in sorted(buggy_items(20), key=lambda item: len(item[2]))[:2]:
+            prompt = tok.apply_chat_template([{"role": "user", "content": PROMPT.format(code=bug)}],
+                                             add_generation_prompt=True, tokenize=True, return_dict=False)
+            outs = []
+            for pred in (None, tuple(tok(bug, add_special_tokens=False).input_ids)):
+                [out] = generate(engine, [list(prompt)], [SamplingParams(max_tokens=32, temperature=0.0, prediction=pred)])
+                outs.append(ids(out))
+            assert outs[0] == outs[1]
+    finally:
+        torch.set_num_threads(threads)
         Kernels.use_native(was_native)
 
 

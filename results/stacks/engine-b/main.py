@@ -32,15 +32,16 @@ from skills.engine_core.stack_main import engine_arguments, serve_engine  # noqa
 
 # Concurrency 1: few slots; one prefill chunk holds a whole bug-fix prompt (a few hundred tokens).
 DEFAULTS = {"max_num_seqs": 4, "max_num_batched_tokens": 1024, "max_model_len": 4096, "dtype": "bfloat16",
-            "num_speculative_tokens": 8}
+            "few_row_matmul": "auto"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = engine_arguments(__doc__, DEFAULTS)
     spec = p.add_argument_group("speculative decoding (skills/speculative_decoding/NOTE.md)")
     spec.add_argument("--no-spec", action="store_true", help="off: one token per step, predictions ignored")
-    spec.add_argument("--num-speculative-tokens", type=int, default=DEFAULTS["num_speculative_tokens"],
-                      help="K: draft tokens verified per forward")
+    spec.add_argument("--num-speculative-tokens", type=int, default=None,
+                      help="K: draft tokens verified per forward (default: 12 where verify steps run oneDNN, "
+                           "whose cost is flat in the rows, else 8; skills/speculative_decoding AUTO_K)")
     spec.add_argument("--adaptive-k", action="store_true",
                       help="grow K after full acceptance, shrink it after a rejection (default: always K)")
     spec.add_argument("--no-prediction", action="store_true", help="ignore `prediction` (prompt lookup only)")
@@ -60,9 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     # (checked by tests/skills/test_speculative_decoding.py with them on).
     speculator = None
     if not args.no_spec:
-        speculator = Speculator(SpecConfig(num_speculative_tokens=args.num_speculative_tokens,
+        speculator = Speculator(SpecConfig(num_speculative_tokens=args.num_speculative_tokens or 8,
                                            use_prediction=not args.no_prediction, ngram=not args.no_ngram,
-                                           key_block=args.key_block, adaptive=args.adaptive_k))
+                                           key_block=args.key_block, adaptive=args.adaptive_k),
+                                auto_k=args.num_speculative_tokens is None)
     serve_engine("engine-b", args, speculator)
 
 
