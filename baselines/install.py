@@ -132,7 +132,7 @@ def install(name: str, force: bool = False, console: Console | None = None) -> d
     console.print(f"[bold]{name}[/]: installing ({engine.install_time}) into {home}/venv; log: {log}")
     _apt(step, recipe.apt)
     venv = home / "venv"
-    if force:
+    if force or recipe.build_env:  # a package built with other flags would count as already there
         shutil.rmtree(venv, ignore_errors=True)
     python = venv / "bin" / "python"
     if not python.exists():
