@@ -1,4 +1,5 @@
-"""Leaderboard plots: one PNG per (setting, profile), the primary metric (and p50 TTFT) per load point."""
+"""Leaderboard plots: one PNG per (setting, profile), the primary metric (and p50 TTFT) per load point;
+a bar per stack where all were measured at one load point."""
 from __future__ import annotations
 
 import io
@@ -53,7 +54,31 @@ def _categories(series: tuple[PlotSeries, ...]) -> list[str]:
     return seen
 
 
+def single_point(spec: PlotSpec) -> bool:
+    """Every stack measured at the same one load point (setting B's concurrency 1): bars, not lines."""
+    return len(_categories(spec.series)) == 1
+
+
+def _draw_bars(ax, spec: PlotSpec, value: str, label: str) -> None:
+    bars = sorted(((s.stack, getattr(s.points[0], value)) for s in spec.series
+                   if s.points and getattr(s.points[0], value) is not None), key=lambda b: b[1])
+    if not bars:
+        ax.text(0.5, 0.5, "no measured load points", ha="center", va="center", transform=ax.transAxes)
+        return
+    color = {s.stack: f"C{i}" for i, s in enumerate(spec.series)}  # a stack keeps its colour in both panels
+    ax.barh(range(len(bars)), [v for _, v in bars], color=[color[name] for name, _ in bars])
+    ax.set_yticks(range(len(bars)), [name for name, _ in bars])
+    for i, (_, v) in enumerate(bars):
+        ax.text(v, i, f" {v:,.4g}", va="center", fontsize="small")
+    ax.set_xlabel(f"{label} at {_categories(spec.series)[0]}")
+    ax.margins(x=0.15)
+    ax.grid(True, axis="x", alpha=0.3)
+
+
 def _draw(ax, spec: PlotSpec, value: str, ylabel: str) -> None:
+    if single_point(spec):
+        _draw_bars(ax, spec, value, ylabel)
+        return
     numeric = _numeric_x(spec.series)
     cats = [] if numeric else _categories(spec.series)
     drawn = False

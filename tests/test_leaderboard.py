@@ -228,6 +228,17 @@ def test_plot_is_a_png_and_linked(dirs):
     assert "[plots/A-tiny.png](plots/A-tiny.png)" in md
 
 
+def test_one_load_point_is_drawn_as_bars():
+    from harness.plots import PlotPoint, PlotSeries, PlotSpec, render_png, single_point
+
+    one = PlotSpec("B", "median tok/s", "concurrency", tuple(
+        PlotSeries(name, (PlotPoint("conc=1", 1.0, value, 90.0),)) for name, value in [("engine", 226.0), ("vllm", 32.4)]))
+    assert single_point(one) and render_png(one)[:8] == PNG_MAGIC
+    two = PlotSpec("A", "output tok/s", "request rate", (PlotSeries("vllm", (PlotPoint("rate=1", 1.0, 5.0, 9.0),
+                                                                            PlotPoint("rate=2", 2.0, 9.0, 9.0))),))
+    assert not single_point(two)
+
+
 def test_unknown_setting_and_sections_order(dirs):
     results, scenarios = dirs
     perf(results, "mine", "run1", 1.0, {"output_throughput": 1.0}, setting="Z")
