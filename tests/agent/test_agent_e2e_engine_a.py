@@ -10,7 +10,8 @@ from agent_helpers import read_json, run_agent
 
 pytestmark = pytest.mark.slow
 
-NAIVE = {"max-num-seqs": "1", "max-num-batched-tokens": "16", "dtype": "float32", "threads": "1"}
+NAIVE = {"max-num-seqs": "1", "max-num-batched-tokens": "16", "dtype": "float32", "threads": "1",
+         "few-row-matmul": "small_gemm"}
 
 
 @pytest.fixture(scope="module")
