@@ -59,13 +59,13 @@ class CausalLM(nn.Module):
         pack_linears(self.layers)
         self.lm_head = PackedHead(head)
         self._loop_weights = self._native_loop_weights()
-        linears = [m for m in self.modules() if isinstance(m, PackedLinear)]
+        linears = self._packed_linears()
         self.has_small_matmuls = bool(linears) and all(m.small is not None for m in linears)
 
     def choose_few_row_matmul(self, rows: int, wanted: str) -> MatmulChoice:
         """Pick the matmul of steps of <= `rows` rows (row_invariance.py); taking oneDNN drops the
         small_gemm copies of the weights."""
-        linears = [m for m in self.modules() if isinstance(m, PackedLinear)]
+        linears = self._packed_linears()
         choice = choose(linears, rows, wanted, Kernels.small_gemm is not None and self.has_small_matmuls)
         if choice.kernel == "onednn":
             for m in linears:
@@ -75,6 +75,8 @@ class CausalLM(nn.Module):
             self.onednn_rows_invariant = choice.invariant
         return choice
 
+    def _packed_linears(self) -> list[PackedLinear]:
+        return [m for m in self.modules() if isinstance(m, PackedLinear)]
 
     def _native_loop_weights(self) -> list[torch.Tensor] | None:
         """Per layer: qkv, o, gate_up, down (oneDNN-packed), post-attention norm, next input norm,

@@ -65,8 +65,7 @@ def choose(linears: list, rows: int, wanted: str, small_available: bool) -> Matm
     by_shape = {}
     for m in linears:
         by_shape.setdefault((m.out_features, m.in_features), m)
-    onednn = {shape: m.onednn for shape, m in by_shape.items()}
-    bad = [shape for shape, f in onednn.items() if not rows_invariant(f, shape[1], rows)]
+    bad = [shape for shape, m in by_shape.items() if not rows_invariant(m.onednn, shape[1], rows)]
     if bad:
         return MatmulChoice("small_gemm", small_available,
                             f"oneDNN rounds a row differently at another row count here (weights {bad[0]})")

@@ -135,14 +135,19 @@ class Speculator:
         self.auto_k = auto_k
         if auto_k:
             self.cfg = replace(self.cfg, num_speculative_tokens=max(AUTO_K.values()))
-        self.verify_rows = self.cfg.num_speculative_tokens + 1 if self.cfg.key_block else None
-        self.key_block = self.cfg.key_block
+
+    @property
+    def verify_rows(self) -> int | None:
+        return self.cfg.num_speculative_tokens + 1 if self.cfg.key_block else None
+
+    @property
+    def key_block(self) -> int:
+        return self.cfg.key_block
 
     def matmul_chosen(self, kernel: str) -> None:
         """The engine's few-row matmul ("onednn" | "small_gemm"; the eager path counts as the latter)."""
         if self.auto_k:
             self.cfg = replace(self.cfg, num_speculative_tokens=AUTO_K[kernel])
-            self.verify_rows = self.cfg.num_speculative_tokens + 1 if self.cfg.key_block else None
 
     def start(self, prompt_ids: Sequence[int], params) -> Drafter | None:
         if not params.greedy:
