@@ -14,18 +14,20 @@
 namespace {
 
 // torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""): skills/engine_core/packing.py.
+// Weights packed in fp32 for a bf16 model (CPUs without oneDNN bf16): x is upcast, the result cast back.
 at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed) {
   static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
   std::vector<c10::IValue> stack;
   stack.reserve(6);
-  stack.emplace_back(x.contiguous());
+  const bool upcast = packed.scalar_type() != x.scalar_type();
+  stack.emplace_back(upcast ? x.to(packed.scalar_type()).contiguous() : x.contiguous());
   stack.emplace_back(packed);
   stack.emplace_back(c10::IValue());
   stack.emplace_back(std::string("none"));
   stack.emplace_back(c10::List<std::optional<at::Scalar>>());
   stack.emplace_back(std::string(""));
   op.callBoxed(&stack);
-  return stack[0].toTensor();
+  return upcast ? stack[0].toTensor().to(x.scalar_type()) : stack[0].toTensor();
 }
 
 // A linear layer as packing.PackedLinear runs it: small_gemm up to kSmallRows rows where the

@@ -73,6 +73,7 @@ class LLMEngine:
         self.vocab_size = runner.model.cfg.vocab_size
         self.scheduler = Scheduler(cfg.scheduler())
         self.counters = Counters()
+        self.runtime: dict = {}  # what the loader chose on this machine (kernels, checks), for /v1/models
         self._inbox: queue.SimpleQueue[Sequence] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -226,12 +227,20 @@ class LLMEngine:
 
     def _propose(self) -> None:
         """Drafts for this step's decoding sequences (those with a drafter), cut so that a fully
-        accepted draft plus its bonus token never passes max_tokens or the context length."""
+        accepted draft plus its bonus token never passes max_tokens or the context length, and so
+        that a step has no more rows than the load-time check verified (runner.verified_rows)."""
+        budget = None
+        if self.runner.verified_rows:  # every decoding sequence takes one row; drafts share the rest
+            budget = self.runner.verified_rows - sum(1 for s in self.scheduler.slots if not s.prefilling)
         for seq in self.scheduler.slots:
             if seq.drafter is None or seq.prefilling:
                 continue
             limit = min(seq.params.max_tokens - len(seq.output_ids), self.max_model_len - seq.num_tokens) - 1
+            if budget is not None:
+                limit = min(limit, budget)
             draft = seq.drafter.propose(seq.output_ids, limit)
+            if budget is not None:
+                budget -= len(draft.tokens)
             if getattr(self.speculator, "verify_rows", None) and not self.runner.row_count_invariant():
                 # Every step is a verify chunk of at least 2 rows, drafted or not (an empty draft
                 # gets one filler token, verified like any draft), so each token takes the same

@@ -16,7 +16,9 @@ from .config import ModelConfig
 from .engine import EngineConfig, LLMEngine
 from .kernels import Kernels
 from .packing import SMALL_ROWS, can_pack
+from .row_invariance import first_choice, has_amx
 from .runner import ModelRunner
+from .step_invariance import check_steps
 from .weights import build_model, read_safetensors
 
 log = logging.getLogger(__name__)
@@ -32,32 +34,73 @@ def load_engine(model_dir: Path, cfg: EngineConfig, speculator=None) -> LLMEngin
     model_cfg = ModelConfig.from_hf(hf_config)
     dtype = DTYPES[cfg.dtype]
     model = build_model(model_cfg, read_safetensors(model_dir), dtype)
+    first = None
     if cfg.pack_weights and can_pack(dtype):
         model.pack()
-        if cfg.few_row_matmul != "small_gemm" and Kernels.rows_alone(dtype):
-            k = getattr(getattr(speculator, "cfg", None), "num_speculative_tokens", None)
-            rows = k + 1 if k is not None else cfg.max_num_seqs  # a verify chunk, else a batch of decodes
-            choice = model.choose_few_row_matmul(min(rows, SMALL_ROWS), cfg.few_row_matmul)
-            log.info("few-row matmul: %s (%s)", choice.kernel, choice.reason)
-    if hasattr(speculator, "matmul_chosen"):
-        speculator.matmul_chosen("onednn" if model.onednn_rows_invariant else "small_gemm")
-        log.info("speculation: K = %d", speculator.cfg.num_speculative_tokens)
-    max_len = min(cfg.max_model_len, model_cfg.max_position)
-    if max_len != cfg.max_model_len:
-        cfg = EngineConfig(**{**cfg.__dict__, "max_model_len": max_len})
-    rows = getattr(speculator, "verify_rows", None) or 0
-    if rows and cfg.max_model_len + rows > model_cfg.max_position:  # verify rows past the end need rope positions
-        cfg = EngineConfig(**{**cfg.__dict__, "max_model_len": model_cfg.max_position - rows})
-    runner = ModelRunner(model, cfg.max_num_seqs, cfg.max_model_len, dtype,
-                         key_block=getattr(speculator, "key_block", 0) or 0, query_rows=rows)
+        if Kernels.rows_alone(dtype):
+            first = first_choice(cfg.few_row_matmul, model.has_small_matmuls)
+            model.use_few_row_matmul(first)
+    runner, speculator, check = checked_runner(model, cfg, dtype, speculator)
+    model.drop_unused_copies()
+    cfg = runner.engine_cfg
     if cfg.compile:
         runner.compile(cfg.compile)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     engine = LLMEngine(runner, tokenizer, eos_ids(model_dir, hf_config, tokenizer), cfg, speculator)
+    engine.runtime = {"dtype": cfg.dtype, "few_row_matmul": model.few_row_kernel,
+                      "few_row_matmul_first": first, "cpu_amx": has_amx(),
+                      "speculation": ({"num_speculative_tokens": speculator.cfg.num_speculative_tokens}
+                                      if hasattr(speculator, "cfg") else speculator is not None),
+                      "verify_check": check.to_json() if check else None}
     engine.warmup()
     log.info("engine ready in %.1fs: %s, %d threads, state pool %.2f GiB, %s", time.perf_counter() - started,
              cfg.dtype, torch.get_num_threads(), runner.pool.nbytes() / 2**30, cfg)
     return engine
+
+
+def checked_runner(model, cfg: EngineConfig, dtype: torch.dtype, speculator):
+    """The runner, and the speculator it may use. Where verify chunks attend row by row, they are
+    checked against one-token decodes through this runner's forward (step_invariance.py), for every
+    row count a step can take: if oneDNN fails it, small_gemm is tried; where no matmul passes,
+    speculation is switched off (plain decoding is lossless by definition). Returns (runner,
+    speculator or None, the check or None where none ran)."""
+    while True:
+        if hasattr(speculator, "matmul_chosen"):
+            speculator.matmul_chosen(model.few_row_kernel, has_amx())
+        runner = _runner(model, cfg, dtype, speculator)
+        if speculator is None or not Kernels.rows_alone(dtype):
+            return runner, speculator, None
+        k = getattr(getattr(speculator, "cfg", None), "num_speculative_tokens", SMALL_ROWS - 1)
+        started = time.perf_counter()
+        check = check_steps(runner, min(cfg.max_num_seqs * (k + 1), SMALL_ROWS))
+        took = time.perf_counter() - started
+        if check.ok:
+            runner.verified_rows = check.rows
+            log.info("verify steps, %s matmul: %s (checked in %.1f s)", model.few_row_kernel, check.detail, took)
+            return runner, speculator, check
+        log.warning("verify steps, %s matmul: %s (checked in %.1f s)", model.few_row_kernel, check.detail, took)
+        if model.few_row_kernel == "onednn":
+            model.use_few_row_matmul("small_gemm")
+            if model.few_row_kernel == "small_gemm":
+                continue
+        log.warning("speculation off: no matmul here gives verify steps the numbers of one-token decodes")
+        return _runner(model, cfg, dtype, None), None, check
+
+
+def _runner(model, cfg: EngineConfig, dtype: torch.dtype, speculator) -> ModelRunner:
+    """A runner (and its state pool) sized for the speculator's verify shape; `runner.engine_cfg` is
+    `cfg` with max_model_len cut to what the model's positions allow."""
+    max_position = model.cfg.max_position
+    max_len = min(cfg.max_model_len, max_position)
+    rows = getattr(speculator, "verify_rows", None) or 0
+    if rows and max_len + rows > max_position:  # verify rows past the end need rope positions
+        max_len = max_position - rows
+    if max_len != cfg.max_model_len:
+        cfg = EngineConfig(**{**cfg.__dict__, "max_model_len": max_len})
+    runner = ModelRunner(model, cfg.max_num_seqs, cfg.max_model_len, dtype,
+                         key_block=getattr(speculator, "key_block", 0) or 0, query_rows=rows)
+    runner.engine_cfg = cfg
+    return runner
 
 
 def eos_ids(model_dir: Path, hf_config, tokenizer) -> frozenset[int]:

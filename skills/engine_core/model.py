@@ -17,7 +17,6 @@ from .config import ModelConfig
 from .kernels import Kernels
 from .layers import RMSNorm, Rotary, SwiGLU
 from .packing import PackedHead, PackedLinear, pack_linears
-from .row_invariance import MatmulChoice, choose
 from .state import StatePool, StateSpec
 
 
@@ -48,7 +47,7 @@ class CausalLM(nn.Module):
         self.weight_bytes = 0  # the weights as loaded (a decode step reads them all once)
         self._loop_weights: list[torch.Tensor] | None = None  # for Kernels.decoder_layers (see pack)
         self.has_small_matmuls = False  # every matmul has small_gemm's copy of its weight (see pack)
-        self.onednn_rows_invariant = False  # few-row steps run oneDNN, checked row-invariant (row_invariance.py)
+        self.packed = False  # the matmul weights are prepacked for oneDNN (see pack)
         # Tied: lm_head is the embedding matrix itself (until `pack` gives it a packed copy).
         self.lm_head: nn.Module | None = None if cfg.tie_embeddings else nn.Linear(
             cfg.hidden_size, cfg.vocab_size, bias=False)
@@ -61,19 +60,33 @@ class CausalLM(nn.Module):
         self._loop_weights = self._native_loop_weights()
         linears = self._packed_linears()
         self.has_small_matmuls = bool(linears) and all(m.small is not None for m in linears)
+        self.packed = True
 
-    def choose_few_row_matmul(self, rows: int, wanted: str) -> MatmulChoice:
-        """Pick the matmul of steps of <= `rows` rows (row_invariance.py); taking oneDNN drops the
-        small_gemm copies of the weights."""
+    @property
+    def few_row_kernel(self) -> str:
+        """The matmul of few-row steps: "small_gemm", "onednn" (prepacked) or "torch" (plain weights)."""
+        return "small_gemm" if self.has_small_matmuls and Kernels.small_gemm is not None else (
+            "onednn" if self.packed else "torch")
+
+    def use_few_row_matmul(self, kernel: str) -> None:
+        """Switch few-row steps between "small_gemm" and "onednn" (row_invariance.py); the small_gemm
+        copies are kept aside until `drop_unused_copies`, so the switch can be undone."""
         linears = self._packed_linears()
-        choice = choose(linears, rows, wanted, Kernels.small_gemm is not None and self.has_small_matmuls)
-        if choice.kernel == "onednn":
+        if kernel == "onednn":
             for m in linears:
-                m.small = None
-            self.has_small_matmuls = False
-            self._loop_weights = self._native_loop_weights()
-            self.onednn_rows_invariant = choice.invariant
-        return choice
+                m.aside, m.small = m.small if m.small is not None else m.aside, None
+        elif kernel == "small_gemm":
+            for m in linears:
+                m.small, m.aside = m.small if m.small is not None else m.aside, None
+        else:
+            raise ValueError(f"few-row matmul {kernel!r}: small_gemm or onednn")
+        self.has_small_matmuls = bool(linears) and all(m.small is not None for m in linears)
+        self._loop_weights = self._native_loop_weights()
+
+    def drop_unused_copies(self) -> None:
+        """Free the small_gemm copies of a model that runs oneDNN (they double the weights' memory)."""
+        for m in self._packed_linears():
+            m.aside = None
 
     def _packed_linears(self) -> list[PackedLinear]:
         return [m for m in self.modules() if isinstance(m, PackedLinear)]

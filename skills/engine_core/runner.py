@@ -45,6 +45,8 @@ class ModelRunner:
         self.dtype = dtype
         self.key_block = key_block
         self.query_rows = query_rows
+        self.verified_rows = 0  # set by the loader's check (step_invariance.py); 0: not checked
+        self.engine_cfg = None  # the EngineConfig this runner was sized for (loader.py)
         pool_len = max_model_len + query_rows
         if key_block:
             pool_len = -(-pool_len // key_block) * key_block
@@ -55,12 +57,10 @@ class ModelRunner:
         Kernels.use_compiled(names)
 
     def row_count_invariant(self) -> bool:
-        """Whether a row's logits are bit-identical at any row count, 1 included: the native row
-        attention plus, for the matmuls, small_gemm or oneDNN where it was checked row-invariant on
-        this CPU (row_invariance.py). Then an undrafted step of a speculating request can be a
-        plain 1-row decode."""
-        small = Kernels.small_gemm is not None and self.model.has_small_matmuls
-        return Kernels.rows_alone(self.dtype) and (small or self.model.onednn_rows_invariant)
+        """Whether verify steps of up to `verified_rows` rows were checked, through this runner, to
+        give every row the logits of a one-token decode (step_invariance.py, at load). Then an
+        undrafted step of a speculating request can be a plain 1-row decode."""
+        return self.verified_rows > 0
 
     def apply(self, moves: list[Move]) -> None:
         for move in moves:

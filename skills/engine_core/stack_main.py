@@ -36,8 +36,9 @@ def engine_arguments(description: str | None, defaults: dict) -> argparse.Argume
                         "C++ layer loop; built once per machine")
     p.add_argument("--few-row-matmul", default=defaults.get("few_row_matmul", "small_gemm"), choices=CHOICES,
                    help="with the native kernels, the matmul of decode and verify steps: small_gemm (row-invariant "
-                        "by construction), onednn (where checked row-invariant on this CPU at load), auto (the "
-                        "faster of the two at a verify step's rows); skills/engine_core/row_invariance.py")
+                        "by construction), onednn, or auto (oneDNN where the CPU has AMX, else small_gemm); with "
+                        "speculation, kept only where verify steps equal one-token decodes at load "
+                        "(skills/engine_core/row_invariance.py, step_invariance.py)")
     p.add_argument("--omp-spincount", default=None,
                    help="GOMP_SPINCOUNT: how long idle OpenMP threads spin before sleeping (engine_core NOTE.md)")
     return p

@@ -51,6 +51,9 @@ def create_app(engine: ServingEngine, info: ServerInfo) -> FastAPI:
     async def models() -> dict[str, Any]:
         card = {"id": info.served_model_name, "object": "model", "created": info.started,
                 "owned_by": info.server_name, "root": info.model_dir, "max_model_len": engine.max_model_len}
+        runtime = getattr(engine, "runtime", None)
+        if runtime:  # what the engine chose on this machine (kernels, load-time checks): rows record it
+            card["runtime"] = runtime
         return {"object": "list", "data": [card]}
 
     @app.get("/metrics")

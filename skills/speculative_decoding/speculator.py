@@ -117,10 +117,11 @@ class Drafter:
                 self.k = max(self.cfg.min_tokens, min(self.k, accepted + 2))
 
 
-# K by the matmul of verify steps (engine_core's few_row_matmul), for `Speculator(auto_k=True)`:
+# K by the cost of a verify step's matmuls (engine_core's few-row matmul), for `Speculator(auto_k=True)`:
 # with oneDNN on an AMX CPU a verify step of up to 17 rows costs about what 1 row does, so longer
-# drafts are nearly free; small_gemm's cost grows from ~5 rows. Measured on setting B (NOTE.md).
-AUTO_K = {"onednn": 12, "small_gemm": 8}
+# drafts are nearly free; every other matmul's cost grows with the rows (small_gemm from ~5 rows).
+# Measured on setting B (NOTE.md).
+AUTO_K = {"flat": 12, "growing": 8}
 
 
 class Speculator:
@@ -144,10 +145,12 @@ class Speculator:
     def key_block(self) -> int:
         return self.cfg.key_block
 
-    def matmul_chosen(self, kernel: str) -> None:
-        """The engine's few-row matmul ("onednn" | "small_gemm"; the eager path counts as the latter)."""
+    def matmul_chosen(self, kernel: str, amx: bool) -> None:
+        """The engine's few-row matmul ("onednn" | "small_gemm" | "torch") and whether the CPU has
+        AMX: oneDNN there is the one whose cost stays flat in the rows."""
         if self.auto_k:
-            self.cfg = replace(self.cfg, num_speculative_tokens=AUTO_K[kernel])
+            cost = "flat" if kernel == "onednn" and amx else "growing"
+            self.cfg = replace(self.cfg, num_speculative_tokens=AUTO_K[cost])
 
     def start(self, prompt_ids: Sequence[int], params) -> Drafter | None:
         if not params.greedy:

@@ -27,6 +27,7 @@ class ScriptedEngine:
 
     max_model_len = 64
     vocab_size = 49152
+    runtime = {"few_row_matmul": "scripted"}  # what a real engine chose at load (listed in /v1/models)
 
     def __init__(self, tokenizer, fail_after: int | None = None) -> None:
         self.tokenizer = tokenizer
@@ -162,7 +163,8 @@ def test_completion_logprobs_shape(client) -> None:
 
 def test_metrics_models_health_reset(client) -> None:
     assert client.get("/health").status_code == 200
-    assert client.get("/v1/models").json()["data"][0]["owned_by"] == "fake"
+    card = client.get("/v1/models").json()["data"][0]
+    assert card["owned_by"] == "fake" and card["runtime"] == {"few_row_matmul": "scripted"}
     assert client.get("/metrics").json() == {"forward_passes": 0}
     assert client.post("/reset_prefix_cache").json() == {"reset": True}
 

@@ -1,87 +1,39 @@
-"""skills/engine_core/row_invariance.py: the check that a few-row matmul gives a row the same
-numbers at every row count, and the choice between small_gemm and oneDNN built on it."""
+"""skills/engine_core/row_invariance.py: the first few-row matmul an engine tries, from the CPU's
+features alone (the same choice on every start of one machine, never a timing race)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
-import torch
-import torch.nn.functional as F
 
-from skills.engine_core.row_invariance import choose, rows_invariant
-
-BF16 = torch.bfloat16
+from skills.engine_core import row_invariance
+from skills.engine_core.row_invariance import cpu_flags, first_choice
 
 
-def row_by_row(w: torch.Tensor):
-    """Each row multiplied alone: invariant by construction."""
-    return lambda x: torch.cat([F.linear(r[None], w) for r in x])
+@pytest.mark.parametrize("amx, small, wanted, expected", [
+    (True, True, "auto", "onednn"),  # AMX: one tile kernel, a 13-row step costs what one row does
+    (False, True, "auto", "small_gemm"),  # no AMX: oneDNN is no faster and rounded rows differently on an EPYC
+    (False, False, "auto", "onednn"),  # no AVX-512 BF16: small_gemm does not exist here
+    (True, True, "small_gemm", "small_gemm"),
+    (False, True, "onednn", "onednn"),
+    (True, False, "small_gemm", "onednn"),
+])
+def test_the_first_choice_follows_the_cpu_and_the_flag(amx, small, wanted, expected) -> None:
+    assert first_choice(wanted, small_available=small, amx=amx) == expected
 
 
-def lone_row_differs(w: torch.Tensor):
-    """Rounds a lone row differently (as oneDNN did on a CPU without AMX)."""
-    return lambda x: F.linear(x, w) * (1.01 if x.shape[0] == 1 else 1.0)
+def test_auto_reads_this_machines_flags_and_answers_the_same_every_time(monkeypatch) -> None:
+    monkeypatch.setattr(row_invariance, "has_amx", lambda: True)
+    assert {first_choice("auto", True) for _ in range(5)} == {"onednn"}
+    monkeypatch.setattr(row_invariance, "has_amx", lambda: False)
+    assert {first_choice("auto", True) for _ in range(5)} == {"small_gemm"}
 
 
-def depends_on_blocks_of_4(w: torch.Tensor):
-    """Agrees with the rows alone up to 4 rows, then sums in another order (a kernel switch)."""
-    def matmul(x):
-        if x.shape[0] <= 4:
-            return torch.cat([F.linear(r[None], w) for r in x])
-        return (x.float() @ w.float().T * (1 + 2**-8)).to(x.dtype)
-    return matmul
+def test_cpu_flags_are_read_on_linux() -> None:
+    flags = cpu_flags()
+    assert "sse2" in flags or not flags  # x86 Linux lists sse2; elsewhere nothing is read
+    assert row_invariance.has_amx() == ({"amx_bf16", "amx_tile"} <= flags)
 
 
-@pytest.fixture
-def weight() -> torch.Tensor:
-    return torch.randn(48, 32, generator=torch.Generator().manual_seed(0)).to(BF16)
-
-
-def test_a_row_by_row_matmul_is_invariant(weight) -> None:
-    assert rows_invariant(row_by_row(weight), 32, 9)
-
-
-@pytest.mark.parametrize("make", [lone_row_differs, depends_on_blocks_of_4])
-def test_a_matmul_that_depends_on_the_row_count_is_caught(weight, make) -> None:
-    assert not rows_invariant(make(weight), 32, 9)
-    assert rows_invariant(make(weight), 32, 4) is (make is depends_on_blocks_of_4)  # only what is checked
-
-
-@dataclass
-class FakeLinear:
-    """The two matmuls of a packing.PackedLinear, with chosen behaviours."""
-
-    out_features: int
-    in_features: int
-    onednn: object
-    small_gemm: object
-
-
-def linears(onednn_maker) -> list[FakeLinear]:
-    out = []
-    for i, (n, k) in enumerate([(48, 32), (32, 48), (48, 32)]):
-        w = torch.randn(n, k, generator=torch.Generator().manual_seed(i)).to(BF16)
-        out.append(FakeLinear(n, k, onednn_maker(w), row_by_row(w)))
-    return out
-
-
-def test_onednn_is_taken_only_where_it_is_row_invariant() -> None:
-    bad = choose(linears(lone_row_differs), 9, "onednn", small_available=True)
-    assert bad.kernel == "small_gemm" and bad.invariant and "(48, 32)" in bad.reason
-    good = choose(linears(row_by_row), 9, "onednn", small_available=True)
-    assert good.kernel == "onednn" and good.invariant
-    none_left = choose(linears(lone_row_differs), 9, "auto", small_available=False)
-    assert none_left.kernel == "small_gemm" and not none_left.invariant  # the engine then keeps >= 2 rows
-
-
-def test_auto_times_the_two_where_both_are_invariant() -> None:
-    choice = choose(linears(row_by_row), 9, "auto", small_available=True)
-    assert choice.kernel in ("onednn", "small_gemm") and choice.invariant
-    assert "oneDNN" in choice.reason and "small_gemm" in choice.reason and " ms" in choice.reason
-
-
-def test_small_gemm_when_asked_and_a_clear_error_otherwise() -> None:
-    assert choose(linears(lone_row_differs), 9, "small_gemm", small_available=True).kernel == "small_gemm"
+def test_a_clear_error_for_an_unknown_kernel() -> None:
     with pytest.raises(ValueError, match="one of small_gemm, onednn, auto"):
-        choose(linears(row_by_row), 9, "amx", small_available=True)
+        first_choice("amx", small_available=True)
