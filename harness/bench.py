@@ -7,7 +7,7 @@ import sys
 import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import aiohttp
@@ -20,9 +20,9 @@ from harness import machine as host
 from harness.assets import weights_checksum
 from harness.client import HTTPStatusError, post_json, session
 from harness.engagement import Guard, GuardResult
-from harness.errors import StackError
+from harness.errors import HarnessError, StackError
 from harness.generation import Generation, Prompt, from_openai
-from harness.launcher import RunningStack
+from harness.launcher import RunningStack, launch
 from harness.loadgen import LoadPoint, LoadResult, run_load_point
 from harness.metrics import summarize
 from harness.oracle import Verdict, judge, judge_lossless
@@ -62,23 +62,31 @@ class Bench:
     model_dir: Path | None = None
     log: Callable[[str], None] = lambda _: None
     unmet: list[str] = field(default_factory=list)  # hardware the stack needs and this machine lacks
+    startup_timeout_s: float | None = None  # for launches of the stack's variants (None: its spec's)
     rows: list[ResultRow] = field(default_factory=list)
-    _served_model: str | None = field(default=None, repr=False)
+    _model_card: dict | None = field(default=None, repr=False)
+
+    @property
+    def model_card(self) -> dict:
+        """The first model the stack lists in /v1/models (as `vllm bench` takes it); {} without one."""
+        if self._model_card is None:
+            try:
+                card = httpx.get(self.stack.base_url + "/v1/models", timeout=10).json()["data"][0]
+                self._model_card = card if isinstance(card, dict) else {}
+            except Exception:  # noqa: BLE001 - a stack without /v1/models accepts any name
+                self._model_card = {}
+        return self._model_card
 
     @property
     def served_model(self) -> str:
-        """The name to put in requests: the first model the stack lists (as `vllm bench` does)."""
-        if self._served_model is None:
-            try:
-                models = httpx.get(self.stack.base_url + "/v1/models", timeout=10).json()["data"]
-                self._served_model = models[0]["id"]
-            except Exception:  # noqa: BLE001 - a stack without /v1/models accepts any name
-                self._served_model = "default"
-        return self._served_model
+        """The name to put in requests: the first model the stack lists ("default" without one)."""
+        return str(self.model_card.get("id") or "default")
 
     def _row(self, kind: str, **fields) -> ResultRow:
         info = self.spec.info() | ({"startup_s": round(self.stack.started_s, 1), "engines": self.stack.engines}
                                    if self.stack else {})
+        if self.stack and isinstance(self.model_card.get("runtime"), dict):
+            info["runtime"] = self.model_card["runtime"]  # what the stack chose on this machine (kernels, checks)
         if self.model_dir is not None:
             info["weights_sha256_16"] = weights_checksum(self.model_dir)
             info["model_dir"] = self.model_dir.name
@@ -154,17 +162,21 @@ class Bench:
             return f"failed: {type(exc).__name__}"
         return "done" if status == 200 else f"unsupported (HTTP {status})"
 
-    def stack_outputs(self, prompts: list[Prompt], request_timeout_s: float, top_k: int = TOP_K) -> list[Generation]:
-        """Greedy outputs with top-k logprobs from the stack, one request at a time."""
+    def stack_outputs(self, prompts: list[Prompt], request_timeout_s: float, top_k: int = TOP_K,
+                      stack: RunningStack | None = None) -> list[Generation]:
+        """Greedy outputs with top-k logprobs from the stack (or `stack`, e.g. its variant with an
+        optimisation off), one request at a time."""
+        stack = stack or self.stack
+
         async def fetch() -> list[Generation]:
             out = []
             async with session(request_timeout_s) as client:
                 for p in prompts:
-                    out.append(await self._one(client, p, top_k))
+                    out.append(await self._one(client, p, top_k, stack))
             return out
         return asyncio.run(fetch())
 
-    async def _one(self, client, p: Prompt, top_k: int) -> Generation:
+    async def _one(self, client, p: Prompt, top_k: int, stack: RunningStack) -> Generation:
         if p.chat:
             payload = {"model": self.served_model, "messages": [{"role": "user", "content": p.text}],
                        "max_tokens": p.max_tokens, "temperature": 0, "logprobs": True, "top_logprobs": top_k}
@@ -175,12 +187,12 @@ class Bench:
                        "logprobs": top_k}
         payload |= p.extra
         try:
-            response = await post_json(client, self.stack.base_url, "chat" if p.chat else "completions",
+            response = await post_json(client, stack.base_url, "chat" if p.chat else "completions",
                                        self.spec.adapt(payload))
             return from_openai(response, p.chat)
         except (HTTPStatusError, aiohttp.ClientError, TimeoutError) as exc:
-            dead = self.stack.death(wait_s=2.0)
-            raise StackError(dead or f"stack {self.spec.name} failed on prompt {p.id}: {exc}") from None
+            dead = stack.death(wait_s=2.0)
+            raise StackError(dead or f"stack {stack.spec.name} failed on prompt {p.id}: {exc}") from None
 
     def accuracy(self, prompts: list[Prompt], request_timeout_s: float, top_k: int = TOP_K,
                  reference_dir: Path | None = None) -> Verdict:
@@ -201,8 +213,13 @@ class Bench:
                           reference_dir: Path | None = None) -> LosslessVerdict:
         """The oracle of a lossless optimisation switched on by request fields (`Prompt.extra`).
 
-        1. lossless: each prompt's output with its extra fields equals, token for token, its output
-           without them on the same stack (strict; the verdict shows both top-k at a divergence);
+        1. lossless: each prompt's output equals, token for token, its output with the optimisation
+           off (strict; the verdict shows both top-k at a divergence). Off is, for a stack that
+           declares `guard.feature`, what its spec's `off_switch` says (a relaunch with extra arguments, or
+           request fields): dropping the request fields is not enough, since a stack may take its
+           optimised path without them. A stack that declares the feature and no way to turn it
+           off is judged on 2 and 3 only, and its verdict says so. For a stack that does not
+           declare it (a baseline), off is the same requests without the fields;
         2. reference: the output with them matches the transformers reference (near-tie rule);
         3. engagement: where the stack declares `guard.feature`, the mechanism ran during pass 1
            (usage counts summed over the prompts, or /metrics counters grown).
@@ -211,20 +228,21 @@ class Bench:
         ref_dir = reference_dir or self.model_dir
         row = self._row("accuracy", status="ok")
         refs = reference_outputs(ref_dir, [p.without_extra() for p in prompts], top_k, self.log)
-        # Both passes start on a cold prefix cache: otherwise the second pass reuses the first's
+        # Every pass starts on a cold prefix cache: otherwise a later pass reuses an earlier one's
         # K/V, computed in other chunks, and its bf16 rounding differs for a reason that is not the
         # optimisation under test (vanilla vLLM on an AMX CPU flipped 4 of 12 near-tied tokens so).
         resets = [self.reset_prefix_cache()]
         before = counters.read(self.stack.base_url)
         on = self.stack_outputs(prompts, request_timeout_s, top_k)
         moved = counters.delta(before, counters.read(self.stack.base_url))
-        resets.append(self.reset_prefix_cache())
-        off = self.stack_outputs([p.without_extra() for p in prompts], request_timeout_s, top_k)
-        row.stack_info["prefix_cache_reset"] = resets[0] if resets[0] == resets[1] else "; ".join(resets)
+        claimed = guard.feature if guard is not None and guard.applies(self.spec.supports) else None
+        off, how = self._outputs_off(prompts, request_timeout_s, top_k, claimed, resets)
+        row.stack_info["prefix_cache_reset"] = "; ".join(sorted(set(resets)))
         ids = [p.id for p in prompts]
         eos = eos_strings(ref_dir)
-        verdict = LosslessVerdict(lossless=judge_lossless(ids, off, on, eos), reference=judge(ids, refs, on, eos))
-        if guard is not None and guard.applies(self.spec.supports):
+        verdict = LosslessVerdict(lossless=judge_lossless(ids, off, on, eos) if off is not None else None,
+                                  reference=judge(ids, refs, on, eos), off=how)
+        if claimed is not None:
             used = [g.usage_details.get(guard.usage_key) for g in on] if guard.usage_key else []
             total = sum(u for u in used if isinstance(u, (int, float))) if any(u is not None for u in used) else None
             verdict.engagement = guard.check(total, moved)
@@ -236,36 +254,68 @@ class Bench:
         self.log(f"{self.spec.name} accuracy: {verdict.summary}")
         return verdict
 
+    def _outputs_off(self, prompts: list[Prompt], request_timeout_s: float, top_k: int, claimed: str | None,
+                     resets: list[str]) -> tuple[list[Generation] | None, str]:
+        """The lossless oracle's other side: outputs with the optimisation off, and how it was
+        turned off (None and the reason where it cannot be)."""
+        if claimed is None:
+            resets.append(self.reset_prefix_cache())
+            fields = sorted({k for p in prompts for k in p.extra})
+            return (self.stack_outputs([p.without_extra() for p in prompts], request_timeout_s, top_k),
+                    f"the same requests without {', '.join(fields) or 'extra fields'}")
+        switch = self.spec.off.get(claimed)
+        if switch is None:
+            return None, (f"not checked: the stack declares {claimed!r} and its spec has no `off_switch` for it "
+                          f"(judged against the reference only)")
+        if switch.request:
+            resets.append(self.reset_prefix_cache())
+            variant = [replace(p, extra={**p.extra, **switch.request}) for p in prompts]
+            return self.stack_outputs(variant, request_timeout_s, top_k), f"{claimed} off: {switch.describe()}"
+        spec = self.spec.with_off(claimed)
+        self.log(f"{self.spec.name}: launching {spec.name} ({switch.describe()}) for the lossless check")
+        log_dir = self.results_dir / "runs" / self.run_id / "logs"
+        try:
+            with launch(spec, self.model_dir or Path.cwd(), log_dir, scenario=self.scenario.name,
+                        startup_timeout_s=self.startup_timeout_s) as variant:
+                return (self.stack_outputs(prompts, request_timeout_s, top_k, stack=variant),
+                        f"{claimed} off: {switch.describe()}")
+        except HarnessError as exc:
+            raise StackError(f"{spec.name} (the lossless check's other side): {exc}") from None
+
 
 @dataclass
 class LosslessVerdict:
     """The three parts of a lossless-optimisation oracle; all must pass."""
 
-    lossless: Verdict
+    lossless: Verdict | None  # None: not checked (the stack declares no way to turn the optimisation off)
     reference: Verdict
+    off: str = ""  # what the outputs were compared with: how the optimisation was turned off
     engagement: GuardResult | None = None  # None: the stack does not claim the optimisation
 
     @property
     def ok(self) -> bool:
-        return self.lossless.ok and self.reference.ok and (self.engagement is None or self.engagement.ok)
+        lossless = self.lossless is None or self.lossless.ok
+        return lossless and self.reference.ok and (self.engagement is None or self.engagement.ok)
 
     @property
     def summary(self) -> str:
-        parts = [f"lossless: {self.lossless.summary}", f"reference: {self.reference.summary}"]
+        lossless = f"lossless ({self.off}): {self.lossless.summary}" if self.lossless else f"lossless {self.off}"
+        parts = [lossless, f"reference: {self.reference.summary}"]
         if self.engagement is not None:
             parts.append("engagement: " + ("pass" if self.engagement.ok else self.engagement.reason))
         return "; ".join(parts)
 
     def failures(self) -> list[str]:
-        out = [f"lossless {p.prompt_id}: {p.reason}" for p in self.lossless.prompts if not p.ok]
+        out = [f"lossless {p.prompt_id}: {p.reason}" for p in (self.lossless.prompts if self.lossless else ()) if not p.ok]
         out += [f"reference {p.prompt_id}: {p.reason}" for p in self.reference.prompts if not p.ok]
         if self.engagement is not None and not self.engagement.ok:
             out.append(self.engagement.reason)
         return out
 
     def to_json(self) -> dict:
+        lossless = self.lossless.to_json() if self.lossless else {"verdict": "not_checked", "summary": self.off}
         return {"verdict": "pass" if self.ok else "fail", "summary": self.summary,
-                "lossless": self.lossless.to_json(), "reference": self.reference.to_json(),
+                "lossless": lossless | {"off": self.off}, "reference": self.reference.to_json(),
                 "engagement": self.engagement.to_json() if self.engagement else None}
 
 

@@ -259,6 +259,9 @@ def _accuracy_text(rows: list[ResultRow]) -> str:
         reason = row.error or info.get("reason") or info.get("summary") or ""
         return f"not applicable: {shorten(reason, ACCURACY_SUMMARY_CHARS)}".rstrip(": ")
     verdict = str(info.get("verdict", "")).lower()
+    lossless = info.get("lossless")
+    if verdict == "pass" and isinstance(lossless, dict) and lossless.get("verdict") == "not_checked":
+        return "pass (reference only: lossless not checked, the spec has no off_switch)"
     if verdict == "pass":
         return "pass"
     if verdict == "fail":

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -15,6 +15,20 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SPEC_DIRS = (REPO_ROOT / "baselines" / "specs", REPO_ROOT / "results" / "stacks")
 FEATURES = ("completions", "chat", "logprobs", "prediction", "json_schema", "audio_stream", "images")
 _REQUIRED = ("name", "command")
+
+
+@dataclass(frozen=True)
+class Switch:
+    """How to run a stack with one of its optimisations off, for a lossless oracle's other side:
+    `args` appended to its command (a second launch, e.g. `--no-spec`), or `request` fields merged
+    into every request sent to the same server."""
+
+    args: tuple[str, ...] = ()
+    request: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return (f"relaunched with {' '.join(self.args)}" if self.args
+                else f"requests with {', '.join(f'{k}={v!r}' for k, v in self.request.items())}")
 
 
 @dataclass(frozen=True)
@@ -31,6 +45,10 @@ class StackSpec:
     extra_body: dict = field(default_factory=dict)  # engine-specific request fields sent with every request
     ignore_eos: str = "native"  # how the engine takes `ignore_eos`: native | min_tokens | unsupported
     description: str = ""
+    # `off_switch` in the spec: per optimisation (a `supports` entry), how to turn it off; a lossless oracle compares the
+    # stack's outputs with and without it. A feature declared without one is judged against the
+    # reference only, and its verdict says so.
+    off: dict[str, Switch] = field(default_factory=dict)
     path: Path | None = None  # the spec file; None for url= stacks
     url: str | None = None  # set for a server someone already runs
 
@@ -48,6 +66,11 @@ class StackSpec:
             body["min_tokens"] = body.get("max_tokens") or body.get("max_completion_tokens")
         return body
 
+    def with_off(self, feature: str) -> StackSpec:
+        """This stack launched with `feature` switched off by extra arguments (`off[feature].args`)."""
+        return replace(self, name=f"{self.name}.{feature}-off", command=self.command + self.off[feature].args,
+                       off={})
+
     def unmet(self) -> list[str]:
         """Hardware this stack requires that this machine lacks."""
         return [r for r in self.requires if r == "cuda" and not shutil.which("nvidia-smi")]
@@ -62,6 +85,7 @@ class StackSpec:
             "flags": dict(self.flags),
             "extra_body": dict(self.extra_body),
             "ignore_eos": self.ignore_eos,
+            "off": {k: {"args": list(v.args), "request": dict(v.request)} for k, v in self.off.items()},
         }
 
 
@@ -98,8 +122,27 @@ def load_spec(path: Path) -> StackSpec:
         extra_body=dict(data.get("extra_body") or {}),
         ignore_eos=_choice(path, data, "ignore_eos", ("native", "min_tokens", "unsupported")),
         description=str(data.get("description", "")),
+        off=_switches(path, data.get("off_switch"), supports),
         path=path.resolve(),
     )
+
+
+def _switches(path: Path, data, supports: tuple[str, ...]) -> dict[str, Switch]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise HarnessError(f"stack spec {path}: off_switch must map a supported feature to {{args: [...]}} or {{request: {{...}}}}")
+    out = {}
+    for feature, how in data.items():
+        if feature not in supports:
+            raise HarnessError(f"stack spec {path}: off_switch names {feature!r}, which the stack does not support")
+        if not isinstance(how, dict) or set(how) - {"args", "request"} or not (how.get("args") or how.get("request")):
+            raise HarnessError(f"stack spec {path}: off_switch.{feature} must be {{args: [...]}} or {{request: {{...}}}}")
+        args, request = how.get("args") or [], how.get("request") or {}
+        if not isinstance(args, list) or not isinstance(request, dict):
+            raise HarnessError(f"stack spec {path}: off_switch.{feature}: args is a list, request a mapping")
+        out[str(feature)] = Switch(tuple(str(a) for a in args), dict(request))
+    return out
 
 
 def _choice(path: Path, data: dict, key: str, allowed: tuple[str, ...]) -> str:

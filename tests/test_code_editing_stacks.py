@@ -43,15 +43,19 @@ def known_reference(monkeypatch):
     monkeypatch.setattr(harness.bench, "eos_strings", lambda _dir: {EOS})
 
 
-def spec_file(tmp_path: Path, mode: str, supports: str = "[chat, logprobs, prediction]") -> Path:
+RELAUNCH = "off_switch: {prediction: {args: [--no-spec]}}"
+
+
+def spec_file(tmp_path: Path, mode: str, supports: str = "[chat, logprobs, prediction]", off: str = RELAUNCH) -> Path:
     path = tmp_path / f"double-{mode}.yaml"
     path.write_text(f"name: double-{mode}\ncommand: [python, tests/stacks/prediction_server.py, --port, \"{{port}}\", "
-                    f"--mode, {mode}]\nhealth: /health\nstartup_timeout_s: 30\nsupports: {supports}\n")
+                    f"--mode, {mode}]\nhealth: /health\nstartup_timeout_s: 30\nsupports: {supports}\n"
+                    + (f"{off}\n" if "prediction" in supports and off else ""))
     return path
 
 
-def run(tmp_path: Path, mode: str, supports: str = "[chat, logprobs, prediction]"):
-    spec = load_spec(spec_file(tmp_path, mode, supports))
+def run(tmp_path: Path, mode: str, supports: str = "[chat, logprobs, prediction]", off: str = RELAUNCH):
+    spec = load_spec(spec_file(tmp_path, mode, supports, off))
     with launch(spec, tmp_path, tmp_path / "logs", startup_timeout_s=30) as stack:
         bench = Bench(run_id="b-oracle-test", results_dir=tmp_path / "results", scenario=load_scenario(SCENARIO),
                       profile="tiny", spec=spec, stack=stack, model_dir=None)
@@ -67,9 +71,38 @@ def test_an_honest_stack_passes_every_part(tmp_path):
     assert verdict.ok, verdict.failures()
     assert acc_row.status == "ok" and acc_row.accuracy["verdict"] == "pass" and acc_row.engagement["verdict"] == "pass"
     assert acc_row.counters["spec_accepted_tokens"] > 0
+    assert acc_row.stack_info["runtime"] == perf_row.stack_info["runtime"] == {"speculation": True}  # from /v1/models
+    assert acc_row.accuracy["lossless"]["off"] == "prediction off: relaunched with --no-spec"
     assert perf_row.status == "ok", perf_row.error
-    assert perf_row.metrics["accepted_prediction_tokens"] > 0 and perf_row.metrics["rejected_prediction_tokens"] >= 0
+    assert perf_row.metrics["accepted_prediction_tokens"] > 0
     assert perf_row.metrics["median_tok_per_s"] > 0 and perf_row.counters["spec_accepted_tokens"] > 0
+
+
+def test_a_speculative_path_that_rounds_differently_fails_against_the_stack_relaunched_with_it_off(tmp_path):
+    """The double's verify path flips a near-tie with or without a prediction (as engine-b's oneDNN
+    verify steps did on an AMD EPYC): the reference's near-tie rule lets it through, dropping the
+    request field would not see it, and the relaunch with --no-spec does."""
+    verdict, acc_row, _ = run(tmp_path, "rounds")
+    assert verdict.reference.ok and not verdict.lossless.ok and not verdict.ok
+    reason = verdict.lossless.prompts[0].reason
+    assert "token 8 differs" in reason and "off ' 1', on ' alt1'" in reason, reason  # the reply's last word
+    assert acc_row.status == "failed" and acc_row.accuracy["lossless"]["off"] == "prediction off: relaunched with --no-spec"
+    assert (tmp_path / "results" / "runs" / "b-oracle-test" / "logs" / "double-rounds.prediction-off.log").is_file()
+
+
+def test_a_request_field_can_be_the_off_switch(tmp_path):
+    verdict, acc_row, _ = run(tmp_path, "rounds", off="off_switch: {prediction: {request: {speculate: false}}}")
+    assert not verdict.lossless.ok and "on ' alt1'" in verdict.lossless.prompts[0].reason
+    assert acc_row.accuracy["lossless"]["off"] == "prediction off: requests with speculate=False"
+    verdict, _, _ = run(tmp_path, "honest", off="off_switch: {prediction: {request: {speculate: false}}}")
+    assert verdict.ok, verdict.failures()
+
+
+def test_a_stack_that_declares_prediction_without_an_off_switch_is_judged_on_the_reference_only(tmp_path):
+    verdict, acc_row, _ = run(tmp_path, "rounds", off="")
+    assert verdict.lossless is None and verdict.reference.ok and verdict.ok
+    assert "not checked" in verdict.summary and "no `off_switch`" in verdict.summary
+    assert acc_row.accuracy["lossless"]["verdict"] == "not_checked"
 
 
 def test_output_that_changes_with_the_prediction_fails_the_lossless_judge(tmp_path):

@@ -192,9 +192,12 @@ def test_accuracy_verdicts(dirs):
     accuracy(results, "good", "run1", "ok", {"verdict": "pass", "summary": "16/16 match"})
     accuracy(results, "bad", "run1", "failed", {"verdict": "fail", "summary": long})
     accuracy(results, "na", "run1", "not_applicable", None, error="stack lacks logprobs")
+    accuracy(results, "unchecked", "run1", "ok", {"verdict": "pass", "summary": "lossless not checked",
+                                                  "lossless": {"verdict": "not_checked"}})
     perf(results, "none", "run1", 1.0, {"output_throughput": 1.0})
     md = write_leaderboard(results, scenarios).read_text()
     assert cell(md, "good", "accuracy") == "pass"
+    assert cell(md, "unchecked", "accuracy").startswith("pass (reference only: lossless not checked")
     bad = cell(md, "bad", "accuracy")
     assert bad.startswith("FAIL: token 17 differs") and len(bad) <= len("FAIL: ") + 60
     assert cell(md, "na", "accuracy") == "not applicable: stack lacks logprobs"
