@@ -140,7 +140,7 @@ def bench(request, stack_spec, scenario, profile, model_dir):
             pytest.fail(str(exc), pytrace=False)
     b = Bench(run_id=config.servebench_run_id, results_dir=results_dir, scenario=scenario,
               profile=config.getoption("profile"), spec=stack_spec, stack=running, model_dir=model_dir,
-              log=_lines.append, unmet=unmet)
+              log=_lines.append, unmet=unmet, startup_timeout_s=profile.get("stack_startup_timeout_s"))
     yield b
     config.servebench_wrote_rows |= bool(b.rows)
     if running is not None:

@@ -215,9 +215,9 @@ class Bench:
 
         1. lossless: each prompt's output equals, token for token, its output with the optimisation
            off (strict; the verdict shows both top-k at a divergence). Off is, for a stack that
-           declares `guard.feature`, what its spec's `off_switch` says (a relaunch with extra arguments, or
-           request fields): dropping the request fields is not enough, since a stack may take its
-           optimised path without them. A stack that declares the feature and no way to turn it
+           declares `guard.feature`, what its spec's `off_switch` says (a relaunch with extra
+           arguments, or request fields): dropping the request fields is not enough, since a stack
+           may take its optimised path without them. A stack that declares the feature and no way to turn it
            off is judged on 2 and 3 only, and its verdict says so. For a stack that does not
            declare it (a baseline), off is the same requests without the fields;
         2. reference: the output with them matches the transformers reference (near-tie rule);

@@ -45,9 +45,9 @@ class StackSpec:
     extra_body: dict = field(default_factory=dict)  # engine-specific request fields sent with every request
     ignore_eos: str = "native"  # how the engine takes `ignore_eos`: native | min_tokens | unsupported
     description: str = ""
-    # `off_switch` in the spec: per optimisation (a `supports` entry), how to turn it off; a lossless oracle compares the
-    # stack's outputs with and without it. A feature declared without one is judged against the
-    # reference only, and its verdict says so.
+    # `off_switch` in the spec: per optimisation (a `supports` entry), how to turn it off; a
+    # lossless oracle compares the stack's outputs with and without it. A feature declared without
+    # one is judged against the reference only, and its verdict says so.
     off: dict[str, Switch] = field(default_factory=dict)
     path: Path | None = None  # the spec file; None for url= stacks
     url: str | None = None  # set for a server someone already runs
