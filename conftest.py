@@ -1,6 +1,7 @@
 """pytest options and fixtures for scoring stacks: `pytest scenarios/ --stack NAME --profile tiny`."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ def pytest_addoption(parser):
     group = parser.getgroup("servebench", "serving benchmark (scenarios/)")
     group.addoption("--stack", action="append", default=[], metavar="STACK",
                     help="stack to score: a registered name, a spec path, or url=http://host:port "
-                         "(repeatable; default hf-reference)")
+                         "(repeatable; default hf-reference); NAME@A+B scores it on settings A and B only")
     group.addoption("--profile", default="tiny", help="scenario profile: tiny (CPU) or paper")
     group.addoption("--results-dir", default=str(REPO_ROOT / "results"), help="where rows and LEADERBOARD.md go")
     group.addoption("--run-id", default=None, help="label rows with this run id (default: a new one)")
@@ -31,9 +32,11 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     try:
         # Resolved up front so a wrong name is one line before anything runs.
-        config.servebench_stacks = [resolve_stack(s) for s in config.getoption("stack")]
-        profile = config.getoption("profile")
         scenarios = find_scenarios(SCENARIOS_DIR)
+        scoped = [_scoped(arg, {s.setting for s in scenarios}) for arg in config.getoption("stack")]
+        config.servebench_stacks = [spec for spec, _ in scoped]
+        config.servebench_settings = {spec.name: settings for spec, settings in scoped}
+        profile = config.getoption("profile")
         # A profile only some settings define (the agent's `smoke`) skips the others; a profile no
         # setting defines is a typo.
         if scenarios and not any(profile in s.profiles for s in scenarios):
@@ -46,6 +49,18 @@ def pytest_configure(config):
         raise pytest.UsageError("--repeats must be at least 1")
     config.servebench_run_id = config.getoption("run_id") or new_run_id()
     config.servebench_wrote_rows = False
+
+
+def _scoped(arg: str, known: set[str]):
+    """`NAME@A+B`: the stack and the settings it is scored on (None: every setting)."""
+    scope = re.search(r"@([A-Za-z](?:\+[A-Za-z])*)$", arg)
+    if scope is None:
+        return resolve_stack(arg), None
+    settings = set(scope.group(1).split("+"))
+    if settings - known:
+        raise HarnessError(f"--stack {arg}: no setting {', '.join(sorted(settings - known))} "
+                           f"(settings: {', '.join(sorted(known))})")
+    return resolve_stack(arg[:scope.start()]), settings
 
 
 def _default_stack():
@@ -63,6 +78,8 @@ def pytest_generate_tests(metafunc):
     config = metafunc.config
     if "stack_spec" in metafunc.fixturenames:
         specs = config.servebench_stacks or [_default_stack()]
+        setting = load_scenario(_scenario_of(metafunc.module)).setting
+        specs = [s for s in specs if (only := config.servebench_settings.get(s.name)) is None or setting in only]
         metafunc.parametrize("stack_spec", specs, ids=[s.name for s in specs], scope="module")
     if "load_point" in metafunc.fixturenames:
         from harness.loadgen import LoadPoint
@@ -130,17 +147,21 @@ def bench(request, stack_spec, scenario, profile, model_dir):
     results_dir = Path(config.getoption("results_dir"))
     unmet = [f"needs {r.upper()}" for r in stack_spec.unmet()]
     usable = any(not stack_spec.missing(needs) for needs in scenario.needs.values()) or not scenario.needs
-    running = None
+    running, failed = None, None
     if not unmet and usable:
         log_dir = results_dir / "runs" / config.servebench_run_id / "logs"
         try:
             running = launch(stack_spec, model_dir, log_dir, scenario=scenario.name,
                              startup_timeout_s=profile.get("stack_startup_timeout_s"))
         except HarnessError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            failed = str(exc)
     b = Bench(run_id=config.servebench_run_id, results_dir=results_dir, scenario=scenario,
               profile=config.getoption("profile"), spec=stack_spec, stack=running, model_dir=model_dir,
               log=_lines.append, unmet=unmet, startup_timeout_s=profile.get("stack_startup_timeout_s"))
+    if failed:
+        b.failed_start(failed)
+        config.servebench_wrote_rows = True
+        pytest.fail(failed, pytrace=False)
     yield b
     config.servebench_wrote_rows |= bool(b.rows)
     if running is not None:

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from harness import counters
 from harness import machine as host
 from harness.assets import weights_checksum
-from harness.client import HTTPStatusError, post_json, session
+from harness.client import HTTPStatusError, MalformedStream, post_json, session
 from harness.engagement import Guard, GuardResult
 from harness.errors import HarnessError, StackError
 from harness.generation import Generation, Prompt, from_openai
@@ -106,6 +106,23 @@ class Bench:
         self.rows.append(row)
         return row
 
+    def failed_start(self, reason: str) -> ResultRow:
+        """The row of a stack that did not start: the table lists it with this reason."""
+        return self._finish(self._row("startup", status="failed", error=reason))
+
+    @contextmanager
+    def _kept_on_failure(self, row: ResultRow):
+        """A stack that fails or dies while it is judged still leaves its accuracy row, as a FAIL."""
+        try:
+            yield
+        except StackError as exc:
+            row.status = "crashed" if self.stack is not None and self.stack.death() else "failed"
+            row.error = str(exc)
+            row.accuracy = {"verdict": "fail", "summary": f"{row.status}: {exc}"}
+            self._finish(row)
+            self.log(f"{self.spec.name} accuracy: {row.status}: {exc}")
+            raise
+
     def not_applicable(self, kind: str, reason: str) -> ResultRow:
         accuracy = {"verdict": "not_applicable", "summary": reason} if kind == "accuracy" else None
         return self._finish(self._row(kind, status="not_applicable", error=reason, accuracy=accuracy))
@@ -189,10 +206,14 @@ class Bench:
         try:
             response = await post_json(client, stack.base_url, "chat" if p.chat else "completions",
                                        self.spec.adapt(payload))
-            return from_openai(response, p.chat)
-        except (HTTPStatusError, aiohttp.ClientError, TimeoutError) as exc:
+        except (HTTPStatusError, MalformedStream, aiohttp.ClientError, TimeoutError) as exc:
             dead = stack.death(wait_s=2.0)
             raise StackError(dead or f"stack {stack.spec.name} failed on prompt {p.id}: {exc}") from None
+        try:
+            return from_openai(response, p.chat)
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+            raise StackError(f"stack {stack.spec.name} answered prompt {p.id} with a malformed response "
+                             f"({type(exc).__name__}: {exc}): {str(response)[:200]}") from None
 
     def accuracy(self, prompts: list[Prompt], request_timeout_s: float, top_k: int = TOP_K,
                  reference_dir: Path | None = None) -> Verdict:
@@ -200,7 +221,8 @@ class Bench:
         ref_dir = reference_dir or self.model_dir
         row = self._row("accuracy", status="ok")
         refs = reference_outputs(ref_dir, prompts, top_k, self.log)
-        gots = self.stack_outputs(prompts, request_timeout_s, top_k)
+        with self._kept_on_failure(row):
+            gots = self.stack_outputs(prompts, request_timeout_s, top_k)
         verdict = judge([p.id for p in prompts], refs, gots, eos_strings(ref_dir))
         row.accuracy = verdict.to_json() | {"outputs": [g.text for g in gots]}
         row.status = "ok" if verdict.ok else "failed"
@@ -232,11 +254,12 @@ class Bench:
         # K/V, computed in other chunks, and its bf16 rounding differs for a reason that is not the
         # optimisation under test (vanilla vLLM on an AMX CPU flipped 4 of 12 near-tied tokens so).
         resets = [self.reset_prefix_cache()]
-        before = counters.read(self.stack.base_url)
-        on = self.stack_outputs(prompts, request_timeout_s, top_k)
-        moved = counters.delta(before, counters.read(self.stack.base_url))
         claimed = guard.feature if guard is not None and guard.applies(self.spec.supports) else None
-        off, how = self._outputs_off(prompts, request_timeout_s, top_k, claimed, resets)
+        with self._kept_on_failure(row):
+            before = counters.read(self.stack.base_url)
+            on = self.stack_outputs(prompts, request_timeout_s, top_k)
+            moved = counters.delta(before, counters.read(self.stack.base_url))
+            off, how = self._outputs_off(prompts, request_timeout_s, top_k, claimed, resets)
         row.stack_info["prefix_cache_reset"] = "; ".join(sorted(set(resets)))
         ids = [p.id for p in prompts]
         eos = eos_strings(ref_dir)

@@ -19,12 +19,20 @@ ENDPOINTS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 PREDICTION_USAGE = ("accepted_prediction_tokens", "rejected_prediction_tokens")
 
 
+def _text(value) -> str:
+    if value is not None and not isinstance(value, str):
+        raise MalformedStream(f"a choice's text is {str(value)[:80]}, not a string")
+    return value or ""
+
+
 def _chunk_text(choice: dict) -> str:
     if "text" in choice:
-        return choice.get("text") or ""
+        return _text(choice.get("text"))
     delta = choice.get("delta") or {}
+    if not isinstance(delta, dict):
+        raise MalformedStream(f"a choice's delta is {str(delta)[:80]}, not an object")
     # Reasoning models stream their thinking first; it is generated output all the same.
-    return (delta.get("content") or "") + (delta.get("reasoning_content") or delta.get("reasoning") or "")
+    return _text(delta.get("content")) + _text(delta.get("reasoning_content") or delta.get("reasoning"))
 
 
 def _logprob_count(choice: dict) -> int | None:
@@ -38,6 +46,42 @@ def _logprob_count(choice: dict) -> int | None:
 
 class HTTPStatusError(Exception):
     """A stack answered with a non-200 status; the message carries its error text."""
+
+
+class MalformedStream(ValueError):
+    """A chunk that is not what the OpenAI protocol says (not JSON, not an object, a usage that is
+    not an object of counts): the request fails with this reason, the cell goes on."""
+
+
+def _count(usage: dict, key: str) -> int | None:
+    value = usage.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise MalformedStream(f"usage.{key} is {value!r}, not a count")
+    return value
+
+
+def parse_chunk(data: str) -> dict:
+    """One SSE data payload as a chunk object, its usage and choices checked for shape."""
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        raise MalformedStream(f"not JSON: {data[:80]!r}") from None
+    if not isinstance(chunk, dict):
+        raise MalformedStream(f"a chunk is not an object: {data[:80]!r}")
+    usage = chunk.get("usage")
+    if usage is not None:
+        if not isinstance(usage, dict):
+            raise MalformedStream(f"usage is {usage!r}, not an object")
+        for key in ("prompt_tokens", "completion_tokens"):
+            _count(usage, key)
+    choices = chunk.get("choices")
+    if choices is not None and not (isinstance(choices, list) and all(isinstance(c, dict) for c in choices)):
+        raise MalformedStream(f"choices is {str(choices)[:80]}, not a list of objects")
+    return chunk
+
+
+def _error_message(error) -> str:
+    return str(error.get("message", error)) if isinstance(error, dict) else str(error)
 
 
 def _error_text(status: int, body: bytes) -> str:
@@ -101,9 +145,9 @@ async def stream_request(client: aiohttp.ClientSession, base_url: str, endpoint:
                 now = time.perf_counter() - start
                 if data.strip() == "[DONE]":
                     break
-                chunk = json.loads(data)
+                chunk = parse_chunk(data)
                 if "error" in chunk:
-                    record.error = f"stream error: {chunk['error'].get('message', chunk['error'])}"
+                    record.error = f"stream error: {_error_message(chunk['error'])}"
                     break
                 _take_usage(chunk, record)
                 for choice in chunk.get("choices") or []:
@@ -116,7 +160,8 @@ async def stream_request(client: aiohttp.ClientSession, base_url: str, endpoint:
                     record.finish_reason = choice.get("finish_reason") or record.finish_reason
     except (aiohttp.ClientError, TimeoutError) as exc:
         record.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    except (ValueError, KeyError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        # Whatever a broken stack streams fails this request with a reason, never the cell.
         record.error = f"malformed stream: {exc}"
     finally:
         record.output_text = "".join(text_parts)
@@ -146,7 +191,13 @@ async def post_json(client: aiohttp.ClientSession, base_url: str, endpoint: str,
         body = await response.read()
         if response.status != 200:
             raise HTTPStatusError(_error_text(response.status, body))
-        return json.loads(body)
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            raise MalformedStream(f"the answer is not JSON: {body[:80]!r}") from None
+        if not isinstance(answer, dict):
+            raise MalformedStream(f"the answer is not an object: {body[:80]!r}")
+        return answer
 
 
 def session(timeout_s: float) -> aiohttp.ClientSession:

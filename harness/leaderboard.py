@@ -1,15 +1,16 @@
 """Turn result rows into results/LEADERBOARD.md and one plot per (setting, profile).
 
-One table per (setting, profile); one row per stack, read from that stack's latest run; ratios
-against each baseline measured in the same run only; the accuracy verdict in its own column.
-The output holds no timestamp and is sorted throughout, so a rerun over the same rows gives
-the same bytes.
+One table per (setting, profile), from one run only: the latest that has rows for it (earlier
+runs are listed, never set beside it). Only stacks whose oracle passed in that run are ranked and
+get ratios, against baselines that passed too, measured on the same machine; a stack that failed,
+crashed, did not start or does not apply is listed with its reason. The output holds no timestamp
+and is sorted throughout, so a rerun over the same rows gives the same bytes.
 """
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ TTFT_KEY = "median_ttft_ms"
 DASH = "—"
 ACCURACY_SUMMARY_CHARS = 60
 ERROR_CHARS = 80
+EARLIER_LISTED = 5
 
 # For rows whose setting has no scenario YAML.
 DEFAULT_BOARD = LeaderboardSpec(
@@ -127,6 +129,14 @@ class StackEntry:
     values: dict[str, float | None]
     failure: str | None  # shown in place of numbers when no usable performance row exists
     accuracy: str
+    passed: bool = False  # the oracle passed in this run: only such stacks are ranked and compared
+    rank: int | None = None
+
+
+def machine_key(row: ResultRow) -> tuple:
+    """Rows are comparable only when measured on one kind of machine."""
+    m = row.machine or {}
+    return (m.get("cpu"), m.get("cores"), m.get("gpu"))
 
 
 def _load_label(row: ResultRow) -> str:
@@ -219,6 +229,8 @@ def _pick_label(ok_rows: list[ResultRow], choice: str) -> str | None:
 
 
 def _status_text(row: ResultRow) -> str:
+    if row.kind == "startup":
+        return f"did not start: {shorten(row.error or 'no error recorded', ERROR_CHARS)}"
     if row.status == "not_applicable":
         return f"not applicable: {shorten(row.error or '', ERROR_CHARS)}".rstrip(": ")
     return f"{row.status}: {shorten(row.error or 'no error recorded', ERROR_CHARS)}"
@@ -249,10 +261,16 @@ def _load_note(perf: list[ResultRow], label: str, choice: str) -> str:
     return "; ".join(notes)
 
 
+def _passed(rows: list[ResultRow]) -> bool:
+    acc = sorted((r for r in rows if r.kind == "accuracy"), key=lambda r: (r.started_at, r.name))
+    return bool(acc) and acc[-1].status == "ok" and str((acc[-1].accuracy or {}).get("verdict", "")).lower() == "pass"
+
+
 def _accuracy_text(rows: list[ResultRow]) -> str:
     acc = sorted((r for r in rows if r.kind == "accuracy"), key=lambda r: (r.started_at, r.name))
     if not acc:
-        return DASH
+        started = [r for r in rows if r.kind == "startup"]
+        return "not judged: did not start" if started else "not judged in this run (not ranked)"
     row = acc[-1]
     info = row.accuracy or {}
     if row.status == "not_applicable":
@@ -278,7 +296,7 @@ def _entry(stack: str, run_id: str, rows: list[ResultRow], section: Section) -> 
     at = [r for r in ok if _load_label(r) == label]
     if label is None:
         named = [r for r in perf if _load_label(r) == board.load_point]
-        failure = _first_failure(named or perf)
+        failure = _first_failure(named or perf or rows)
         note = ""
     else:
         failure = None
@@ -292,28 +310,33 @@ def _entry(stack: str, run_id: str, rows: list[ResultRow], section: Section) -> 
         values={k: _median(at, k) for k in section.keys},
         failure=failure,
         accuracy=_accuracy_text(rows),
+        passed=_passed(rows),
     )
 
 
+def current_run(section: Section, order: dict[str, tuple[str, str]]) -> str | None:
+    """The run a table shows: the latest with rows for this section."""
+    return max({r.run_id for r in section.rows}, key=lambda run: order[run], default=None)
+
+
 def _entries(section: Section, order: dict[str, tuple[str, str]]) -> list[StackEntry]:
-    """One entry per stack, from the latest run that has rows for this section."""
-    by_stack: dict[str, dict[str, list[ResultRow]]] = {}
+    """One entry per stack of the section's current run, ranked."""
+    run_id = current_run(section, order)
+    by_stack: dict[str, list[ResultRow]] = {}
     for row in section.rows:
-        by_stack.setdefault(row.stack, {}).setdefault(row.run_id, []).append(row)
-    entries = []
-    for stack, runs in sorted(by_stack.items()):
-        run_id = max(runs, key=lambda run: order[run])
-        entries.append(_entry(stack, run_id, runs[run_id], section))
+        if row.run_id == run_id:
+            by_stack.setdefault(row.stack, []).append(row)
+    entries = [_entry(stack, run_id, rows, section) for stack, rows in sorted(by_stack.items())]
     return _ranked(entries, section.board)
 
 
 def _ranked(entries: list[StackEntry], board: LeaderboardSpec) -> list[StackEntry]:
-    """Best primary value first; stacks without one after, by name."""
+    """Stacks that passed, best primary value first, numbered; the others after, by name, unranked."""
     sign = -1.0 if board.direction == "higher" else 1.0
-    scored = [e for e in entries if e.values.get(board.primary) is not None]
-    rest = [e for e in entries if e.values.get(board.primary) is None]
+    scored = [e for e in entries if e.passed and e.values.get(board.primary) is not None]
+    rest = [e for e in entries if e not in scored]
     scored.sort(key=lambda e: (sign * e.values[board.primary], e.stack))
-    return scored + sorted(rest, key=lambda e: e.stack)
+    return [replace(e, rank=i + 1) for i, e in enumerate(scored)] + sorted(rest, key=lambda e: e.stack)
 
 
 # --------------------------------------------------------------------------- ratios
@@ -326,35 +349,40 @@ def _ratio(stack_value: float | None, base_value: float | None, direction: str) 
     return stack_value / base_value if direction == "higher" else base_value / stack_value
 
 
-def _baseline_value(section: Section, baseline: str, run_id: str, label: str) -> float | None:
-    """The baseline's primary value in run_id at the same load point; None when it was not measured there."""
+def _baseline_value(section: Section, baseline: StackEntry, entry: StackEntry) -> float | None:
+    """The baseline's primary value at the entry's load point, from rows on the entry's machine;
+    None when it did not pass its oracle or was not measured there."""
+    if not baseline.passed:
+        return None
+    machines = {machine_key(r) for r in entry.rows if r.kind == "performance" and _load_label(r) == entry.load_label}
     rows = [
-        r for r in section.rows
-        if r.stack == baseline and r.run_id == run_id and r.kind == "performance"
-        and r.status in PERF_OK and _load_label(r) == label
+        r for r in baseline.rows
+        if r.kind == "performance" and r.status in PERF_OK and _load_label(r) == entry.load_label
+        and machine_key(r) in machines
     ]
     return _median(rows, section.board.primary)
 
 
-def _ratio_cell(entry: StackEntry, baseline: str, section: Section) -> str:
+def _ratio_cell(entry: StackEntry, baseline: StackEntry, section: Section) -> str:
     value = entry.values.get(section.board.primary)
-    if value is None or entry.load_label is None:
+    if value is None or entry.load_label is None or not entry.passed:
         return DASH
-    if entry.stack == baseline:
+    if entry.stack == baseline.stack:
         return format_ratio(1.0)
-    base = _baseline_value(section, baseline, entry.run_id, entry.load_label)
+    base = _baseline_value(section, baseline, entry)
     return format_ratio(_ratio(value, base, section.board.direction))
 
 
 # --------------------------------------------------------------------------- Markdown
 
 
-def _table(section: Section, entries: list[StackEntry], baselines: list[str]) -> list[str]:
+def _table(section: Section, entries: list[StackEntry], baselines: list[StackEntry]) -> list[str]:
     arrow = "↑" if section.board.direction == "higher" else "↓"
-    heads = ["stack", "load point"]
+    heads = ["#", "stack", "load point"]
     heads += [metric_label(k) + (f" {arrow}" if k == section.board.primary else "") for k in section.keys]
-    heads += [f"vs {b}" for b in baselines] + ["accuracy"]
-    lines = ["| " + " | ".join(heads) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(heads) - 3) + ["---"]) + "|"]
+    heads += [f"vs {b.stack}" for b in baselines] + ["accuracy"]
+    lines = ["| " + " | ".join(heads) + " |",
+             "|" + "|".join(["---:", "---", "---"] + ["---:"] * (len(heads) - 4) + ["---"]) + "|"]
     for e in entries:
         if e.failure is not None:
             numbers = [f"**{e.failure}**"] + [""] * (len(section.keys) - 1)
@@ -363,7 +391,7 @@ def _table(section: Section, entries: list[StackEntry], baselines: list[str]) ->
             numbers = [format_value(e.values.get(k)) for k in section.keys]
             load = DASH if e.load_label is None else e.load_label + (f" ({e.load_note})" if e.load_note else "")
         ratios = [_ratio_cell(e, b, section) for b in baselines]
-        cells = [f"`{e.stack}`", load, *numbers, *ratios, e.accuracy]
+        cells = [DASH if e.rank is None else str(e.rank), f"`{e.stack}`", load, *numbers, *ratios, e.accuracy]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return lines
 
@@ -397,22 +425,34 @@ def _commit_text(rows: list[ResultRow]) -> str:
 
 
 def _provenance(section: Section, entries: list[StackEntry], order: dict[str, tuple[str, str]]) -> list[str]:
-    by_run: dict[str, list[str]] = {}
-    for e in entries:
-        by_run.setdefault(e.run_id, []).append(e.stack)
-    lines = []
-    for run_id in sorted(by_run, key=lambda run: order[run]):
-        rows = sorted((r for r in section.rows if r.run_id == run_id), key=lambda r: (r.started_at, r.stack, r.name))
-        stacks = ", ".join(f"`{s}`" for s in sorted(by_run[run_id]))
-        lines.append(f"- Run `{run_id}` ({stacks}): {_machine_text(rows)}; {_commit_text(rows)}.")
+    run_id = current_run(section, order)
+    if run_id is None:
+        return []
+    rows = sorted((r for r in section.rows if r.run_id == run_id), key=lambda r: (r.started_at, r.stack, r.name))
+    stacks = ", ".join(f"`{e.stack}`" for e in sorted(entries, key=lambda e: e.stack))
+    lines = [f"- Run `{run_id}` ({stacks}): {_machine_text(rows)}; {_commit_text(rows)}."]
+    machines = {machine_key(r) for r in rows}
+    if len(machines) > 1:
+        lines.append(f"- This run's rows come from {len(machines)} machines: a ratio compares rows of one machine only.")
+    earlier = sorted({r.run_id for r in section.rows} - {run_id}, key=lambda run: order[run], reverse=True)
+    if earlier:
+        listed = [f"`{run}` ({_cpu_of(section, run)})" for run in earlier[:EARLIER_LISTED]]
+        more = f" and {len(earlier) - EARLIER_LISTED} more" if len(earlier) > EARLIER_LISTED else ""
+        lines.append("- Earlier runs, not shown (a table compares one run): " + ", ".join(listed) + more + ".")
     return lines
+
+
+def _cpu_of(section: Section, run_id: str) -> str:
+    cpus = sorted({str((r.machine or {}).get("cpu") or "machine not recorded") for r in section.rows if r.run_id == run_id})
+    return ", ".join(cpus)
 
 
 def _describe(section: Section) -> str:
     board = section.board
     better = "higher" if board.direction == "higher" else "lower"
     where = "the highest load point" if board.load_point == "last" else f"load point `{board.load_point}`"
-    text = f"Primary metric: {metric_label(board.primary)} ({better} is better), read at {where} of each stack's run."
+    text = (f"Primary metric: {metric_label(board.primary)} ({better} is better), read at {where}. Ranked (#): the "
+            f"stacks whose oracle passed in this run; the others are listed with their reason, without ratios.")
     if not section.has_scenario:
         text += f" No scenario YAML names setting {section.setting}: default columns."
     return text
@@ -420,7 +460,7 @@ def _describe(section: Section) -> str:
 
 def _render_section(section: Section, order: dict[str, tuple[str, str]], baselines: frozenset[str]) -> list[str]:
     entries = _entries(section, order)
-    present = sorted({e.stack for e in entries} & baselines)
+    present = sorted((e for e in entries if e.stack in baselines), key=lambda e: e.stack)
     plot = f"{PLOTS_DIR}/{section.slug}.png"
     return [
         f"## {section.title} — profile `{section.profile}`",
@@ -438,10 +478,11 @@ def _render_section(section: Section, order: dict[str, tuple[str, str]], baselin
 HEADER = f"""# Leaderboard
 
 Generated from the result rows under `{RUNS_DIR}/` by `python -m harness leaderboard`; do not edit by hand.
-One table per setting and profile, one row per stack, read from that stack's latest run (the median
-over repeats). A `vs <baseline>` column compares the primary metric with that baseline measured in the
-same run and at the same load point; above 1.00× is better whichever way the metric runs, and {DASH} means
-the baseline was not measured in that run (runs are never compared with each other).
+One table per setting and profile, from the latest run that scored it (the median over repeats); earlier
+runs are listed below it, never set beside it. Only stacks whose oracle passed in that run are ranked. A
+`vs <baseline>` column compares the primary metric with that baseline at the same load point on the same
+machine; above 1.00× is better whichever way the metric runs, and {DASH} means there is no comparison (the
+baseline was not measured there or did not pass, or the stack did not pass).
 """
 
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,7 +23,7 @@ class ResultRow:
     setting: str  # "A".."G"
     scenario: str  # the scenario's name, e.g. "standard_serving"
     profile: str  # "tiny" | "paper" | ...
-    kind: str  # "performance" | "accuracy"
+    kind: str  # "performance" | "accuracy" | "startup" (a stack that did not start)
     status: str  # "ok" | "failed" | "crashed" | "partial" | "not_applicable"
     load_point: dict | None = None  # {"label": "rate=0.5", "request_rate": 0.5, ...}
     repeat: int = 0
@@ -41,8 +43,8 @@ class ResultRow:
 
     @property
     def name(self) -> str:
-        if self.kind == "accuracy":
-            return "accuracy"
+        if self.kind != "performance":
+            return self.kind
         label = (self.load_point or {}).get("label", "load")
         return f"perf-{label}-r{self.repeat}".replace("/", "_").replace(" ", "")
 
@@ -60,11 +62,20 @@ class ResultRow:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def read_rows(results_dir: Path) -> list[ResultRow]:
-    """Every row under results_dir, skipping records files and half-written temporaries."""
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def read_rows(results_dir: Path, warn: Callable[[str], None] | None = None) -> list[ResultRow]:
+    """Every row under results_dir, skipping records files and half-written temporaries; a file
+    that is not a row (truncated, edited by hand) is skipped with a warning through `warn`."""
     rows = []
     for path in sorted((Path(results_dir) / RUNS_DIR).glob("*/*/*/*.json")):
         if path.name.startswith("."):
             continue
-        rows.append(ResultRow.from_json(json.loads(path.read_text())))
+        try:
+            data = json.loads(path.read_text())
+            rows.append(ResultRow.from_json(data))
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            (warn or _stderr)(f"warning: skipped {path}: not a readable row ({type(exc).__name__}: {exc})")
     return rows

@@ -63,9 +63,12 @@ def similarity_report(items: list[dict]):
 
 def test_accuracy(live_bench, profile):
     items = scored_items(profile, live_bench.log)
-    verdict = live_bench.lossless_accuracy(accuracy_prompts(profile), profile["request_timeout_s"],
-                                           top_k=profile["top_logprobs"], guard=PREDICTION,
-                                           report=similarity_report(items))
+    try:
+        verdict = live_bench.lossless_accuracy(accuracy_prompts(profile), profile["request_timeout_s"],
+                                               top_k=profile["top_logprobs"], guard=PREDICTION,
+                                               report=similarity_report(items))
+    except StackError as exc:
+        pytest.fail(str(exc), pytrace=False)
     failures = "\n".join(f"  {line}" for line in verdict.failures())
     assert verdict.ok, f"{verdict.summary}\n{failures}"
 

@@ -30,8 +30,11 @@ def load_payloads(load: dict, count: int, seed: int) -> list[dict]:
 
 
 def test_accuracy(live_bench, profile):
-    verdict = live_bench.accuracy(accuracy_prompts(profile["accuracy"]), profile["request_timeout_s"],
-                                  top_k=profile["accuracy"]["top_logprobs"])
+    try:
+        verdict = live_bench.accuracy(accuracy_prompts(profile["accuracy"]), profile["request_timeout_s"],
+                                      top_k=profile["accuracy"]["top_logprobs"])
+    except StackError as exc:
+        pytest.fail(str(exc), pytrace=False)
     failures = "\n".join(f"  {p.prompt_id}: {p.reason}" for p in verdict.prompts if not p.ok)
     assert verdict.ok, f"{verdict.summary}\n{failures}"
 

@@ -53,13 +53,19 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def perf(results: Path, stack: str, run_id: str, rate: float, metrics: dict, *, setting: str = "A",
-         repeat: int = 0, status: str = "ok", error: str | None = None, started_at: str = "2026-01-01T00:00:00Z") -> None:
+         repeat: int = 0, status: str = "ok", error: str | None = None, started_at: str = "2026-01-01T00:00:00Z",
+         judged: bool = True, machine: dict | None = None) -> None:
     ResultRow(
         run_id=run_id, stack=stack, setting=setting, scenario="s", profile="tiny", kind="performance",
         status=status, load_point={"label": f"rate={rate}", "request_rate": rate}, repeat=repeat,
-        metrics=metrics, error=error, machine=MACHINE, commit={"sha": "abcdef1234567890", "dirty": False},
+        metrics=metrics, error=error, machine=machine or MACHINE, commit={"sha": "abcdef1234567890", "dirty": False},
         started_at=started_at,
     ).write(results)
+    if judged:  # the stack passed its oracle in this run, unless a test writes another verdict
+        row = ResultRow(run_id=run_id, stack=stack, setting=setting, scenario="s", profile="tiny", kind="accuracy",
+                        status="ok", accuracy={"verdict": "pass"}, machine=machine or MACHINE, started_at=started_at)
+        if not row.path_in(results).exists():
+            row.write(results)
 
 
 def accuracy(results: Path, stack: str, run_id: str, status: str, info: dict | None, error: str | None = None,
@@ -75,14 +81,14 @@ def table_row(md: str, stack: str, heading: str = "## A:") -> list[str]:
     section = md[md.index(heading):]
     section = section[: section.find("\n## ", 1)] if "\n## " in section[1:] else section
     for line in section.splitlines():
-        if line.startswith(f"| `{stack}` |"):
+        if f" | `{stack}` | " in line:
             return [c.strip() for c in line.strip("|").split(" | ")]
     raise AssertionError(f"no row for {stack} in:\n{section}")
 
 
 def header(md: str, heading: str = "## A:") -> list[str]:
     section = md[md.index(heading):]
-    line = next(l for l in section.splitlines() if l.startswith("| stack"))
+    line = next(l for l in section.splitlines() if l.startswith("| # | stack"))
     return [c.strip() for c in line.strip("|").split(" | ")]
 
 
@@ -125,36 +131,68 @@ def test_extra_baseline_argument(dirs):
     assert "vs old-mine" not in md
 
 
-def test_ratio_never_across_runs(dirs):
+def test_a_table_shows_one_run_and_lists_the_earlier_ones(dirs):
     results, scenarios = dirs
     perf(results, "vllm", "run1", 1.0, {"output_throughput": 100.0}, started_at="2026-01-01T00:00:00Z")
     perf(results, "mine", "run2", 1.0, {"output_throughput": 150.0}, started_at="2026-01-02T00:00:00Z")
     md = write_leaderboard(results, scenarios).read_text()
+    assert "| `vllm` |" not in md and cell(md, "mine", "#") == "1"  # vllm's earlier row is not set beside it
+    assert "Run `run2` (`mine`)" in md and "Earlier runs, not shown (a table compares one run): `run1`" in md
+
+
+def test_ratio_only_against_a_baseline_on_the_same_machine(dirs):
+    results, scenarios = dirs
+    other = {**MACHINE, "cpu": "Other CPU 1"}
+    perf(results, "vllm", "run1", 1.0, {"output_throughput": 100.0}, machine=other)
+    perf(results, "mine", "run1", 1.0, {"output_throughput": 300.0})
+    perf(results, "vllm", "run1", 2.0, {"output_throughput": 100.0})
+    perf(results, "mine", "run1", 2.0, {"output_throughput": 300.0})
+    md = write_leaderboard(results, scenarios).read_text()
+    assert cell(md, "mine", "vs vllm") == "3.00×"  # at rate=2.0, both on MACHINE
+    assert "rows come from 2 machines" in md
+    results2 = results.parent / "results2"
+    perf(results2, "vllm", "run1", 1.0, {"output_throughput": 100.0}, machine=other)
+    perf(results2, "mine", "run1", 1.0, {"output_throughput": 300.0})
+    md = write_leaderboard(results2, scenarios).read_text()
     assert cell(md, "mine", "vs vllm") == "—"
-    assert cell(md, "vllm", "vs vllm") == "1.00×"
-    assert "Run `run1` (`vllm`)" in md and "Run `run2` (`mine`)" in md
 
 
-def test_ratio_uses_baseline_from_the_stacks_own_run(dirs):
-    """vllm's latest run is run2, but mine ran beside vllm in run1: compare there."""
+def test_only_stacks_that_passed_are_ranked_and_compared(dirs):
     results, scenarios = dirs
-    perf(results, "vllm", "run1", 1.0, {"output_throughput": 100.0}, started_at="2026-01-01T00:00:00Z")
-    perf(results, "mine", "run1", 1.0, {"output_throughput": 300.0}, started_at="2026-01-01T00:00:00Z")
-    perf(results, "vllm", "run2", 1.0, {"output_throughput": 200.0}, started_at="2026-01-02T00:00:00Z")
+    perf(results, "vllm", "run1", 1.0, {"output_throughput": 100.0})
+    perf(results, "fast-wrong", "run1", 1.0, {"output_throughput": 900.0})
+    accuracy(results, "fast-wrong", "run1", "failed", {"verdict": "fail", "summary": "3 prompts fail"})
+    perf(results, "unjudged", "run1", 1.0, {"output_throughput": 800.0}, judged=False)
+    perf(results, "mine", "run1", 1.0, {"output_throughput": 150.0})
     md = write_leaderboard(results, scenarios).read_text()
-    assert cell(md, "mine", "vs vllm") == "3.00×"
-    assert cell(md, "vllm", "output tok/s ↑") == "200.0"
+    assert [cell(md, s, "#") for s in ("mine", "vllm", "fast-wrong", "unjudged")] == ["1", "2", "—", "—"]
+    assert cell(md, "fast-wrong", "vs vllm") == "—" and cell(md, "unjudged", "vs vllm") == "—"
+    assert cell(md, "fast-wrong", "accuracy").startswith("FAIL") and "not judged" in cell(md, "unjudged", "accuracy")
+    assert md.index("| `mine` |") < md.index("| `vllm` |") < md.index("| `fast-wrong` |")
+    # a baseline that failed its oracle gives no ratio either
+    accuracy(results, "vllm", "run1", "failed", {"verdict": "fail", "summary": "1 prompt fails"})
+    md = write_leaderboard(results, scenarios).read_text()
+    assert cell(md, "mine", "vs vllm") == "—" and cell(md, "mine", "#") == "1"
 
 
-def test_latest_run_per_stack(dirs):
+def test_a_stack_that_did_not_start_is_listed_with_its_reason(dirs):
     results, scenarios = dirs
-    # run ids sort the other way round from time, so ordering must follow started_at
-    perf(results, "mine", "zzz-old", 1.0, {"output_throughput": 10.0}, started_at="2026-01-01T00:00:00Z")
-    perf(results, "mine", "aaa-new", 1.0, {"output_throughput": 20.0}, started_at="2026-03-01T00:00:00Z")
+    perf(results, "vllm", "run1", 1.0, {"output_throughput": 100.0})
+    ResultRow(run_id="run1", stack="broken", setting="A", scenario="s", profile="tiny", kind="startup", status="failed",
+              error="stack broken exited with code 4", machine=MACHINE, started_at="2026-01-01T00:00:00Z").write(results)
     md = write_leaderboard(results, scenarios).read_text()
-    assert cell(md, "mine", "output tok/s ↑") == "20.00"
-    assert "aaa-new" in md and "zzz-old" not in md
-    assert md.count("| `mine` |") == 1
+    assert "did not start: stack broken exited with code 4" in cell(md, "broken", "load point") + cell(md, "broken", "output tok/s ↑")
+    assert cell(md, "broken", "#") == "—" and cell(md, "broken", "accuracy") == "not judged: did not start"
+
+
+def test_an_unreadable_row_file_is_skipped_with_a_warning(dirs, capsys):
+    results, scenarios = dirs
+    perf(results, "vllm", "run1", 1.0, {"output_throughput": 100.0})
+    bad = results / "runs" / "run1" / "A-tiny" / "vllm" / "perf-truncated.json"
+    bad.write_text('{"run_id": "run1", "stack"')
+    md = write_leaderboard(results, scenarios).read_text()
+    assert cell(md, "vllm", "#") == "1"
+    assert "skipped" in capsys.readouterr().err and "perf-truncated.json" in bad.name
 
 
 def test_median_over_repeats(dirs):
@@ -194,14 +232,14 @@ def test_accuracy_verdicts(dirs):
     accuracy(results, "na", "run1", "not_applicable", None, error="stack lacks logprobs")
     accuracy(results, "unchecked", "run1", "ok", {"verdict": "pass", "summary": "lossless not checked",
                                                   "lossless": {"verdict": "not_checked"}})
-    perf(results, "none", "run1", 1.0, {"output_throughput": 1.0})
+    perf(results, "none", "run1", 1.0, {"output_throughput": 1.0}, judged=False)
     md = write_leaderboard(results, scenarios).read_text()
     assert cell(md, "good", "accuracy") == "pass"
     assert cell(md, "unchecked", "accuracy").startswith("pass (reference only: lossless not checked")
     bad = cell(md, "bad", "accuracy")
     assert bad.startswith("FAIL: token 17 differs") and len(bad) <= len("FAIL: ") + 60
     assert cell(md, "na", "accuracy") == "not applicable: stack lacks logprobs"
-    assert cell(md, "none", "accuracy") == "—"
+    assert cell(md, "none", "accuracy") == "not judged in this run (not ranked)"
     # an accuracy-only stack has no numbers
     assert cell(md, "good", "output tok/s ↑") == "—"
 

@@ -74,3 +74,36 @@ def test_each_stack_runs_its_cells_together_so_one_stack_is_up_at_a_time():
     ids = [line for line in out.stdout.splitlines() if "::" in line]
     stacks = [line.split("[", 1)[1].split("-rate")[0].split("-conc")[0].rstrip("]") for line in ids]
     assert stacks == sorted(stacks, key=["hf-reference", "delay"].index) and len(set(stacks)) == 2, ids
+
+
+def collected(*args: str) -> list[str]:
+    out = subprocess.run([sys.executable, "-m", "pytest", "scenarios/", "--collect-only", "-q", "-p", "no:cacheprovider",
+                          *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+    return [line for line in (out.stdout + out.stderr).splitlines() if "::" in line or "error" in line.lower()]
+
+
+def test_a_stack_scoped_to_a_setting_is_scored_on_that_setting_only():
+    ids = collected("--stack", "hf-reference", "--stack", "tests/stacks/delay.yaml@A")
+    delay = [i for i in ids if "[delay" in i]
+    assert delay and all(i.startswith("scenarios/test_standard_serving.py") for i in delay), ids
+    assert any(i.startswith("scenarios/test_code_editing.py") and "[hf-reference" in i for i in ids), ids
+    assert any("no setting Z" in line for line in collected("--stack", "hf-reference@Z")), "an unknown setting is not refused"
+
+
+def test_a_stack_that_does_not_start_or_dies_in_accuracy_leaves_a_failed_row(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(json.dumps({"name": "broken", "command": ["python", "-c", "import sys; sys.exit(4)"],
+                                  "startup_timeout_s": 30, "supports": ["completions", "chat", "logprobs"]}))
+    dying = tmp_path / "dying.yaml"  # the accuracy pass sends 16 prompts: the third kills it
+    dying.write_text(json.dumps({"name": "dying", "command": ["python", *DELAY[1:], "--port", "{port}", "--crash-after", "3"],
+                                 "startup_timeout_s": 30, "supports": ["completions", "chat", "logprobs"]}))
+    out = score(tmp_path, "--stack", str(broken), "--stack", str(dying), "-k", "accuracy")
+    text = out.stdout + out.stderr
+    assert out.returncode == 1 and "Traceback" not in text, text[-3000:]
+    rows = {r.stack: r for r in read_rows(tmp_path)}
+    assert rows["broken"].kind == "startup" and rows["broken"].status == "failed"
+    assert "exited with code 4" in rows["broken"].error, rows["broken"].error
+    assert rows["dying"].kind == "accuracy" and rows["dying"].status == "crashed"
+    assert rows["dying"].accuracy["verdict"] == "fail" and "crashing on purpose" in rows["dying"].error
+    board = (tmp_path / "LEADERBOARD.md").read_text()
+    assert "`broken`" in board and "exited with code 4" in board and "`dying`" in board, board

@@ -8,6 +8,7 @@ from agent import knobs, stackfiles
 from agent_helpers import STANDIN, git, read_json, run_agent
 
 pytestmark = pytest.mark.slow
+NAIVE = {"max-batch-size": "1", "dtype": "float32", "threads": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def test_offline_run_passes_and_beats_hf_reference(offline_run):
     assert final["passed"] and final["beats_all"], final
     assert final["ratios"]["hf-reference"] > 1.0
     rounds = read_json(ws / "rounds.json")
-    assert rounds[0]["change"]["config"] == {"max-batch-size": "1", "dtype": "float32"}
+    assert rounds[0]["change"]["config"] == NAIVE
     assert len(rounds) >= 2 and rounds[-1]["outcome"] == "checkpoint" and rounds[-1]["passed"]
     base = rounds[0]["change"]["config"]
     for r in rounds[1:]:  # one knob changed per round, from the configuration of the last checkpoint
@@ -57,6 +58,6 @@ def test_offline_run_publishes_the_winner(offline_run):
     data = stackfiles.load(published)
     assert data["name"] == published.name and (published / "main.py").is_file()
     assert data["command"][1] == str(published / "main.py")  # outside the repo: an absolute path
-    assert knobs.current(data["command"], knobs.from_spec(data)) != {"max-batch-size": "1", "dtype": "float32"}
+    assert knobs.current(data["command"], knobs.from_spec(data)) != NAIVE
     table = (published / "ROUNDS.md").read_text()
     assert "| round | task |" in table and "vs hf-reference" in table and "beats every baseline" in table
