@@ -22,6 +22,9 @@ from .step_invariance import check_steps
 from .weights import build_model, read_safetensors
 
 log = logging.getLogger(__name__)
+# Steps of up to this many rows decide whether oneDNN may be the few-row matmul: engine-b's
+# largest verify chunk (K = 12, plus its last token).
+PROBE_ROWS = 13
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -34,12 +37,13 @@ def load_engine(model_dir: Path, cfg: EngineConfig, speculator=None) -> LLMEngin
     model_cfg = ModelConfig.from_hf(hf_config)
     dtype = DTYPES[cfg.dtype]
     model = build_model(model_cfg, read_safetensors(model_dir), dtype)
-    first = None
+    first, kernel_check = None, None
     if cfg.pack_weights and can_pack(dtype):
         model.pack()
         if Kernels.rows_alone(dtype):
             first = first_choice(cfg.few_row_matmul, model.has_small_matmuls)
             model.use_few_row_matmul(first)
+            kernel_check = settle_few_row_matmul(model, cfg, dtype)
     runner, speculator, check = checked_runner(model, cfg, dtype, speculator)
     model.drop_unused_copies()
     cfg = runner.engine_cfg
@@ -49,6 +53,7 @@ def load_engine(model_dir: Path, cfg: EngineConfig, speculator=None) -> LLMEngin
     engine = LLMEngine(runner, tokenizer, eos_ids(model_dir, hf_config, tokenizer), cfg, speculator)
     engine.runtime = {"dtype": cfg.dtype, "few_row_matmul": model.few_row_kernel,
                       "few_row_matmul_first": first, "cpu_amx": has_amx(),
+                      "few_row_matmul_check": kernel_check.to_json() if kernel_check else None,
                       "speculation": ({"num_speculative_tokens": speculator.cfg.num_speculative_tokens}
                                       if hasattr(speculator, "cfg") else speculator is not None),
                       "verify_check": check.to_json() if check else None}
@@ -58,33 +63,45 @@ def load_engine(model_dir: Path, cfg: EngineConfig, speculator=None) -> LLMEngin
     return engine
 
 
+def settle_few_row_matmul(model, cfg: EngineConfig, dtype: torch.dtype):
+    """Keep oneDNN as the few-row matmul only where steps of up to PROBE_ROWS rows give one-token
+    decodes' numbers through this model's forward on this machine; else small_gemm. Every engine
+    decides so, speculating or not, so that an engine and its twin without speculation (the
+    lossless oracle's other side) always decode with the same matmul. Returns the check, or None
+    where there was nothing to decide (small_gemm first, or the only one)."""
+    if model.few_row_kernel != "onednn" or not model.can_use_small_gemm:
+        return None
+    check = check_steps(_runner(model, cfg, dtype, None), PROBE_ROWS)
+    if not check.ok:
+        log.warning("few-row matmul: oneDNN %s; small_gemm instead", check.detail)
+        model.use_few_row_matmul("small_gemm")
+    return check
+
+
 def checked_runner(model, cfg: EngineConfig, dtype: torch.dtype, speculator):
     """The runner, and the speculator it may use. Where verify chunks attend row by row, they are
     checked against one-token decodes through this runner's forward (step_invariance.py), for every
-    row count a step can take: if oneDNN fails it, small_gemm is tried; where no matmul passes,
-    speculation is switched off (plain decoding is lossless by definition). Returns (runner,
-    speculator or None, the check or None where none ran)."""
-    while True:
-        if hasattr(speculator, "matmul_chosen"):
-            speculator.matmul_chosen(model.few_row_kernel, has_amx())
-        runner = _runner(model, cfg, dtype, speculator)
-        if speculator is None or not Kernels.rows_alone(dtype):
-            return runner, speculator, None
-        k = getattr(getattr(speculator, "cfg", None), "num_speculative_tokens", SMALL_ROWS - 1)
-        started = time.perf_counter()
-        check = check_steps(runner, min(cfg.max_num_seqs * (k + 1), SMALL_ROWS))
-        took = time.perf_counter() - started
-        if check.ok:
-            runner.verified_rows = check.rows
-            log.info("verify steps, %s matmul: %s (checked in %.1f s)", model.few_row_kernel, check.detail, took)
-            return runner, speculator, check
-        log.warning("verify steps, %s matmul: %s (checked in %.1f s)", model.few_row_kernel, check.detail, took)
-        if model.few_row_kernel == "onednn":
-            model.use_few_row_matmul("small_gemm")
-            if model.few_row_kernel == "small_gemm":
-                continue
-        log.warning("speculation off: no matmul here gives verify steps the numbers of one-token decodes")
-        return _runner(model, cfg, dtype, None), None, check
+    row count a step can take; where they do not, speculation is switched off (plain decoding is
+    lossless by definition). The matmul is not changed here: settle_few_row_matmul chose it, as
+    it does for an engine without speculation. Verify chunks that do not attend row by row (no C++
+    kernels, or fp32) are checked the same way: their padded matmuls are no more row-invariant.
+    Returns (runner, speculator or None, the check or None where none ran)."""
+    if hasattr(speculator, "matmul_chosen"):
+        speculator.matmul_chosen(model.few_row_kernel, has_amx())
+    runner = _runner(model, cfg, dtype, speculator)
+    if speculator is None:
+        return runner, speculator, None
+    k = getattr(getattr(speculator, "cfg", None), "num_speculative_tokens", SMALL_ROWS - 1)
+    started = time.perf_counter()
+    check = check_steps(runner, min(cfg.max_num_seqs * (k + 1), SMALL_ROWS))
+    took = time.perf_counter() - started
+    if check.ok:
+        runner.verified_rows = check.rows
+        log.info("verify steps, %s matmul: %s (checked in %.1f s)", model.few_row_kernel, check.detail, took)
+        return runner, speculator, check
+    log.warning("verify steps, %s matmul: %s (checked in %.1f s)", model.few_row_kernel, check.detail, took)
+    log.warning("speculation off: verify steps here do not give the numbers of one-token decodes")
+    return _runner(model, cfg, dtype, None), None, check
 
 
 def _runner(model, cfg: EngineConfig, dtype: torch.dtype, speculator) -> ModelRunner:

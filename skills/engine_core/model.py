@@ -68,6 +68,13 @@ class CausalLM(nn.Module):
         return "small_gemm" if self.has_small_matmuls and Kernels.small_gemm is not None else (
             "onednn" if self.packed else "torch")
 
+    @property
+    def can_use_small_gemm(self) -> bool:
+        """Whether `use_few_row_matmul("small_gemm")` would take: small_gemm copies in use or aside."""
+        linears = self._packed_linears()
+        return (Kernels.small_gemm is not None and bool(linears)
+                and all(m.small is not None or m.aside is not None for m in linears))
+
     def use_few_row_matmul(self, kernel: str) -> None:
         """Switch few-row steps between "small_gemm" and "onednn" (row_invariance.py); the small_gemm
         copies are kept aside until `drop_unused_copies`, so the switch can be undone."""
