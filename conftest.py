@@ -10,7 +10,7 @@ from harness.assets import ensure_model
 from harness.bench import Bench, new_run_id
 from harness.errors import HarnessError
 from harness.launcher import launch
-from harness.scenario import find_scenarios, load_scenario
+from harness.scenario import find_scenarios, load_scenario, vocabulary
 from harness.stack import REPO_ROOT, resolve_stack
 
 SCENARIOS_DIR = REPO_ROOT / "scenarios"
@@ -20,8 +20,9 @@ _lines: list[str] = []
 def pytest_addoption(parser):
     group = parser.getgroup("servebench", "serving benchmark (scenarios/)")
     group.addoption("--stack", action="append", default=[], metavar="STACK",
-                    help="stack to score: a registered name, a spec path, or url=http://host:port "
-                         "(repeatable; default hf-reference); NAME@A+B scores it on settings A and B only")
+                    help="stack to score: a registered name, a spec path, or url=http://host:port[,supports=chat+logprobs] "
+                         "(a url stack supports completions and chat unless it says more; repeatable; default "
+                         "hf-reference); NAME@A+B scores it on settings A and B only")
     group.addoption("--profile", default="tiny", help="scenario profile: tiny (CPU) or paper")
     group.addoption("--results-dir", default=str(REPO_ROOT / "results"), help="where rows and LEADERBOARD.md go")
     group.addoption("--run-id", default=None, help="label rows with this run id (default: a new one)")
@@ -33,7 +34,9 @@ def pytest_configure(config):
     try:
         # Resolved up front so a wrong name is one line before anything runs.
         scenarios = find_scenarios(SCENARIOS_DIR)
-        scoped = [_scoped(arg, {s.setting for s in scenarios}) for arg in config.getoption("stack")]
+        config.servebench_vocabulary = vocabulary(scenarios)
+        scoped = [_scoped(arg, {s.setting for s in scenarios}, config.servebench_vocabulary)
+                  for arg in config.getoption("stack")]
         config.servebench_stacks = [spec for spec, _ in scoped]
         config.servebench_settings = {spec.name: settings for spec, settings in scoped}
         profile = config.getoption("profile")
@@ -51,16 +54,16 @@ def pytest_configure(config):
     config.servebench_wrote_rows = False
 
 
-def _scoped(arg: str, known: set[str]):
+def _scoped(arg: str, known: set[str], words: frozenset[str]):
     """`NAME@A+B`: the stack and the settings it is scored on (None: every setting)."""
     scope = re.search(r"@([A-Za-z](?:\+[A-Za-z])*)$", arg)
     if scope is None:
-        return resolve_stack(arg), None
+        return resolve_stack(arg, words), None
     settings = set(scope.group(1).split("+"))
     if settings - known:
         raise HarnessError(f"--stack {arg}: no setting {', '.join(sorted(settings - known))} "
                            f"(settings: {', '.join(sorted(known))})")
-    return resolve_stack(arg[:scope.start()]), settings
+    return resolve_stack(arg[:scope.start()], words), settings
 
 
 def _default_stack():

@@ -54,7 +54,7 @@ _LABELS = {
     "rejected_prediction_tokens": "rejected prediction tokens",
 }
 _STATS = {"mean": "mean", "median": "p50", "std": "std"}
-_LATENCIES = {"ttft": "TTFT", "tpot": "TPOT", "itl": "ITL", "e2el": "E2E latency"}
+_LATENCIES = {"ttft": "TTFT", "tpot": "TPOT", "itl": "ITL", "token_gap": "token gap", "e2el": "E2E latency"}
 _LATENCY_KEY = re.compile(r"^(mean|median|std|p\d+(?:\.\d+)?)_([a-z0-9]+)_ms$")
 
 

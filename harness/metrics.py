@@ -3,7 +3,10 @@
 - ttft: send -> first chunk carrying at least one generated token (role-only chunks never count).
 - e2el: send -> last token chunk (the trailing usage-only chunk does not move it).
 - tpot: (e2el - ttft) / (n_out - 1), n_out from the server's usage when it sent one.
-- itl: gaps between consecutive token chunks, each gap spread evenly over the tokens its chunk carried.
+- itl: gaps between consecutive token chunks, one per chunk (vLLM's meaning: a chunk carrying k
+  tokens is one gap).
+- token_gap: the same gaps spread evenly over the tokens each chunk carried, one per token (the
+  per-token spread; equal to itl when every chunk carries one token).
 - throughputs: totals over the measured window (first send -> last token of any request).
 - goodput: requests meeting every given SLO (ttft, tpot, e2el in ms) per second of the window.
 - median_tok_per_s: median(output tokens per request) / median(e2el), the study's concurrency-1
@@ -31,6 +34,10 @@ def tpot(rec: RequestRecord) -> float | None:
 
 
 def itls(rec: RequestRecord) -> list[float]:
+    return [rec.chunk_times[i] - rec.chunk_times[i - 1] for i in range(1, len(rec.chunk_times))]
+
+
+def token_gaps(rec: RequestRecord) -> list[float]:
     out: list[float] = []
     for i in range(1, len(rec.chunk_times)):
         gap = rec.chunk_times[i] - rec.chunk_times[i - 1]
@@ -101,6 +108,7 @@ def summarize(records: list[RequestRecord], slos_ms: dict[str, float] | None = N
         **stats("ttft", (r.ttft for r in done)),
         **stats("tpot", (tpot(r) for r in done)),
         **stats("itl", (gap for r in done for gap in itls(r))),
+        **stats("token_gap", (gap for r in done for gap in token_gaps(r))),
         **stats("e2el", (r.e2el for r in done)),
         "median_tok_per_s": median_tok_per_s(records),
         "accepted_prediction_tokens": reported_sum(records, "accepted_prediction_tokens"),

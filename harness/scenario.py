@@ -25,12 +25,19 @@ class ScenarioSpec:
     name: str
     title: str
     needs: dict[str, tuple[str, ...]]  # per test kind, the `supports` entries a stack must declare
-
-    def needs_for(self, kind: str) -> tuple[str, ...]:
-        return self.needs.get(kind, self.needs.get("all", ()))
     leaderboard: LeaderboardSpec
     profiles: dict[str, dict] = field(repr=False)
     path: Path | None = None
+    # Optimisations a stack may declare in `supports` on this setting (its oracle judges them), as
+    # `prediction` on setting B; with `needs`, the words a stack spec may use.
+    features: tuple[str, ...] = ()
+
+    def needs_for(self, kind: str) -> tuple[str, ...]:
+        return self.needs.get(kind, self.needs.get("all", ()))
+
+    @property
+    def vocabulary(self) -> frozenset[str]:
+        return frozenset(self.features).union(*self.needs.values())
 
     def profile(self, name: str) -> dict:
         if name not in self.profiles:
@@ -79,6 +86,7 @@ def load_scenario(path: Path) -> ScenarioSpec:
             ),
             profiles=profiles,
             path=path,
+            features=tuple(str(f) for f in data.get("features") or ()),
         )
     except (KeyError, TypeError) as exc:
         raise HarnessError(f"scenario {path} is missing {exc}") from None
@@ -92,3 +100,8 @@ def load_scenario(path: Path) -> ScenarioSpec:
 
 def find_scenarios(directory: Path) -> list[ScenarioSpec]:
     return [load_scenario(p) for p in sorted(Path(directory).glob("*.yaml"))]
+
+
+def vocabulary(scenarios: list[ScenarioSpec]) -> frozenset[str]:
+    """Every word a stack's `supports` may hold: what the settings need or let a stack claim."""
+    return frozenset().union(*(s.vocabulary for s in scenarios))

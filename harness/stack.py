@@ -13,8 +13,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Registered names are the spec files in these folders: baselines ship with the project,
 # generated stacks are published by the agent under results/stacks/<name>/stack.yaml.
 SPEC_DIRS = (REPO_ROOT / "baselines" / "specs", REPO_ROOT / "results" / "stacks")
-FEATURES = ("completions", "chat", "logprobs", "prediction", "json_schema", "audio_stream", "images")
 _REQUIRED = ("name", "command")
+# What a server started by hand is taken to support unless its `url=` argument says more.
+URL_DEFAULT_SUPPORTS = ("completions", "chat")
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,9 @@ class StackSpec:
         }
 
 
-def load_spec(path: Path) -> StackSpec:
+def load_spec(path: Path, vocabulary: frozenset[str] | None = None) -> StackSpec:
+    """A spec file; `vocabulary` (the settings' words, see harness.scenario.vocabulary) checks its
+    `supports` for typos."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -106,9 +109,10 @@ def load_spec(path: Path) -> StackSpec:
     if not isinstance(command, list) or not command or not all(isinstance(c, (str, int, float)) for c in command):
         raise HarnessError(f"stack spec {path}: command must be a non-empty list of strings")
     supports = tuple(data.get("supports") or ())
-    unknown = [s for s in supports if s not in FEATURES]
+    unknown = [s for s in supports if vocabulary is not None and s not in vocabulary]
     if unknown:
-        raise HarnessError(f"stack spec {path}: unknown supports {unknown}; known: {', '.join(FEATURES)}")
+        raise HarnessError(f"stack spec {path}: unknown supports {unknown}; the settings know: "
+                           f"{', '.join(sorted(vocabulary))}")
     return StackSpec(
         name=str(data["name"]),
         command=tuple(str(c) for c in command),
@@ -161,20 +165,35 @@ def registered() -> dict[str, Path]:
     return found
 
 
-def resolve_stack(arg: str) -> StackSpec:
-    """`--stack` value: `url=http://host:port`, a spec file path, or a registered name."""
+def _url_stack(arg: str, vocabulary: frozenset[str] | None) -> StackSpec:
+    """`url=http://host:port[,supports=chat+logprobs]`: a server someone started by hand. It is
+    taken to support only what the argument says (the plain endpoints when it says nothing)."""
+    url, *options = arg[len("url="):].split(",")
+    url = url.rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise HarnessError(f"--stack {arg}: the url must start with http:// or https://")
+    supports = URL_DEFAULT_SUPPORTS
+    for option in options:
+        key, _, value = option.partition("=")
+        if key != "supports" or not value:
+            raise HarnessError(f"--stack {arg}: after the url comes ,supports=a+b (got {option!r})")
+        supports = tuple(value.split("+"))
+    unknown = [s for s in supports if vocabulary is not None and s not in vocabulary]
+    if unknown:
+        raise HarnessError(f"--stack {arg}: unknown supports {unknown}; the settings know: {', '.join(sorted(vocabulary))}")
+    return StackSpec(name=f"url:{url.split('://', 1)[1]}", supports=supports, url=url)
+
+
+def resolve_stack(arg: str, vocabulary: frozenset[str] | None = None) -> StackSpec:
+    """`--stack` value: `url=http://host:port[,supports=...]`, a spec file path, or a registered name."""
     if arg.startswith("url="):
-        url = arg[len("url="):].rstrip("/")
-        if not url.startswith(("http://", "https://")):
-            raise HarnessError(f"--stack {arg}: the url must start with http:// or https://")
-        # A server someone started by hand: we cannot read its spec, so we take it at its word.
-        return StackSpec(name=f"url:{url.split('://', 1)[1]}", supports=FEATURES, url=url)
+        return _url_stack(arg, vocabulary)
     path = Path(arg)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise HarnessError(f"--stack {arg}: no such spec file")
-        return load_spec(path)
+        return load_spec(path, vocabulary)
     names = registered()
     if arg not in names:
         raise HarnessError(f"--stack {arg}: unknown stack; registered: {', '.join(sorted(names)) or 'none'}; or give a spec path or url=...")
-    return load_spec(names[arg])
+    return load_spec(names[arg], vocabulary)

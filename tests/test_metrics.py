@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from harness.arrivals import arrival_offsets
-from harness.metrics import itls, summarize, tpot
+from harness.metrics import itls, summarize, token_gaps, tpot
 from harness.records import RequestRecord
 
 
@@ -18,9 +18,12 @@ def test_tpot_uses_usage_count_and_excludes_first_token():
     assert tpot(r) == pytest.approx(0.12 / 6)
 
 
-def test_itl_spreads_each_gap_over_the_chunk_tokens():
+def test_itl_is_per_chunk_as_vllm_and_token_gap_spreads_it_over_the_chunk_tokens():
     r = rec(0, 0.0, [0.2, 0.26, 0.30], [1, 3, 2])
-    assert itls(r) == pytest.approx([0.02, 0.02, 0.02, 0.02, 0.02])
+    assert itls(r) == pytest.approx([0.06, 0.04])
+    assert token_gaps(r) == pytest.approx([0.02, 0.02, 0.02, 0.02, 0.02])
+    m = summarize([r])
+    assert m["median_itl_ms"] == pytest.approx(50) and m["median_token_gap_ms"] == pytest.approx(20)
 
 
 def test_token_count_source_is_reported():
@@ -51,7 +54,9 @@ def test_arrivals_are_rescaled_to_n_over_rate_and_poisson_shaped():
     off = arrival_offsets(2000, rate=4.0, burstiness=1.0, seed=3)
     assert off[-1] == pytest.approx(500.0)
     gaps = np.diff(off)
-    assert np.all(gaps >= 0)
+    assert np.mean(gaps) == pytest.approx(1 / 4.0, rel=0.01)
+    # Exponential gaps: P(gap < mean) = 1 - 1/e; evenly spaced or bunched sends would not give it.
+    assert np.mean(gaps < np.mean(gaps)) == pytest.approx(1 - np.exp(-1), abs=0.03)
     assert np.std(gaps) / np.mean(gaps) == pytest.approx(1.0, abs=0.1)  # exponential: CV = 1
     smooth = np.diff(arrival_offsets(2000, rate=4.0, burstiness=8.0, seed=3))
     assert np.std(smooth) / np.mean(smooth) < 0.5

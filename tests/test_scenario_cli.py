@@ -39,7 +39,8 @@ def hand_started_server():
 
 
 def test_url_stack_is_scored_and_a_wrong_stack_fails_accuracy(hand_started_server, tmp_path):
-    out = score(tmp_path, "--stack", f"url={hand_started_server}", "-k", "accuracy or rate-8.0")
+    out = score(tmp_path, "--stack", f"url={hand_started_server},supports=completions+chat+logprobs",
+                "-k", "accuracy or rate-8.0")
     text = out.stdout + out.stderr
     # The delay server is not SmolLM2: its performance cell passes, its accuracy must fail.
     assert "1 failed, 1 passed" in text, text[-3000:]

@@ -8,7 +8,7 @@ import pytest
 
 from harness.errors import HarnessError, StackError
 from harness.launcher import free_port, launch
-from harness.stack import load_spec, resolve_stack
+from harness.stack import REPO_ROOT, load_spec, registered, resolve_stack
 
 DELAY = Path(__file__).parent / "stacks" / "delay.yaml"
 
@@ -32,12 +32,27 @@ def test_resolve_registered_name_path_and_url():
     assert resolve_stack(str(DELAY)).name == "delay"
     url = resolve_stack("url=http://127.0.0.1:9/")
     assert url.url == "http://127.0.0.1:9" and not url.launched
+    assert url.supports == ("completions", "chat")  # not taken to support everything
+    declared = resolve_stack("url=http://127.0.0.1:9,supports=chat+logprobs", frozenset({"chat", "logprobs"}))
+    assert declared.url == "http://127.0.0.1:9" and declared.supports == ("chat", "logprobs")
+
+
+def test_the_supports_vocabulary_comes_from_the_scenarios():
+    from harness.scenario import find_scenarios, vocabulary
+
+    words = vocabulary(find_scenarios(REPO_ROOT / "scenarios"))
+    assert {"completions", "chat", "logprobs", "prediction"} <= words
+    for spec in registered().values():  # every shipped spec speaks the settings' words
+        load_spec(spec, words)
+    with pytest.raises(HarnessError, match="unknown supports"):
+        resolve_stack("url=http://127.0.0.1:9,supports=chat+telepathy", words)
 
 
 @pytest.mark.parametrize("arg, message", [
     ("no-such-stack", "unknown stack"),
     ("missing.yaml", "no such spec file"),
     ("url=127.0.0.1:80", "must start with http"),
+    ("url=http://127.0.0.1:80,suports=chat", "after the url comes ,supports="),
 ])
 def test_bad_stack_arguments_are_one_line(arg, message):
     with pytest.raises(HarnessError, match=message) as info:
@@ -54,7 +69,7 @@ def test_bad_stack_arguments_are_one_line(arg, message):
 ])
 def test_bad_specs_are_one_line(tmp_path, text, message):
     with pytest.raises(HarnessError, match=message) as info:
-        load_spec(write(tmp_path, text))
+        load_spec(write(tmp_path, text), frozenset({"completions"}))
     assert "\n" not in str(info.value)
 
 
