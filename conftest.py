@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from harness.assets import ensure_model
 from harness.bench import Bench, new_run_id
 from harness.errors import HarnessError
 from harness.launcher import launch
+from harness.reference import reference_outputs
 from harness.scenario import find_scenarios, load_scenario, vocabulary
 from harness.stack import REPO_ROOT, resolve_stack
 
@@ -30,7 +32,14 @@ def pytest_addoption(parser):
     group.addoption("--no-leaderboard", action="store_true", help="do not rewrite LEADERBOARD.md at the end")
 
 
+def _interrupted(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_configure(config):
+    # SIGTERM (a timeout, a CI runner, `kill`) ends the run as Ctrl-C does: the fixtures' teardown
+    # stops every stack launched (each runs in its own session, so the signal does not reach it).
+    signal.signal(signal.SIGTERM, _interrupted)
     try:
         # Resolved up front so a wrong name is one line before anything runs.
         scenarios = find_scenarios(SCENARIOS_DIR)
@@ -152,6 +161,7 @@ def bench(request, stack_spec, scenario, profile, model_dir):
     usable = any(not stack_spec.missing(needs) for needs in scenario.needs.values()) or not scenario.needs
     running, failed = None, None
     if not unmet and usable:
+        _reference_first(request.module, profile, model_dir)
         log_dir = results_dir / "runs" / config.servebench_run_id / "logs"
         try:
             running = launch(stack_spec, model_dir, log_dir, scenario=scenario.name,
@@ -169,6 +179,16 @@ def bench(request, stack_spec, scenario, profile, model_dir):
     config.servebench_wrote_rows |= bool(b.rows)
     if running is not None:
         running.stop()
+
+
+def _reference_first(module, profile: dict, model_dir: Path) -> None:
+    """The reference outputs a scenario module names (`reference_prompts(profile)` -> prompts, top-k)
+    are computed or read before the stack starts; the harness then holds them, and a stack that
+    rewrites the cache files is caught (harness/reference.py)."""
+    named = getattr(module, "reference_prompts", None)
+    if named is not None:
+        prompts, top_k = named(profile)
+        reference_outputs(model_dir, prompts, top_k, _lines.append)
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import random
+import secrets
 import sys
 import uuid
 from collections.abc import Callable
@@ -25,12 +27,33 @@ from harness.generation import Generation, Prompt, from_openai
 from harness.launcher import RunningStack, launch
 from harness.loadgen import LoadPoint, LoadResult, run_load_point
 from harness.metrics import summarize
-from harness.oracle import Verdict, judge, judge_lossless
+from harness.oracle import Verdict, judge, judge_lossless, judge_texts
 from harness.records import RequestRecord, write_records
-from harness.reference import TOP_K, eos_strings, reference_outputs
+from harness.reference import TOP_K, eos_strings, reference_outputs, special_strings
 from harness.row import ResultRow
 from harness.scenario import ScenarioSpec
 from harness.stack import StackSpec
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    """How a load point's outputs are judged: `prompts[i]` is the reference's prompt of measured
+    request i (as the accuracy oracle would send it). `sample` of them (None: all) are drawn after
+    the cell, from a secret seed, so a stack cannot tell which of its answers are looked at."""
+
+    prompts: list[Prompt]
+    sample: int | None = None
+    top_k: int = TOP_K
+
+    def draw(self, n: int, cell: str) -> list[int]:
+        """The same draw for every stack of this run in one cell (their references are computed
+        once), another in the next run; the seed never leaves this process."""
+        if self.sample is None or self.sample >= n:
+            return list(range(n))
+        return sorted(random.Random(f"{_DRAW_SECRET}:{cell}").sample(range(n), self.sample))
+
+
+_DRAW_SECRET = secrets.token_hex(16)
 
 
 def new_run_id() -> str:
@@ -128,12 +151,15 @@ class Bench:
         return self._finish(self._row(kind, status="not_applicable", error=reason, accuracy=accuracy))
 
     def measure(self, endpoint: str, payloads: list[dict], point: LoadPoint, request_timeout_s: float,
-                repeat: int = 0, slos_ms: dict[str, float] | None = None, guard: Guard | None = None) -> ResultRow:
+                repeat: int = 0, slos_ms: dict[str, float] | None = None, guard: Guard | None = None,
+                check: OutputCheck | None = None) -> ResultRow:
         """Run one load point and write its row, also when the stack dies part-way.
 
         The stack's /metrics counters are read around the measured requests (warm-up excluded) and
         what moved is kept in the row. `guard`: an engagement guard, applied when the stack declares
         its feature; a cell that fails it is written with status "failed" and the guard's reason.
+        `check`: the measured outputs judged against the reference (see OutputCheck); a cell whose
+        outputs fail is written with status "failed": its numbers are not those of a right answer.
         """
         row = self._row("performance", status="ok", load_point=point.describe(), repeat=repeat)
         payloads = [self.spec.adapt({**p, "model": self.served_model}) for p in payloads]
@@ -152,10 +178,16 @@ class Bench:
             row.status = "partial" if row.metrics["completed"] else "failed"
             row.error = next(r.error for r in result.records if r.error)
         if guard is not None and guard.applies(self.spec.supports):
-            verdict = guard.check(row.metrics.get(guard.usage_key) if guard.usage_key else None, row.counters)
+            verdict = guard.check(row.metrics.get(guard.usage_key) if guard.usage_key else None, row.counters,
+                                  row.metrics)
             row.engagement = verdict.to_json()
             if not verdict.ok and row.status == "ok":
                 row.status, row.error = "failed", verdict.reason
+        if check is not None and not result.crashed:
+            outputs = self._judge_outputs(check, result.records, f"{point.label}:{repeat}")
+            row.outputs = outputs.to_json()
+            if not outputs.ok and row.status in ("ok", "partial"):
+                row.status, row.error = "failed", f"measured outputs: {outputs.summary}"
         self._finish(row, result.warmup_records + result.records)
         accepted = row.metrics.get("accepted_prediction_tokens")
         self.log(f"{self.spec.name} {point.label}: {row.status}, "
@@ -166,10 +198,22 @@ class Bench:
                  + (f", accepted prediction tokens {accepted}"
                     if accepted is not None and (accepted or "prediction" in self.spec.supports) else "")
                  + f", load {row.machine['loadavg_after']}"
+                 + (f", outputs {row.outputs['summary']}" if row.outputs else "")
                  + (f"; {row.error}" if row.engagement and row.engagement["verdict"] == "fail" else ""))
         if result.crashed:
             raise StackError(result.crashed)
         return row
+
+    def _judge_outputs(self, check: OutputCheck, records: list[RequestRecord], cell: str) -> OutputsVerdict:
+        if len(check.prompts) != len(records):
+            raise HarnessError(f"an output check needs one prompt per measured request ({len(check.prompts)} "
+                               f"for {len(records)})")
+        drawn = [i for i in check.draw(len(records), cell) if records[i].ok]
+        refs = reference_outputs(self.model_dir, [check.prompts[i] for i in drawn], check.top_k, self.log)
+        verdict = judge_texts([check.prompts[i] for i in drawn], refs, [records[i].output_text for i in drawn],
+                              special_strings(self.model_dir), eos_strings(self.model_dir),
+                              [records[i].completion_tokens for i in drawn])
+        return OutputsVerdict(verdict, drawn, len(records))
 
     def reset_prefix_cache(self) -> str:
         """Start each cell on a cold cache where the stack allows it (repeated runs would inflate)."""
@@ -268,7 +312,8 @@ class Bench:
         if claimed is not None:
             used = [g.usage_details.get(guard.usage_key) for g in on] if guard.usage_key else []
             total = sum(u for u in used if isinstance(u, (int, float))) if any(u is not None for u in used) else None
-            verdict.engagement = guard.check(total, moved)
+            out = [g.usage_tokens if g.usage_tokens is not None else len(g.tokens) for g in on]
+            verdict.engagement = guard.check(total, moved, {"total_output_tokens": sum(out), "completed": len(on)})
         row.counters = moved
         row.engagement = verdict.engagement.to_json() if verdict.engagement else None
         row.accuracy = verdict.to_json() | {"outputs": [g.text for g in on]} | ({"report": report(on)} if report else {})
@@ -304,6 +349,27 @@ class Bench:
                         f"{claimed} off: {switch.describe()}")
         except HarnessError as exc:
             raise StackError(f"{spec.name} (the lossless check's other side): {exc}") from None
+
+
+@dataclass
+class OutputsVerdict:
+    """The measured outputs of a cell that were judged, and how they fared."""
+
+    verdict: Verdict
+    judged: list[int]  # indexes of the measured requests judged (drawn after the cell)
+    measured: int
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict.ok or not self.judged  # nothing to judge: every request failed, counted apart
+
+    @property
+    def summary(self) -> str:
+        return f"{len(self.judged)} of {self.measured} judged: {self.verdict.summary}" if self.judged else "none judged"
+
+    def to_json(self) -> dict:
+        return {"verdict": "pass" if self.ok else "fail", "summary": self.summary, "judged": self.judged,
+                "prompts": [p.__dict__ for p in self.verdict.prompts]}
 
 
 @dataclass

@@ -4,15 +4,21 @@ A guard names the stack feature it applies to (a `supports` entry: a stack that 
 `prediction` claims predicted outputs) and where the evidence is read: a per-request usage count
 the client summed over the cell (e.g. `accepted_prediction_tokens` from
 usage.completion_tokens_details) and/or `/metrics` counters whose growth over the cell counts
-(e.g. `spec_accepted_tokens`). The guard passes when any source shows a positive amount. Stacks
-that do not declare the feature are measured all the same, without the guard: a baseline that
-ignores the optimisation simply gets no speed-up from it.
+(e.g. `spec_accepted_tokens`). The guard passes when any source shows a positive amount and
+every `consistency` check (a scenario's own, relating the amount to other counters: output
+tokens, forward passes) finds nothing wrong: one number a stack claims is not evidence alone.
+Stacks that do not declare the feature are measured all the same, without the guard: a baseline
+that ignores the optimisation simply gets no speed-up from it.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from harness.counters import Counters
+
+# (the cell's metrics, the counters that moved, the usage amount summed) -> what is wrong, or None
+Consistency = Callable[[dict, Counters | None, float | None], str | None]
 
 
 @dataclass(frozen=True)
@@ -20,14 +26,19 @@ class Guard:
     feature: str  # the `supports` entry the guard applies to
     usage_key: str | None = None  # a per-request usage count, summed over the cell by the client
     counters: tuple[str, ...] = ()  # /metrics counters, any of which growing counts
+    consistency: tuple[Consistency, ...] = ()
 
     def applies(self, supports: tuple[str, ...] | list[str]) -> bool:
         return self.feature in supports
 
-    def check(self, usage_total: float | None, counter_delta: Counters | None) -> "GuardResult":
+    def check(self, usage_total: float | None, counter_delta: Counters | None,
+              metrics: dict | None = None) -> "GuardResult":
         counters = {k: counter_delta[k] for k in self.counters if counter_delta and k in counter_delta}
         evidence = {"usage": {self.usage_key: usage_total} if self.usage_key else {}, "counters": counters}
         if (usage_total or 0) > 0 or any(v > 0 for v in counters.values()):
+            wrong = next((w for c in self.consistency if (w := c(metrics or {}, counter_delta, usage_total))), None)
+            if wrong:
+                return GuardResult(False, evidence, f"engagement guard: {wrong}")
             return GuardResult(True, evidence, "")
         sources = []
         if self.usage_key:
@@ -51,6 +62,3 @@ class GuardResult:
     def to_json(self) -> dict:
         return {"verdict": "pass" if self.ok else "fail", "evidence": self.evidence, "reason": self.reason}
 
-
-# Predicted outputs (setting B): OpenAI's usage field, and the stack contract's /metrics counter.
-PREDICTION = Guard(feature="prediction", usage_key="accepted_prediction_tokens", counters=("spec_accepted_tokens",))

@@ -20,14 +20,16 @@ class Prompt:
     max_tokens: int
     extra: dict = field(default_factory=dict, compare=False)
     template_kwargs: dict = field(default_factory=dict, compare=False)
+    ignore_eos: bool = False  # generate max_tokens whatever comes (a load point's fixed output length)
 
     def reference_key(self) -> dict:
         """What the reference's output depends on (the cache key of setting A's prompts is unchanged)."""
         key = {"id": self.id, "text": self.text, "chat": self.chat, "max_tokens": self.max_tokens}
-        return key | ({"template_kwargs": self.template_kwargs} if self.template_kwargs else {})
+        return (key | ({"template_kwargs": self.template_kwargs} if self.template_kwargs else {})
+                | ({"ignore_eos": True} if self.ignore_eos else {}))
 
     def without_extra(self) -> "Prompt":
-        return Prompt(self.id, self.text, self.chat, self.max_tokens, {}, self.template_kwargs)
+        return Prompt(self.id, self.text, self.chat, self.max_tokens, {}, self.template_kwargs, self.ignore_eos)
 
 
 @dataclass

@@ -158,3 +158,57 @@ def judge_lossless(prompt_ids: list[str], bases: list[Generation], gots: list[Ge
                    names: tuple[str, str] = ("off", "on")) -> Verdict:
     """Every prompt's output with the optimisation on equals its output with it off."""
     return Verdict([compare_exact(pid, b, g, eos, names) for pid, b, g in zip(prompt_ids, bases, gots, strict=True)])
+
+
+def _visible(token: str, silent: frozenset[str]) -> str:
+    return "" if token in silent else token
+
+
+def compare_text(prompt_id: str, ref: Generation, text: str, silent: frozenset[str], eos: set[str],
+                 usage_tokens: int | None = None, may_end: bool = True) -> PromptVerdict:
+    """A streamed output known by its text only (a load point's request: no logprobs asked, no
+    extra request made) against the reference's tokens, by the near-tie rule seen from the
+    reference's side: the text spells the reference's output until its end, or until a token where
+    it goes on with one of the reference's top-k alternatives there (after which the two may
+    differ). Special tokens (`silent`) a server does not print match nothing. Where the text is the
+    reference's to the end, `usage_tokens` must count the reference's tokens (one more where the
+    stack counts the end-of-sequence token it stopped on). `may_end` False (a request with
+    `ignore_eos`): ending before max_tokens is never a near-tie."""
+    full = ref.text
+    for token in silent:
+        full = full.replace(token, "")
+    same = 0
+    for a, b in zip(full, text):
+        if a != b:
+            break
+        same += 1
+    n = len(ref.tokens)
+    if same == len(full) == len(text):
+        allowed = {n, n + 1} if ref.finish_reason == "stop" else {n}
+        if usage_tokens is not None and usage_tokens not in allowed:
+            return PromptVerdict(prompt_id, False, n, None, f"usage says {usage_tokens} tokens; the text is the "
+                                                            f"reference's {n} tokens")
+        return PromptVerdict(prompt_id, True, n)
+    start, i = 0, 0  # the token holding character `same`, and where it starts in the text
+    while i < n and start + len(_visible(ref.tokens[i], silent)) <= same:
+        start += len(_visible(ref.tokens[i], silent))
+        i += 1
+    rest = text[start:]
+    alternatives = [a for a in (ref.top[i] if i < len(ref.top) else {}) if i >= n or a != ref.tokens[i]]
+    if may_end and any(a in eos for a in alternatives) and not rest:
+        return PromptVerdict(prompt_id, True, i, i, f"near-tie at token {i}: the stack ended, the reference went on")
+    visible = [_visible(a, silent) for a in alternatives]
+    if any(a and rest.startswith(a) for a in visible):
+        return PromptVerdict(prompt_id, True, i, i, f"near-tie at token {i}")
+    expected = _show(ref.tokens[i]) if i < n else "the end"
+    got = repr(rest[:24]) if rest else "the end of the text"
+    return PromptVerdict(prompt_id, False, i, i, f"text differs at token {i} of {n}, after {full[max(0, start - 40):start]!r}: "
+                                                 f"reference {expected}, stack {got}; not in the reference's top-"
+                                                 f"{len(ref.top[i]) if i < len(ref.top) else 0}")
+
+
+def judge_texts(prompts: list, refs: list[Generation], texts: list[str], silent: frozenset[str],
+                eos: set[str], usage: list[int | None]) -> Verdict:
+    """Each measured text against its prompt's reference (prompts: harness.generation.Prompt)."""
+    return Verdict([compare_text(p.id, r, t, silent, eos, u, may_end=not p.ignore_eos)
+                    for p, r, t, u in zip(prompts, refs, texts, usage, strict=True)])

@@ -39,6 +39,7 @@ class ResultRow:
     records_file: str | None = None  # file name beside the row
     counters: dict | None = None  # the stack's /metrics counters that moved during the cell (after - before)
     engagement: dict | None = None  # the engagement guard's verdict and evidence, where one applied
+    outputs: dict | None = None  # the measured outputs judged against the reference (which, the verdict)
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -12,10 +12,10 @@ import statistics
 
 import pytest
 
-from harness.engagement import PREDICTION
+from harness.bench import OutputCheck
 from harness.errors import StackError
 from harness.generation import Generation, Prompt
-from scenarios.workloads.code_edit import scenario_items, similarity
+from scenarios.workloads.code_edit import PREDICTION, scenario_items, similarity
 
 pytestmark = pytest.mark.setting("B")
 
@@ -61,6 +61,11 @@ def similarity_report(items: list[dict]):
     return report
 
 
+def reference_prompts(profile: dict) -> tuple[list[Prompt], int]:
+    """What the harness computes before a stack starts (conftest)."""
+    return [p.without_extra() for p in accuracy_prompts(profile)], profile["top_logprobs"]
+
+
 def test_accuracy(live_bench, profile):
     items = scored_items(profile, live_bench.log)
     try:
@@ -78,9 +83,12 @@ def test_performance(live_bench, profile, load_point, repeat):
     items = scored_items(profile)[: load["num_prompts"]]
     payloads = [payload(item, profile) for item in warmup_items(profile, load_point.warmup) + items]
     point = load_point.__class__(**{**load_point.__dict__, "num_prompts": len(items)})
+    # Every measured reply is judged: they are the accuracy pass's prompts, whose references exist.
+    check = OutputCheck([p.without_extra() for p in accuracy_prompts(profile)][: len(items)],
+                        top_k=profile["top_logprobs"])
     try:
         row = live_bench.measure(load["endpoint"], payloads, point, profile["request_timeout_s"], repeat=repeat,
-                                 guard=PREDICTION)
+                                 guard=PREDICTION, check=check)
     except StackError as exc:
         pytest.fail(str(exc), pytrace=False)
     m = row.metrics

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.bench import OutputCheck
 from harness.errors import StackError
 from harness.generation import Prompt
 from harness.prompts import draw, load_pool, spread
@@ -22,11 +23,21 @@ def accuracy_prompts(cfg: dict) -> list[Prompt]:
             for i, (item, n) in enumerate(zip(items, lengths))]
 
 
-def load_payloads(load: dict, count: int, seed: int) -> list[dict]:
-    """Completions requests over the pool, each the instruction as a raw prompt, fixed output length."""
-    return [{"model": "default", "prompt": item["text"] + "\n", "max_tokens": load["output_len"],
-             "temperature": 0, "ignore_eos": load["ignore_eos"]}
+def load_prompts(load: dict, count: int, seed: int) -> list[Prompt]:
+    """A load point's requests over the pool: each instruction as a raw prompt, fixed output length."""
+    return [Prompt(id=item["id"], text=item["text"] + "\n", chat=False, max_tokens=load["output_len"],
+                   ignore_eos=load["ignore_eos"])
             for item in draw(load_pool(POOL), count, seed)]
+
+
+def load_payloads(prompts: list[Prompt]) -> list[dict]:
+    return [{"model": "default", "prompt": p.text, "max_tokens": p.max_tokens, "temperature": 0,
+             "ignore_eos": p.ignore_eos} for p in prompts]
+
+
+def reference_prompts(profile: dict) -> tuple[list[Prompt], int]:
+    """What the harness computes before a stack starts (conftest)."""
+    return accuracy_prompts(profile["accuracy"]), profile["accuracy"]["top_logprobs"]
 
 
 def test_accuracy(live_bench, profile):
@@ -43,9 +54,12 @@ def test_performance(live_bench, profile, load_point, repeat):
     load = profile["load"]
     n = load["num_prompts"] or round(load["duration_s"] * load_point.request_rate)
     point = load_point.__class__(**{**load_point.__dict__, "num_prompts": n})
-    payloads = load_payloads(load, point.warmup + n, point.seed)
+    prompts = load_prompts(load, point.warmup + n, point.seed)
+    # `judged` of the measured outputs, drawn after the cell, against the reference run past EOS.
+    check = OutputCheck(prompts[point.warmup:], sample=load["judged"])
     try:
-        row = live_bench.measure(load["endpoint"], payloads, point, profile["request_timeout_s"], repeat=repeat)
+        row = live_bench.measure(load["endpoint"], load_payloads(prompts), point, profile["request_timeout_s"],
+                                 repeat=repeat, check=check)
     except StackError as exc:
         pytest.fail(str(exc), pytrace=False)
     m = row.metrics

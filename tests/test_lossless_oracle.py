@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from harness.client import _take_usage
 from harness.counters import delta, parse
-from harness.engagement import PREDICTION, Guard
+from harness.engagement import Guard
 from harness.generation import Generation, Prompt, from_openai
 from harness.metrics import summarize
 from harness.oracle import judge_lossless
 from harness.records import RequestRecord
 from harness.reference import cache_key
+from scenarios.workloads.code_edit import PREDICTION
 
 EOS = {"<|im_end|>"}
 

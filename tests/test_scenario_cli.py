@@ -108,3 +108,25 @@ def test_a_stack_that_does_not_start_or_dies_in_accuracy_leaves_a_failed_row(tmp
     assert rows["dying"].accuracy["verdict"] == "fail" and "crashing on purpose" in rows["dying"].error
     board = (tmp_path / "LEADERBOARD.md").read_text()
     assert "`broken`" in board and "exited with code 4" in board and "`dying`" in board, board
+
+
+def test_sigterm_to_the_harness_stops_the_stack_it_launched(tmp_path):
+    marker = "--ttft-ms 77"  # this test's stack, told apart from any other delay server
+    spec = tmp_path / "marked.yaml"
+    spec.write_text(json.dumps({"name": "marked", "command": ["python", DELAY[1], *marker.split(), *DELAY[4:], "--port", "{port}"],
+                                "startup_timeout_s": 30, "supports": ["completions"]}))
+    running = lambda: subprocess.run(["pgrep", "-f", f"delay_server.py .*{marker}"], capture_output=True).returncode == 0  # noqa: E731
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "scenarios/test_standard_serving.py", "-p", "no:cacheprovider",
+                             "-q", "--results-dir", str(tmp_path), "--stack", str(spec), "-k", "rate-0.5"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert running(), "the stack never started"
+    time.sleep(2)  # inside the cell: rate=0.5 sends for 48 s
+    proc.terminate()
+    out, _ = proc.communicate(timeout=60)
+    deadline = time.monotonic() + 20
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not running(), f"the stack outlived the harness:\n{out[-2000:]}"

@@ -465,3 +465,34 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# --- the engagement guard of predicted outputs ---
+
+
+def accepted_tokens_are_consistent(metrics: dict, moved, accepted: float | None) -> str | None:
+    """Accepted prediction tokens are output tokens that cost no forward pass of their own: more
+    accepted than output, or a forward pass for every output token and request, is a claim without
+    the saving behind it."""
+    out, requests = metrics.get("total_output_tokens"), metrics.get("completed")
+    if accepted is None or not out:
+        return None
+    if accepted > out:
+        return f"usage claims {accepted:g} accepted prediction tokens of {out} output tokens"
+    passes = (moved or {}).get("forward_passes")
+    if passes is not None and accepted > 0 and requests and passes >= out + requests:
+        return (f"usage claims {accepted:g} accepted prediction tokens, yet /metrics counts {passes:g} forward "
+                f"passes for {out} output tokens of {requests} requests: not one pass saved")
+    return None
+
+
+def prediction_guard():
+    """Predicted outputs (setting B): OpenAI's usage field and the stack contract's /metrics
+    counter, checked against the output tokens and forward passes."""
+    from harness.engagement import Guard
+
+    return Guard(feature="prediction", usage_key="accepted_prediction_tokens", counters=("spec_accepted_tokens",),
+                 consistency=(accepted_tokens_are_consistent,))
+
+
+PREDICTION = prediction_guard()

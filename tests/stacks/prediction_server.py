@@ -12,7 +12,11 @@ The reply is deterministic: the words of the last user message, in order, one to
   last token (as reused bf16 K/V can flip a near-tie); POST /reset_prefix_cache empties it;
 - rounds: honest about `prediction`, but its speculative path rounds differently from plain
   decoding, with or without a prediction (as engine-b's oneDNN verify steps did on an AMD EPYC):
-  the reply's last token is another one unless it was started with --no-spec.
+  the reply's last token is another one unless it was started with --no-spec;
+- garbage: honest when asked for logprobs (the accuracy pass), streams fast words of its own
+  otherwise (a load point's requests): the measured outputs' check must fail it;
+- overcount: honest output, but its usage counts twice the tokens it sent;
+- claims: honest output and accepted counts, but a forward pass for every token (no saving).
 
 `--no-spec` (or the request field `"speculate": false`) is the stack with its optimisation off (what
 a spec's `off_switch: {prediction: {args: [--no-spec]}}` launches): the reply as without a prediction,
@@ -64,6 +68,8 @@ def build_app(mode: str, speculate: bool = True) -> FastAPI:
         predicted = ((body.get("prediction") or {}).get("content")) or None if on else None
         source = predicted if (mode == "cheat" and predicted) else text
         tokens = [" " + w for w in source.split()][: int(body.get("max_tokens") or 16)]
+        if mode == "garbage" and not body.get("logprobs"):
+            tokens = [" fast"] * len(tokens)
         # Each token's top alternatives; a "rounded" token is a near-tie: the plain one is its runner-up.
         tops = [[(t, -0.1)] + TOP for t in tokens]
         if mode == "rounds" and on and tokens:
@@ -75,14 +81,15 @@ def build_app(mode: str, speculate: bool = True) -> FastAPI:
             cached.add(text)
         finish = "stop" if len(tokens) < int(body.get("max_tokens") or 16) else "length"
         accepted = 0
-        if predicted and mode in ("honest", "cheat", "rounds"):
+        if predicted and mode in ("honest", "cheat", "rounds", "garbage", "overcount", "claims"):
             guess = set(predicted.split())
             accepted = sum(1 for t in tokens if t.strip() in guess)
-        counters["forward_passes"] += len(tokens) - accepted + 1
+        counters["forward_passes"] += len(tokens) + 1 - (0 if mode == "claims" else accepted)
         counters["spec_proposed_tokens"] += len(predicted.split()) if predicted and mode != "silent" else 0
         counters["spec_accepted_tokens"] += accepted
-        usage = {"prompt_tokens": len(text.split()), "completion_tokens": len(tokens),
-                 "total_tokens": len(text.split()) + len(tokens)}
+        counted = 2 * len(tokens) if mode == "overcount" else len(tokens)
+        usage = {"prompt_tokens": len(text.split()), "completion_tokens": counted,
+                 "total_tokens": len(text.split()) + counted}
         if predicted and mode not in ("silent", "cached"):
             usage["completion_tokens_details"] = {"accepted_prediction_tokens": accepted,
                                                   "rejected_prediction_tokens": len(predicted.split()) - accepted}
@@ -123,7 +130,9 @@ def build_app(mode: str, speculate: bool = True) -> FastAPI:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--mode", choices=("honest", "cheat", "idle", "silent", "cached", "rounds"), default="honest")
+    p.add_argument("--mode", choices=("honest", "cheat", "idle", "silent", "cached", "rounds", "garbage", "overcount",
+                                      "claims"),
+                   default="honest")
     p.add_argument("--no-spec", action="store_true", help="the optimisation off: `prediction` ignored")
     args = p.parse_args()
     uvicorn.run(build_app(args.mode, speculate=not args.no_spec), host="127.0.0.1", port=args.port, log_level="warning")

@@ -1,0 +1,97 @@
+"""Measured outputs judged by their text against the reference, and the reference cache guarded."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import harness.reference as reference
+from harness.generation import Generation, Prompt
+from harness.oracle import compare_text
+
+EOS = "<|im_end|>"
+SILENT = frozenset({EOS, "<|im_start|>"})
+
+
+def ref(tokens: list[str], stop: bool = False) -> Generation:
+    top = [{t: -0.1, " maybe": -0.2, " no": -6.0, EOS: -0.3} for t in tokens]
+    text = "".join(t for t in tokens if t not in SILENT)
+    return Generation(tokens=tokens, top=top + ([{EOS: -0.1, " more": -0.2}] if stop else []),
+                      finish_reason="stop" if stop else "length", text=text)
+
+
+TOKENS = [" the", " cat", " sat", EOS, " and", " ran"]  # past EOS: a load point's ignore_eos
+
+
+@pytest.mark.parametrize("text, usage, ok, says", [
+    (" the cat sat and ran", 6, True, ""),                       # the reference, its EOS unprinted
+    (" the cat maybe went", 6, True, "near-tie at token 2"),     # a runner-up at the divergence
+    (" the dog sat and ran", 6, False, "text differs at token 1"),
+    (" the cat sat and", 6, False, "text differs at token 5"),    # stopped short of max_tokens
+    (" the cat sat and ran fast", 7, False, "text differs at token 6"),  # past max_tokens
+    (" the cat sat and ran", 9, False, "usage says 9 tokens"),   # more tokens claimed than sent
+    ("", 6, False, "text differs at token 0"),
+])
+def test_text_against_the_reference(text, usage, ok, says):
+    verdict = compare_text("p", ref(TOKENS), text, SILENT, {EOS}, usage, may_end=False)
+    assert verdict.ok == ok and says in verdict.reason, verdict
+
+
+def test_an_end_where_the_reference_had_it_as_runner_up_is_a_near_tie():
+    assert compare_text("p", ref([" a", " b", " c"]), " a b", SILENT, {EOS}, 2).ok
+    stopped = ref([" a", " b"], stop=True)
+    assert compare_text("p", stopped, " a b", SILENT, {EOS}, 3).ok  # the stack counted its EOS
+    assert compare_text("p", stopped, " a b more", SILENT, {EOS}, 3).ok  # went on with the runner-up
+    assert not compare_text("p", stopped, " a b zzz", SILENT, {EOS}, 3).ok
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SERVEBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(reference, "_MEMO", {})
+    monkeypatch.setattr(reference, "weights_checksum", lambda _dir: "w")
+    made = []
+
+    def fake_generate(_dir, prompts, top_k, log):
+        made.extend(p.id for p in prompts)
+        return [ref([" " + p.text]) for p in prompts]
+
+    monkeypatch.setattr(reference, "generate_reference", fake_generate)
+    return tmp_path / "cache" / "references", made
+
+
+PROMPTS = [Prompt(id=f"p{i}", text=f"w{i}", chat=False, max_tokens=4) for i in range(3)]
+
+
+def test_references_are_cached_one_file_each_and_computed_once(cache, tmp_path):
+    folder, made = cache
+    first = reference.reference_outputs(tmp_path, PROMPTS[:2])
+    again = reference.reference_outputs(tmp_path, PROMPTS)
+    assert made == ["p0", "p1", "p2"] and again[:2] == first and len(list(folder.glob("*.json"))) == 3
+
+
+@pytest.mark.parametrize("how", ["rewrite", "delete"])
+def test_a_reference_file_changed_during_the_run_is_caught(cache, tmp_path, how):
+    folder, _ = cache
+    reference.reference_outputs(tmp_path, PROMPTS[:1])
+    [path] = folder.glob("*.json")
+    if how == "rewrite":  # a stack making the oracle agree with it
+        data = json.loads(path.read_text())
+        data["generation"]["tokens"] = [" anything"]
+        path.write_text(json.dumps(data))
+    else:
+        path.unlink()
+    with pytest.raises(reference.ReferenceTampered, match="changed during this run"):
+        reference.reference_outputs(tmp_path, PROMPTS[:1])
+
+
+def test_a_file_whose_content_hash_is_wrong_is_recomputed(cache, tmp_path, monkeypatch):
+    folder, made = cache
+    reference.reference_outputs(tmp_path, PROMPTS[:1])
+    [path] = folder.glob("*.json")
+    data = json.loads(path.read_text())
+    data["generation"]["tokens"] = [" anything"]
+    path.write_text(json.dumps(data))
+    monkeypatch.setattr(reference, "_MEMO", {})  # a later run reads it
+    [got] = reference.reference_outputs(tmp_path, PROMPTS[:1])
+    assert got.tokens == [" w0"] and made == ["p0", "p0"]
