@@ -60,14 +60,20 @@ def _count(usage: dict, key: str) -> int | None:
     return value
 
 
+def json_object(data: str | bytes, what: str) -> dict:
+    """`data` parsed as a JSON object; MalformedStream naming `what` otherwise."""
+    try:
+        value = json.loads(data)
+    except ValueError:
+        raise MalformedStream(f"{what} is not JSON: {data[:80]!r}") from None
+    if not isinstance(value, dict):
+        raise MalformedStream(f"{what} is not an object: {data[:80]!r}")
+    return value
+
+
 def parse_chunk(data: str) -> dict:
     """One SSE data payload as a chunk object, its usage and choices checked for shape."""
-    try:
-        chunk = json.loads(data)
-    except ValueError:
-        raise MalformedStream(f"not JSON: {data[:80]!r}") from None
-    if not isinstance(chunk, dict):
-        raise MalformedStream(f"a chunk is not an object: {data[:80]!r}")
+    chunk = json_object(data, "a chunk")
     usage = chunk.get("usage")
     if usage is not None:
         if not isinstance(usage, dict):
@@ -191,13 +197,7 @@ async def post_json(client: aiohttp.ClientSession, base_url: str, endpoint: str,
         body = await response.read()
         if response.status != 200:
             raise HTTPStatusError(_error_text(response.status, body))
-        try:
-            answer = json.loads(body)
-        except ValueError:
-            raise MalformedStream(f"the answer is not JSON: {body[:80]!r}") from None
-        if not isinstance(answer, dict):
-            raise MalformedStream(f"the answer is not an object: {body[:80]!r}")
-        return answer
+        return json_object(body, "the answer")
 
 
 def session(timeout_s: float) -> aiohttp.ClientSession:

@@ -6,6 +6,7 @@ The double is a real aiohttp server whose answer depends on the prompt: a well-f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import pytest
@@ -53,19 +54,24 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _run(payloads: list[dict]):
+@contextlib.asynccontextmanager
+async def broken_stack():
+    """The double, served on a free port for the test's duration; yields its base URL."""
     app = web.Application()
     app.router.add_post("/v1/completions", _handle)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
     try:
-        return await run_load_point(f"http://127.0.0.1:{port}", "completions", payloads,
-                                    LoadPoint(num_prompts=len(payloads), concurrency=2), 30)
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
     finally:
         await runner.cleanup()
+
+
+async def _run(payloads: list[dict]):
+    async with broken_stack() as url:
+        return await run_load_point(url, "completions", payloads, LoadPoint(num_prompts=len(payloads), concurrency=2), 30)
 
 
 def test_each_malformed_stream_fails_its_request_with_a_reason_and_the_cell_goes_on():
@@ -84,18 +90,8 @@ def test_each_malformed_stream_fails_its_request_with_a_reason_and_the_cell_goes
 @pytest.mark.parametrize("prompt, reason", [("bad-json", "not JSON"), ("list", "not an object")])
 def test_a_non_streaming_answer_that_is_not_a_json_object_is_refused(prompt, reason):
     async def go():
-        app = web.Application()
-        app.router.add_post("/v1/completions", _handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        try:
-            async with session(10) as client:
-                await post_json(client, f"http://127.0.0.1:{port}", "completions", {"prompt": prompt})
-        finally:
-            await runner.cleanup()
+        async with broken_stack() as url, session(10) as client:
+            await post_json(client, url, "completions", {"prompt": prompt})
 
     with pytest.raises(ValueError, match=reason):
         asyncio.run(go())
