@@ -26,7 +26,7 @@ from harness.errors import HarnessError, StackError
 from harness.generation import Generation, Prompt, from_openai
 from harness.launcher import RunningStack, launch
 from harness.loadgen import LoadPoint, LoadResult, run_load_point
-from harness.metrics import summarize
+from harness.metrics import summarize, usage_details
 from harness.oracle import Verdict, judge, judge_lossless, judge_texts
 from harness.records import RequestRecord, write_records
 from harness.reference import TOP_K, eos_strings, reference_outputs, special_strings
@@ -189,14 +189,12 @@ class Bench:
             if not outputs.ok and row.status in ("ok", "partial"):
                 row.status, row.error = "failed", f"measured outputs: {outputs.summary}"
         self._finish(row, result.warmup_records + result.records)
-        accepted = row.metrics.get("accepted_prediction_tokens")
         self.log(f"{self.spec.name} {point.label}: {row.status}, "
                  f"{_fmt(row.metrics.get('output_throughput'))} out tok/s, "
                  f"median {_fmt(row.metrics.get('median_tok_per_s'))} tok/s, "
                  f"TTFT p50 {_fmt(row.metrics.get('median_ttft_ms'))} ms, "
                  f"TPOT p50 {_fmt(row.metrics.get('median_tpot_ms'))} ms"
-                 + (f", accepted prediction tokens {accepted}"
-                    if accepted is not None and (accepted or "prediction" in self.spec.supports) else "")
+                 + "".join(f", {key.replace('_', ' ')} {row.metrics[key]}" for key in usage_details(result.records))
                  + f", load {row.machine['loadavg_after']}"
                  + (f", outputs {row.outputs['summary']}" if row.outputs else "")
                  + (f"; {row.error}" if row.engagement and row.engagement["verdict"] == "fail" else ""))

@@ -15,8 +15,6 @@ import aiohttp
 from harness.records import RequestRecord
 
 ENDPOINTS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
-# OpenAI's predicted-outputs counts, read from usage.completion_tokens_details
-PREDICTION_USAGE = ("accepted_prediction_tokens", "rejected_prediction_tokens")
 
 
 def _text(value) -> str:
@@ -186,9 +184,9 @@ def _take_usage(chunk: dict, record: RequestRecord) -> None:
         # The closing usage-only chunk holds the authoritative total.
         record.completion_tokens = usage["completion_tokens"]
     details = usage.get("completion_tokens_details") or {}
-    for key in PREDICTION_USAGE:
-        if isinstance(details.get(key), int):  # the latest report wins (running or closing usage)
-            setattr(record, key, details[key])
+    for key, value in details.items():  # the latest report wins (running or closing usage)
+        if isinstance(value, int) and not isinstance(value, bool):
+            record.usage_details[str(key)] = value
 
 
 async def post_json(client: aiohttp.ClientSession, base_url: str, endpoint: str, payload: dict) -> dict:

@@ -101,7 +101,7 @@ def _fmt(x: float | None, spec: str = ".1f") -> str:
 
 def render(scenario: ScenarioSpec, cells: list[Cell], rs: list[Ratio], model_bytes: int,
            copy_bw: float, labels: list[str]) -> Table:
-    primary = metric_label(scenario.leaderboard.primary)
+    primary = metric_label(scenario.leaderboard.primary, scenario.leaderboard.labels)
     table = Table(title=f"{scenario.title}: {primary} ({scenario.leaderboard.direction} is better)")
     for col in ("stack", "load point", primary, "TTFT p99 ms", "TPOT p50 ms", "vs baselines", "bandwidth achieved"):
         table.add_column(col, justify="left" if col in ("stack", "load point", "vs baselines") else "right",

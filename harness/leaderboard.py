@@ -49,24 +49,25 @@ _LABELS = {
     "total_input_tokens": "input tokens",
     "total_output_tokens": "output tokens",
     "duration": "duration (s)",
-    "median_tok_per_s": "median tok/s",
-    "accepted_prediction_tokens": "accepted prediction tokens",
-    "rejected_prediction_tokens": "rejected prediction tokens",
 }
 _STATS = {"mean": "mean", "median": "p50", "std": "std"}
 _LATENCIES = {"ttft": "TTFT", "tpot": "TPOT", "itl": "ITL", "token_gap": "token gap", "e2el": "E2E latency"}
 _LATENCY_KEY = re.compile(r"^(mean|median|std|p\d+(?:\.\d+)?)_([a-z0-9]+)_ms$")
 
 
-def metric_label(key: str) -> str:
-    """A column heading for a metric key: "output_throughput" -> "output tok/s", "p99_ttft_ms" -> "TTFT p99 (ms)"."""
+def metric_label(key: str, labels: dict[str, str] | None = None) -> str:
+    """A column heading for a metric key: the scenario's own label (its YAML's leaderboard.labels),
+    else "output_throughput" -> "output tok/s", "p99_ttft_ms" -> "TTFT p99 (ms)", else the key
+    with spaces."""
+    if labels and key in labels:
+        return labels[key]
     if key in _LABELS:
         return _LABELS[key]
     m = _LATENCY_KEY.match(key)
     if m:
         stat, what = m.groups()
         return f"{_LATENCIES.get(what, what.upper())} {_STATS.get(stat, stat)} (ms)"
-    return key
+    return key.replace("_", " ")
 
 
 def format_value(value: float | None) -> str:
@@ -379,7 +380,8 @@ def _ratio_cell(entry: StackEntry, baseline: StackEntry, section: Section) -> st
 def _table(section: Section, entries: list[StackEntry], baselines: list[StackEntry]) -> list[str]:
     arrow = "↑" if section.board.direction == "higher" else "↓"
     heads = ["#", "stack", "load point"]
-    heads += [metric_label(k) + (f" {arrow}" if k == section.board.primary else "") for k in section.keys]
+    heads += [metric_label(k, section.board.labels) + (f" {arrow}" if k == section.board.primary else "")
+              for k in section.keys]
     heads += [f"vs {b.stack}" for b in baselines] + ["accuracy"]
     lines = ["| " + " | ".join(heads) + " |",
              "|" + "|".join(["---:", "---", "---"] + ["---:"] * (len(heads) - 4) + ["---"]) + "|"]
@@ -451,7 +453,7 @@ def _describe(section: Section) -> str:
     board = section.board
     better = "higher" if board.direction == "higher" else "lower"
     where = "the highest load point" if board.load_point == "last" else f"load point `{board.load_point}`"
-    text = (f"Primary metric: {metric_label(board.primary)} ({better} is better), read at {where}. Ranked (#): the "
+    text = (f"Primary metric: {metric_label(board.primary, board.labels)} ({better} is better), read at {where}. Ranked (#): the "
             f"stacks whose oracle passed in this run; the others are listed with their reason, without ratios.")
     if not section.has_scenario:
         text += f" No scenario YAML names setting {section.setting}: default columns."
@@ -523,7 +525,7 @@ def _plot_spec(section: Section, order: dict[str, tuple[str, str]]) -> PlotSpec:
     return PlotSpec(
         title=(f"{section.title} (setting {section.setting}, profile {section.profile})" if section.has_scenario
                else f"setting {section.setting}, profile {section.profile}"),
-        primary_label=metric_label(section.board.primary),
+        primary_label=metric_label(section.board.primary, section.board.labels),
         x_label=_x_label(section.rows),
         series=series,
     )

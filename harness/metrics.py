@@ -11,8 +11,9 @@
 - goodput: requests meeting every given SLO (ttft, tpot, e2el in ms) per second of the window.
 - median_tok_per_s: median(output tokens per request) / median(e2el), the study's concurrency-1
   figure for predicted outputs (setting B); not the median of per-request rates.
-- accepted/rejected_prediction_tokens: sums over the requests of the server's
-  usage.completion_tokens_details counts (None when no request reported them).
+- every count the server reported in usage.completion_tokens_details (e.g. OpenAI's
+  accepted_prediction_tokens), summed over the completed requests under its own name (absent when
+  no request reported it).
 """
 from __future__ import annotations
 
@@ -68,10 +69,14 @@ def median_tok_per_s(records: list[RequestRecord]) -> float | None:
     return float(np.median([r.output_tokens for r in done])) / latency if latency > 0 else None
 
 
-def reported_sum(records: list[RequestRecord], key: str) -> int | None:
-    """Sum of a per-request count the server may or may not report; None when no request had it."""
-    values = [getattr(r, key) for r in records if r.ok and getattr(r, key) is not None]
-    return sum(values) if values else None
+def usage_details(records: list[RequestRecord]) -> dict[str, int]:
+    """Each usage detail count summed over the completed requests that reported it."""
+    sums: dict[str, int] = {}
+    for r in records:
+        if r.ok:
+            for key, value in r.usage_details.items():
+                sums[key] = sums.get(key, 0) + value
+    return dict(sorted(sums.items()))
 
 
 def window_s(records: list[RequestRecord]) -> float:
@@ -111,8 +116,7 @@ def summarize(records: list[RequestRecord], slos_ms: dict[str, float] | None = N
         **stats("token_gap", (gap for r in done for gap in token_gaps(r))),
         **stats("e2el", (r.e2el for r in done)),
         "median_tok_per_s": median_tok_per_s(records),
-        "accepted_prediction_tokens": reported_sum(records, "accepted_prediction_tokens"),
-        "rejected_prediction_tokens": reported_sum(records, "rejected_prediction_tokens"),
+        **usage_details(records),
     }
     if slos_ms:
         metrics["request_goodput"] = per_second(sum(good(r, slos_ms) for r in done))

@@ -27,9 +27,9 @@ class RequestRecord:
     error: str | None = None
     warmup: bool = False
     client_queue_time: float = 0.0  # time waiting for a concurrency slot, not counted in e2el
-    # usage.completion_tokens_details (OpenAI's predicted outputs), when the server reported them
-    accepted_prediction_tokens: int | None = None
-    rejected_prediction_tokens: int | None = None
+    # usage.completion_tokens_details, the counts the server reported (e.g. OpenAI's
+    # accepted_prediction_tokens); the latest report wins
+    usage_details: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -17,6 +17,7 @@ class LeaderboardSpec:
     direction: str  # "higher" or "lower" is better
     columns: tuple[str, ...]  # metric keys shown, primary first
     load_point: str = "last"  # which load point's row the table reads: "last" or a label
+    labels: dict[str, str] = field(default_factory=dict)  # column headings for the scenario's own metric keys
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ def load_scenario(path: Path) -> ScenarioSpec:
                 direction=board["direction"],
                 columns=tuple(board["columns"]),
                 load_point=str(board.get("load_point", "last")),
+                labels={str(k): str(v) for k, v in (board.get("labels") or {}).items()},
             ),
             profiles=profiles,
             path=path,
