@@ -66,3 +66,4 @@ def test_performance(live_bench, profile, load_point, repeat):
     assert m["completed"] == n, f"{m['failed']} of {n} requests failed: {row.error}"
     if load["ignore_eos"] and live_bench.spec.ignore_eos != "unsupported":
         assert m["total_output_tokens"] == n * load["output_len"], "the stack did not honour max_tokens/ignore_eos"
+    assert row.status == "ok", row.error

@@ -42,12 +42,15 @@ def test_url_stack_is_scored_and_a_wrong_stack_fails_accuracy(hand_started_serve
     out = score(tmp_path, "--stack", f"url={hand_started_server},supports=completions+chat+logprobs",
                 "-k", "accuracy or rate-8.0")
     text = out.stdout + out.stderr
-    # The delay server is not SmolLM2: its performance cell passes, its accuracy must fail.
-    assert "1 failed, 1 passed" in text, text[-3000:]
+    # The delay server is not SmolLM2: its accuracy must fail, and its performance cell, measured
+    # in full, fails the check of its outputs against the reference.
+    assert "2 failed" in text, text[-3000:]
     assert "test_accuracy" in text and "prompts fail" in text
     rows = {r.kind: r for r in read_rows(tmp_path)}
-    assert rows["performance"].status == "ok" and rows["performance"].metrics["completed"] == 24
-    assert rows["performance"].metrics["total_output_tokens"] == 24 * 64
+    perf = rows["performance"]
+    assert perf.status == "failed" and perf.metrics["completed"] == 24 and "measured outputs" in perf.error
+    assert perf.outputs["verdict"] == "fail" and len(perf.outputs["judged"]) == 4
+    assert perf.metrics["total_output_tokens"] == 24 * 64
     assert rows["accuracy"].accuracy["verdict"] == "fail"
     assert (tmp_path / "LEADERBOARD.md").read_text().count("FAIL") == 1
 
@@ -64,7 +67,9 @@ def test_a_stack_that_dies_mid_run_fails_fast_with_its_log_and_keeps_rows(tmp_pa
     assert "exited with code 3" in text and "crashing on purpose" in text, text[-3000:]
     assert "Traceback" not in text
     rows = sorted(read_rows(tmp_path), key=lambda r: r.started_at)
-    assert [r.status for r in rows] == ["ok", "crashed"]
+    # The first cell is measured in full (its outputs, not SmolLM2's, fail their check); the second
+    # keeps what it measured before the crash.
+    assert [r.status for r in rows] == ["failed", "crashed"] and rows[0].outputs["verdict"] == "fail"
     assert rows[1].metrics["completed"] > 0
 
 
