@@ -160,23 +160,32 @@ def judge_lossless(prompt_ids: list[str], bases: list[Generation], gots: list[Ge
     return Verdict([compare_exact(pid, b, g, eos, names) for pid, b, g in zip(prompt_ids, bases, gots, strict=True)])
 
 
-def _visible(token: str, silent: frozenset[str]) -> str:
-    return "" if token in silent else token
-
-
 def compare_text(prompt_id: str, ref: Generation, text: str, silent: frozenset[str], eos: set[str],
                  usage_tokens: int | None = None, may_end: bool = True) -> PromptVerdict:
     """A streamed output known by its text only (a load point's request: no logprobs asked, no
     extra request made) against the reference's tokens, by the near-tie rule seen from the
     reference's side: the text spells the reference's output until its end, or until a token where
     it goes on with one of the reference's top-k alternatives there (after which the two may
-    differ). Special tokens (`silent`) a server does not print match nothing. Where the text is the
-    reference's to the end, `usage_tokens` must count the reference's tokens (one more where the
-    stack counts the end-of-sequence token it stopped on). `may_end` False (a request with
+    differ). Special tokens (`silent`) are compared both ways: left out of both texts (most
+    servers do not print them), and, where the stack printed some, kept in both. Where the text is
+    the reference's to the end, `usage_tokens` must count the reference's tokens (one more where
+    the stack counts the end-of-sequence token it stopped on). `may_end` False (a request with
     `ignore_eos`): ending before max_tokens is never a near-tie."""
-    full = ref.text
+    hidden = [t if t not in silent else "" for t in ref.tokens]
+    full, shown = ref.text, text
     for token in silent:
-        full = full.replace(token, "")
+        full, shown = full.replace(token, ""), shown.replace(token, "")
+    verdict = _walk(prompt_id, ref, hidden, full, shown, silent, eos, usage_tokens, may_end)
+    if not verdict.ok and shown != text:  # the stack printed special tokens: compare them too
+        printed = _walk(prompt_id, ref, list(ref.tokens), "".join(ref.tokens), text, frozenset(), eos, usage_tokens,
+                        may_end)
+        return printed if printed.ok else verdict
+    return verdict
+
+
+def _walk(prompt_id: str, ref: Generation, pieces: list[str], full: str, text: str, silent: frozenset[str],
+          eos: set[str], usage_tokens: int | None, may_end: bool) -> PromptVerdict:
+    """compare_text on one rendering: `pieces[i]` is how reference token i shows in `full`."""
     same = 0
     for a, b in zip(full, text):
         if a != b:
@@ -190,16 +199,20 @@ def compare_text(prompt_id: str, ref: Generation, text: str, silent: frozenset[s
                                                             f"reference's {n} tokens")
         return PromptVerdict(prompt_id, True, n)
     start, i = 0, 0  # the token holding character `same`, and where it starts in the text
-    while i < n and start + len(_visible(ref.tokens[i], silent)) <= same:
-        start += len(_visible(ref.tokens[i], silent))
+    while i < n and start + len(pieces[i]) <= same:
+        start += len(pieces[i])
         i += 1
     rest = text[start:]
-    alternatives = [a for a in (ref.top[i] if i < len(ref.top) else {}) if i >= n or a != ref.tokens[i]]
+    own = {ref.tokens[i]} if i < n else (set(eos) if ref.finish_reason == "stop" else set())
+    alternatives = [a for a in (ref.top[i] if i < len(ref.top) else {}) if a not in own]
     if may_end and any(a in eos for a in alternatives) and not rest:
         return PromptVerdict(prompt_id, True, i, i, f"near-tie at token {i}: the stack ended, the reference went on")
-    visible = [_visible(a, silent) for a in alternatives]
-    if any(a and rest.startswith(a) for a in visible):
+    if any(a and a not in silent and rest.startswith(a) for a in alternatives):
         return PromptVerdict(prompt_id, True, i, i, f"near-tie at token {i}")
+    unprinted = [a for a in alternatives if a in silent]
+    if unprinted and (rest or may_end):  # the stack may have taken it there, which its text cannot show
+        return PromptVerdict(prompt_id, True, i, i, f"near-tie at token {i}: the reference's runner-up "
+                                                    f"{unprinted[0]!r} leaves no text")
     expected = _show(ref.tokens[i]) if i < n else "the end"
     got = repr(rest[:24]) if rest else "the end of the text"
     return PromptVerdict(prompt_id, False, i, i, f"text differs at token {i} of {n}, after {full[max(0, start - 40):start]!r}: "

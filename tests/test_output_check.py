@@ -13,8 +13,9 @@ EOS = "<|im_end|>"
 SILENT = frozenset({EOS, "<|im_start|>"})
 
 
-def ref(tokens: list[str], stop: bool = False) -> Generation:
-    top = [{t: -0.1, " maybe": -0.2, " no": -6.0, EOS: -0.3} for t in tokens]
+def ref(tokens: list[str], stop: bool = False, eos_runner_up: tuple[int, ...] = ()) -> Generation:
+    top = [{t: -0.1, " maybe": -0.2, " no": -6.0} | ({EOS: -0.3} if i in eos_runner_up else {})
+           for i, t in enumerate(tokens)]
     text = "".join(t for t in tokens if t not in SILENT)
     return Generation(tokens=tokens, top=top + ([{EOS: -0.1, " more": -0.2}] if stop else []),
                       finish_reason="stop" if stop else "length", text=text)
@@ -25,6 +26,7 @@ TOKENS = [" the", " cat", " sat", EOS, " and", " ran"]  # past EOS: a load point
 
 @pytest.mark.parametrize("text, usage, ok, says", [
     (" the cat sat and ran", 6, True, ""),                       # the reference, its EOS unprinted
+    (" the cat sat<|im_end|> and ran", 6, True, ""),             # or printed
     (" the cat maybe went", 6, True, "near-tie at token 2"),     # a runner-up at the divergence
     (" the dog sat and ran", 6, False, "text differs at token 1"),
     (" the cat sat and", 6, False, "text differs at token 5"),    # stopped short of max_tokens
@@ -37,8 +39,17 @@ def test_text_against_the_reference(text, usage, ok, says):
     assert verdict.ok == ok and says in verdict.reason, verdict
 
 
+def test_an_unprinted_special_token_where_the_reference_had_it_as_runner_up_is_a_near_tie():
+    # The stack took end-of-sequence at token 1 (printed or not), then went on its own way.
+    tied = ref(TOKENS, eos_runner_up=(1,))
+    assert compare_text("p", tied, " the<|im_end|> dog", SILENT, {EOS}, 6, may_end=False).ok
+    assert compare_text("p", tied, " the dog", SILENT, {EOS}, 6, may_end=False).ok
+    assert not compare_text("p", ref(TOKENS), " the dog", SILENT, {EOS}, 6, may_end=False).ok
+
+
 def test_an_end_where_the_reference_had_it_as_runner_up_is_a_near_tie():
-    assert compare_text("p", ref([" a", " b", " c"]), " a b", SILENT, {EOS}, 2).ok
+    assert compare_text("p", ref([" a", " b", " c"], eos_runner_up=(2,)), " a b", SILENT, {EOS}, 2).ok
+    assert not compare_text("p", ref([" a", " b", " c"]), " a b", SILENT, {EOS}, 2).ok
     stopped = ref([" a", " b"], stop=True)
     assert compare_text("p", stopped, " a b", SILENT, {EOS}, 3).ok  # the stack counted its EOS
     assert compare_text("p", stopped, " a b more", SILENT, {EOS}, 3).ok  # went on with the runner-up
@@ -95,3 +106,12 @@ def test_a_file_whose_content_hash_is_wrong_is_recomputed(cache, tmp_path, monke
     monkeypatch.setattr(reference, "_MEMO", {})  # a later run reads it
     [got] = reference.reference_outputs(tmp_path, PROMPTS[:1])
     assert got.tokens == [" w0"] and made == ["p0", "p0"]
+
+
+def test_a_stack_that_prints_special_tokens_is_compared_with_them_too():
+    # At token 1 the stack took (and printed) end-of-sequence, the reference's runner-up there.
+    tied = ref([" the", "\n", " x"], eos_runner_up=(1,))
+    assert compare_text("p", tied, " the<|im_end|>\n<|im_start|>y", SILENT, {EOS}, 3, may_end=False).ok
+    assert not compare_text("p", tied, " the\n<|im_start|>y", SILENT, {EOS}, 3, may_end=False).ok
+    assert not compare_text("p", ref([" the", " cat", " sat"]), " the<|im_end|><|im_start|> dog", SILENT, {EOS}, 3,
+                            may_end=False).ok
