@@ -137,7 +137,7 @@ class StackEntry:
 def machine_key(row: ResultRow) -> tuple:
     """Rows are comparable only when measured on one kind of machine."""
     m = row.machine or {}
-    return (m.get("cpu"), m.get("cores"), m.get("gpu"))
+    return (m.get("cpu"), m.get("cores"), m.get("gpu"), m.get("cpu_family_model"), tuple(m.get("isa") or ()))
 
 
 def _load_label(row: ResultRow) -> str:
@@ -409,7 +409,8 @@ def _machine_text(rows: list[ResultRow]) -> str:
     parts = []
     if first.get("cpu"):
         cores = f" ({first['cores']} cores)" if first.get("cores") else ""
-        parts.append(f"{first['cpu']}{cores}")
+        isa = f", {'/'.join(first['isa'])}" if first.get("isa") else ""
+        parts.append(f"{first['cpu']}{cores}{isa}")
     before = _fmt_loadavg(first.get("loadavg_before"))
     after = next((a for r in reversed(rows) if (a := _fmt_loadavg((r.machine or {}).get("loadavg_after")))), None)
     if before or after:

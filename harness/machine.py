@@ -13,6 +13,21 @@ from harness.stack import REPO_ROOT
 VERSIONED = ("torch", "transformers", "numpy", "httpx", "servebench")
 
 
+# The instruction sets that change which kernels a stack can run (bf16 dot products, AMX tiles):
+# two VMs both named "AMD EPYC" can be an AVX2-only Zen 3 and an AVX-512 Zen 4.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "neon", "asimd")
+
+
+def _cpuinfo(key: str) -> str | None:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.split(":", 1)[0].strip() == key:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def _cpu_model() -> str:
     try:
         for line in open("/proc/cpuinfo"):
@@ -43,7 +58,11 @@ def loadavg() -> list[float]:
 
 @cache
 def machine() -> dict:
+    flags = set((_cpuinfo("flags") or _cpuinfo("Features") or "").split())
+    family, model = _cpuinfo("cpu family"), _cpuinfo("model")
     return {"cpu": _cpu_model(), "cores": os.cpu_count(), "arch": platform.machine(),
+            "cpu_family_model": f"{family}/{model}" if family and model else None,
+            "isa": [f for f in ISA_FLAGS if f in flags],
             "os": platform.platform(terse=True), "gpu": _gpu(),
             "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
 

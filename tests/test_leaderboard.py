@@ -155,6 +155,11 @@ def test_ratio_only_against_a_baseline_on_the_same_machine(dirs):
     perf(results2, "mine", "run1", 1.0, {"output_throughput": 300.0})
     md = write_leaderboard(results2, scenarios).read_text()
     assert cell(md, "mine", "vs vllm") == "—"
+    # one CPU name, two instruction sets (an AVX2-only and an AVX-512 "AMD EPYC"): not one machine
+    results3 = results.parent / "results3"
+    perf(results3, "vllm", "run1", 1.0, {"output_throughput": 100.0}, machine={**MACHINE, "isa": ["avx2"]})
+    perf(results3, "mine", "run1", 1.0, {"output_throughput": 300.0}, machine={**MACHINE, "isa": ["avx2", "avx512f"]})
+    assert cell(write_leaderboard(results3, scenarios).read_text(), "mine", "vs vllm") == "—"
 
 
 def test_only_stacks_that_passed_are_ranked_and_compared(dirs):
