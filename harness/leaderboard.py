@@ -52,7 +52,7 @@ _LABELS = {
 }
 _STATS = {"mean": "mean", "median": "p50", "std": "std"}
 _LATENCIES = {"ttft": "TTFT", "tpot": "TPOT", "itl": "ITL", "token_gap": "token gap", "e2el": "E2E latency"}
-_LATENCY_KEY = re.compile(r"^(mean|median|std|p\d+(?:\.\d+)?)_([a-z0-9]+)_ms$")
+_LATENCY_KEY = re.compile(r"^(mean|median|std|p\d+(?:\.\d+)?)_([a-z0-9_]+?)_ms$")
 
 
 def metric_label(key: str, labels: dict[str, str] | None = None) -> str:
@@ -262,17 +262,20 @@ def _load_note(perf: list[ResultRow], label: str, choice: str) -> str:
     return "; ".join(notes)
 
 
+def _last_accuracy(rows: list[ResultRow]) -> ResultRow | None:
+    return max((r for r in rows if r.kind == "accuracy"), key=lambda r: (r.started_at, r.name), default=None)
+
+
 def _passed(rows: list[ResultRow]) -> bool:
-    acc = sorted((r for r in rows if r.kind == "accuracy"), key=lambda r: (r.started_at, r.name))
-    return bool(acc) and acc[-1].status == "ok" and str((acc[-1].accuracy or {}).get("verdict", "")).lower() == "pass"
+    row = _last_accuracy(rows)
+    return row is not None and row.status == "ok" and str((row.accuracy or {}).get("verdict", "")).lower() == "pass"
 
 
 def _accuracy_text(rows: list[ResultRow]) -> str:
-    acc = sorted((r for r in rows if r.kind == "accuracy"), key=lambda r: (r.started_at, r.name))
-    if not acc:
+    row = _last_accuracy(rows)
+    if row is None:
         started = [r for r in rows if r.kind == "startup"]
         return "not judged: did not start" if started else "not judged in this run (not ranked)"
-    row = acc[-1]
     info = row.accuracy or {}
     if row.status == "not_applicable":
         reason = row.error or info.get("reason") or info.get("summary") or ""

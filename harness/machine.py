@@ -19,6 +19,7 @@ ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "neon", "
 
 
 def _cpuinfo(key: str) -> str | None:
+    """The first value of `key` in /proc/cpuinfo (None where there is none)."""
     try:
         for line in open("/proc/cpuinfo"):
             if line.split(":", 1)[0].strip() == key:
@@ -29,13 +30,7 @@ def _cpuinfo(key: str) -> str | None:
 
 
 def _cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def _gpu() -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 from harness.assets import cache_root, weights_checksum
@@ -14,11 +15,12 @@ from harness.generation import Generation, Prompt
 TOP_K = 5
 
 
-def _blob(model_dir: Path, prompts: list[Prompt], top_k: int) -> str:
+def cache_key(model_dir: Path, prompts: list[Prompt], top_k: int) -> str:
+    """What a list of prompts' references depend on; one prompt's is its cache file's name."""
     import torch
     import transformers
 
-    return json.dumps({
+    blob = json.dumps({
         "weights": weights_checksum(model_dir),
         "prompts": [p.reference_key() for p in prompts],
         "top_k": top_k,
@@ -26,11 +28,7 @@ def _blob(model_dir: Path, prompts: list[Prompt], top_k: int) -> str:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }, sort_keys=True)
-
-
-def cache_key(model_dir: Path, prompts: list[Prompt], top_k: int) -> str:
-    """What a list of prompts' references depend on; one prompt's is its cache file's name."""
-    return hashlib.sha256(_blob(model_dir, prompts, top_k).encode()).hexdigest()[:20]
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
 def input_ids(tokenizer, prompt: Prompt) -> list[int]:
@@ -41,15 +39,17 @@ def input_ids(tokenizer, prompt: Prompt) -> list[int]:
     return tokenizer(prompt.text)["input_ids"]
 
 
-def eos_strings(model_dir: Path) -> set[str]:
+@cache  # read once per model: every accuracy pass and performance cell asks
+def eos_strings(model_dir: Path) -> frozenset[str]:
     from transformers import AutoTokenizer, GenerationConfig
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     ids = GenerationConfig.from_pretrained(model_dir).eos_token_id
     ids = ids if isinstance(ids, list) else [ids]
-    return {tok.decode([i]) for i in ids if i is not None} | ({tok.eos_token} if tok.eos_token else set())
+    return frozenset({tok.decode([i]) for i in ids if i is not None} | ({tok.eos_token} if tok.eos_token else set()))
 
 
+@cache
 def special_strings(model_dir: Path) -> frozenset[str]:
     """The model's special tokens as text: what servers leave out of the text they stream."""
     from transformers import AutoTokenizer

@@ -328,7 +328,7 @@ def test_byte_identical_rerun(dirs):
 @pytest.mark.parametrize(
     "key,label",
     [("output_throughput", "output tok/s"), ("median_ttft_ms", "TTFT p50 (ms)"),
-     ("p99_tpot_ms", "TPOT p99 (ms)"), ("mean_e2el_ms", "E2E latency mean (ms)"), ("weird_key", "weird key")],
+     ("p99_tpot_ms", "TPOT p99 (ms)"), ("mean_e2el_ms", "E2E latency mean (ms)"), ("weird_key", "weird key"), ("median_token_gap_ms", "token gap p50 (ms)")],
 )
 def test_metric_labels(key, label):
     assert metric_label(key) == label
