@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 import signal
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from harness.assets import ensure_model
 from harness.bench import Bench, new_run_id
-from harness.errors import HarnessError
+from harness.errors import HarnessError, StackError
 from harness.launcher import launch
 from harness.reference import reference_outputs
 from harness.scenario import find_scenarios, load_scenario, vocabulary
@@ -30,6 +31,8 @@ def pytest_addoption(parser):
     group.addoption("--run-id", default=None, help="label rows with this run id (default: a new one)")
     group.addoption("--repeats", type=int, default=1, help="repeat each load point this many times")
     group.addoption("--no-leaderboard", action="store_true", help="do not rewrite LEADERBOARD.md at the end")
+    group.addoption("--salt", default=None, help="the run's workload salt, put into every prompt (default: a fresh "
+                                                 "random one per run, so no answer table kept from before matches)")
 
 
 def _interrupted(signum, _frame):
@@ -42,7 +45,8 @@ def pytest_configure(config):
     signal.signal(signal.SIGTERM, _interrupted)
     try:
         # Resolved up front so a wrong name is one line before anything runs.
-        scenarios = find_scenarios(SCENARIOS_DIR)
+        config.servebench_scenario_dirs = _scenario_dirs(config)
+        scenarios = [s for d in config.servebench_scenario_dirs for s in find_scenarios(d)]
         config.servebench_vocabulary = vocabulary(scenarios)
         scoped = [_scoped(arg, {s.setting for s in scenarios}, config.servebench_vocabulary)
                   for arg in config.getoption("stack")]
@@ -60,7 +64,7 @@ def pytest_configure(config):
     if config.getoption("repeats") < 1:
         raise pytest.UsageError("--repeats must be at least 1")
     config.servebench_run_id = config.getoption("run_id") or new_run_id()
-    config.servebench_wrote_rows = False
+    config.servebench_salt = config.getoption("salt") or secrets.token_hex(4)
 
 
 def _scoped(arg: str, known: set[str], words: frozenset[str]):
@@ -83,7 +87,23 @@ def _default_stack():
 
 
 def _scenario_of(module) -> Path:
-    return SCENARIOS_DIR / (Path(module.__file__).stem.removeprefix("test_") + ".yaml")
+    """A setting's YAML: beside its test module (a setting kept elsewhere, e.g. a test-only one),
+    else under scenarios/."""
+    name = Path(module.__file__).stem.removeprefix("test_") + ".yaml"
+    beside = Path(module.__file__).with_name(name)
+    return beside if beside.exists() else SCENARIOS_DIR / name
+
+
+def _scenario_dirs(config) -> list[Path]:
+    """scenarios/, and the folder of each test module named on the command line that has a setting
+    YAML beside it: their settings' words are what stacks may declare."""
+    dirs = [SCENARIOS_DIR]
+    for arg in config.args:
+        path = Path(arg.split("::")[0])
+        path = path if path.is_absolute() else Path(config.invocation_params.dir) / path
+        if path.suffix == ".py" and path.with_name(path.stem.removeprefix("test_") + ".yaml").exists():
+            dirs.append(path.parent.resolve())
+    return list(dict.fromkeys(dirs))
 
 
 def pytest_generate_tests(metafunc):
@@ -146,6 +166,8 @@ def profile(request, scenario):
 
 @pytest.fixture(scope="module")
 def model_dir(profile):
+    if profile["model"] is None:  # a setting whose stacks need no model of ours (test doubles)
+        return None
     try:
         return ensure_model(profile["model"])
     except HarnessError as exc:
@@ -161,33 +183,40 @@ def bench(request, stack_spec, scenario, profile, model_dir):
     usable = any(not stack_spec.missing(needs) for needs in scenario.needs.values()) or not scenario.needs
     running, failed = None, None
     if not unmet and usable:
-        _reference_first(request.module, profile, model_dir)
+        if _accuracy_selected(request):
+            _reference_first(request.module, profile, model_dir, config.servebench_salt)
         log_dir = results_dir / "runs" / config.servebench_run_id / "logs"
         try:
-            running = launch(stack_spec, model_dir, log_dir, scenario=scenario.name,
+            running = launch(stack_spec, model_dir or Path.cwd(), log_dir, scenario=scenario.name,
                              startup_timeout_s=profile.get("stack_startup_timeout_s"))
         except HarnessError as exc:
             failed = str(exc)
     b = Bench(run_id=config.servebench_run_id, results_dir=results_dir, scenario=scenario,
               profile=config.getoption("profile"), spec=stack_spec, stack=running, model_dir=model_dir,
-              log=_lines.append, unmet=unmet, startup_timeout_s=profile.get("stack_startup_timeout_s"))
+              log=_lines.append, unmet=unmet, startup_timeout_s=profile.get("stack_startup_timeout_s"),
+              salt=config.servebench_salt)
     if failed:
         b.failed_start(failed)
-        config.servebench_wrote_rows = True
         pytest.fail(failed, pytrace=False)
     yield b
-    config.servebench_wrote_rows |= bool(b.rows)
     if running is not None:
         running.stop()
 
 
-def _reference_first(module, profile: dict, model_dir: Path) -> None:
-    """The reference outputs a scenario module names (`reference_prompts(profile)` -> prompts, top-k)
-    are computed or read before the stack starts; the harness then holds them, and a stack that
-    rewrites the cache files is caught (harness/reference.py)."""
+def _accuracy_selected(request) -> bool:
+    """Whether this module's accuracy test runs in this session (with `-k rate-8.0` it does not,
+    and its references, fresh each run as prompts are salted, need not be computed)."""
+    return any(getattr(item, "module", None) is request.module and getattr(item, "originalname", "") == "test_accuracy"
+               for item in request.session.items)
+
+
+def _reference_first(module, profile: dict, model_dir: Path | None, salt: str) -> None:
+    """The reference outputs a scenario module names (`reference_prompts(profile, salt)` -> prompts,
+    top-k) are computed or read before the stack starts; the harness then holds them, and a stack
+    that rewrites the cache files is caught (harness/reference.py)."""
     named = getattr(module, "reference_prompts", None)
-    if named is not None:
-        prompts, top_k = named(profile)
+    if named is not None and model_dir is not None:
+        prompts, top_k = named(profile, salt)
         reference_outputs(model_dir, prompts, top_k, _lines.append)
 
 
@@ -211,6 +240,31 @@ def live_bench(request, bench):
     return bench
 
 
+@pytest.fixture
+def cell_bench(live_bench, benchmark):
+    """The bench of a performance cell: its requests are also timed by pytest-benchmark (one round)
+    and its row's metrics go to pytest-benchmark's JSON as `extra_info`."""
+    live_bench.benchmark = benchmark
+    yield live_bench
+    live_bench.benchmark = None
+
+
+@pytest.fixture(scope="session")
+def salt(request) -> str:
+    """This run's workload salt: scenarios put it into every prompt (see --salt)."""
+    return request.config.servebench_salt
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """A stack that fails or dies under a test fails it in one line, with the stack's reason (its
+    rows are already written), never a traceback through the harness."""
+    outcome = yield
+    error = outcome.excinfo[1] if outcome.excinfo else None
+    if isinstance(error, StackError) and "stack_spec" in pyfuncitem.fixturenames:
+        outcome.force_exception(pytest.fail.Exception(str(error), pytrace=False))
+
+
 def pytest_terminal_summary(terminalreporter):
     if _lines:
         terminalreporter.section("servebench")
@@ -220,8 +274,11 @@ def pytest_terminal_summary(terminalreporter):
 
 def pytest_sessionfinish(session):
     config = session.config
-    if getattr(config, "servebench_wrote_rows", False) and not config.getoption("no_leaderboard"):
+    # Rows of this run on disk (also when it was interrupted, before the fixtures' teardown).
+    wrote = hasattr(config, "servebench_run_id") and (
+        Path(config.getoption("results_dir")) / "runs" / config.servebench_run_id).is_dir()
+    if wrote and not config.getoption("no_leaderboard"):
         from harness.leaderboard import write_leaderboard
 
-        path = write_leaderboard(Path(config.getoption("results_dir")), SCENARIOS_DIR)
+        path = write_leaderboard(Path(config.getoption("results_dir")), config.servebench_scenario_dirs)
         _lines.append(f"leaderboard: {path}")

@@ -13,7 +13,8 @@ def cmd_assets(args) -> None:
     from harness.assets import ensure_model
     from harness.scenario import find_scenarios
 
-    models = sorted({s.profile(args.profile)["model"] for s in find_scenarios(args.scenarios)})
+    # A setting may need no model of ours (its stacks bring their own): model null.
+    models = sorted({s.profile(args.profile)["model"] for s in find_scenarios(args.scenarios)} - {None})
     for name in models:
         path = ensure_model(name, deep_check=True, log=lambda line: print(line, flush=True))
         print(f"{name}\t{path}")
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("stacks", help="list the registered stacks")
     p.set_defaults(func=cmd_stacks)
     p = sub.add_parser("compare", help="score stacks on one scenario in one run; print ratios and bandwidth achieved")
-    p.add_argument("--scenario", default="standard_serving")
+    p.add_argument("--scenario", required=True, help="the scenario's name (a YAML under scenarios/)")
     p.add_argument("--stack", action="append", required=True, help="repeatable; the first is the one compared")
     p.add_argument("--baseline", action="append", help="ratios against these (default: every other stack)")
     p.add_argument("--profile", default="tiny")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import random
 import secrets
 import sys
@@ -17,22 +18,25 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from harness import counters
+from harness import counters, prefix_cache
 from harness import machine as host
 from harness.assets import weights_checksum
-from harness.client import HTTPStatusError, MalformedStream, post_json, session
+from harness.client import ENDPOINTS, HTTPStatusError, MalformedStream, post_json, session
 from harness.engagement import Guard, GuardResult
 from harness.errors import HarnessError, StackError
 from harness.generation import Generation, Prompt, from_openai
 from harness.launcher import RunningStack, launch
 from harness.loadgen import LoadPoint, LoadResult, run_load_point
-from harness.metrics import summarize, usage_details
-from harness.oracle import Verdict, judge, judge_lossless, judge_texts
+from harness.metrics import metric_label, summarize
+from harness.metrics import resolve as resolve_metrics
+from harness.oracle import Verdict, judge, judge_equal, judge_lossless, judge_texts
+from harness.prefix_cache import ResetOutcome
 from harness.records import RequestRecord, write_records
 from harness.reference import TOP_K, eos_strings, reference_outputs, special_strings
 from harness.row import ResultRow
 from harness.scenario import ScenarioSpec
 from harness.stack import StackSpec
+from harness.transports import transport
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,37 @@ class OutputCheck:
             return list(range(n))
         return sorted(random.Random(f"{_DRAW_SECRET}:{cell}").sample(range(n), self.sample))
 
+    def judge(self, bench: "Bench", records: list[RequestRecord], cell: str) -> "OutputsVerdict":
+        """The drawn outputs' text against the reference (near-tie rule from the reference's side),
+        with the token count the stack reported for each."""
+        if len(self.prompts) != len(records):
+            raise HarnessError(f"an output check needs one prompt per measured request ({len(self.prompts)} "
+                               f"for {len(records)})")
+        drawn = [i for i in self.draw(len(records), cell) if records[i].ok]
+        prompts = [self.prompts[i] for i in drawn]
+        refs = reference_outputs(bench.model_dir, prompts, self.top_k, bench.log)
+        verdict = judge_texts(prompts, refs, [records[i].text for i in drawn], special_strings(bench.model_dir),
+                              eos_strings(bench.model_dir), [records[i].reported_units for i in drawn])
+        return OutputsVerdict(verdict, drawn, len(records))
+
 
 _DRAW_SECRET = secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class EqualityCheck:
+    """Measured outputs judged by strict equality with what they must be (`expected[i]` for measured
+    request i: a transcript, an image's bytes), as `output(record)` reads them; every one is judged."""
+
+    ids: list[str]
+    expected: list
+    output: Callable[[RequestRecord], object] = lambda r: r.final
+
+    def judge(self, bench: "Bench", records: list[RequestRecord], cell: str) -> "OutputsVerdict":
+        done = [i for i, r in enumerate(records) if r.ok]
+        verdict = judge_equal([self.ids[i] for i in done], [self.expected[i] for i in done],
+                              [self.output(records[i]) for i in done])
+        return OutputsVerdict(verdict, done, len(records))
 
 
 def new_run_id() -> str:
@@ -86,6 +119,8 @@ class Bench:
     log: Callable[[str], None] = lambda _: None
     unmet: list[str] = field(default_factory=list)  # hardware the stack needs and this machine lacks
     startup_timeout_s: float | None = None  # for launches of the stack's variants (None: its spec's)
+    benchmark: object | None = None  # pytest-benchmark's fixture, where the test asked for it
+    salt: str | None = None  # the run's workload salt, recorded in every row
     rows: list[ResultRow] = field(default_factory=list)
     _model_card: dict | None = field(default=None, repr=False)
 
@@ -116,7 +151,7 @@ class Bench:
         return ResultRow(run_id=self.run_id, stack=self.spec.name, setting=self.scenario.setting,
                          scenario=self.scenario.name, profile=self.profile, kind=kind, stack_info=info,
                          machine=host.machine() | {"loadavg_before": host.loadavg()}, commit=host.commit(),
-                         versions=host.versions(), started_at=now_iso(), **fields)
+                         versions=host.versions(), started_at=now_iso(), salt=self.salt, **fields)
 
     def _finish(self, row: ResultRow, records: list[RequestRecord] | None = None) -> ResultRow:
         row.machine["loadavg_after"] = host.loadavg()
@@ -152,26 +187,44 @@ class Bench:
 
     def measure(self, endpoint: str, payloads: list[dict], point: LoadPoint, request_timeout_s: float,
                 repeat: int = 0, slos_ms: dict[str, float] | None = None, guard: Guard | None = None,
-                check: OutputCheck | None = None) -> ResultRow:
-        """Run one load point and write its row, also when the stack dies part-way.
+                check: "OutputCheck | None" = None) -> ResultRow:
+        """Run one load point over the transport `endpoint` names and write its row, also when the
+        stack dies part-way or the run is interrupted (Ctrl-C, SIGTERM: the row keeps what finished).
 
         The stack's /metrics counters are read around the measured requests (warm-up excluded) and
-        what moved is kept in the row. `guard`: an engagement guard, applied when the stack declares
-        its feature; a cell that fails it is written with status "failed" and the guard's reason.
-        `check`: the measured outputs judged against the reference (see OutputCheck); a cell whose
-        outputs fail is written with status "failed": its numbers are not those of a right answer.
+        what moved is kept in the row. Metrics: the harness's (harness/metrics.py) and the
+        scenario's own (its YAML's `metrics`). `guard`: an engagement guard, applied when the stack
+        declares its feature; a cell that fails it is written with status "failed" and the guard's
+        reason. `check`: judges the measured outputs (an OutputCheck against the text reference, or
+        a scenario's own with the same `judge` method); a cell whose outputs fail is written with
+        status "failed": its numbers are not those of a right answer.
         """
+        if transport(endpoint).unit != self.scenario.unit:
+            raise HarnessError(f"setting {self.scenario.setting} counts {self.scenario.unit}, and the transport "
+                               f"{endpoint!r} counts {transport(endpoint).unit}")
         row = self._row("performance", status="ok", load_point=point.describe(), repeat=repeat)
         payloads = [self.spec.adapt({**p, "model": self.served_model}) for p in payloads]
-        row.stack_info["prefix_cache_reset"] = self.reset_prefix_cache()
+        # The longest prompt probes the reset: a short one may not fill a cache block.
+        reset = self.reset_prefix_cache(max(payloads, key=lambda p: len(json.dumps(p, default=str))), endpoint)
+        row.stack_info["prefix_cache_reset"] = reset.status
         readings: list[counters.Counters | None] = []
-        with progress_bar(f"{self.spec.name} {point.label}", len(payloads) - point.warmup) as tick:
-            result: LoadResult = asyncio.run(run_load_point(
-                self.stack.base_url, endpoint, payloads, point, request_timeout_s,
-                liveness=self.stack.death, progress=tick,
-                on_measured_start=lambda: readings.append(counters.read(self.stack.base_url))))
+        result = LoadResult.empty(point, len(payloads))
+        try:
+            with progress_bar(f"{self.spec.name} {point.label}", len(result.records)) as tick:
+                self._timed(lambda: asyncio.run(run_load_point(
+                    self.stack.base_url, endpoint, payloads, point, request_timeout_s,
+                    liveness=self.stack.death, progress=tick,
+                    on_measured_start=lambda: readings.append(counters.read(self.stack.base_url)), result=result)),
+                    point)
+        except KeyboardInterrupt:
+            result.interrupted = True
+            result.mark_unfinished("interrupted")
+            row.status, row.error = "interrupted", "the run was interrupted during this cell"
+            row.metrics = summarize(result.records, slos_ms, self._metric_functions())
+            self._finish(row, result.warmup_records + result.records)
+            raise
         row.counters = counters.delta(readings[0] if readings else None, counters.read(self.stack.base_url))
-        row.metrics = summarize(result.records, slos_ms)
+        row.metrics = summarize(result.records, slos_ms, self._metric_functions())
         if result.crashed:
             row.status, row.error = "crashed", result.crashed
         elif row.metrics["failed"]:
@@ -183,43 +236,66 @@ class Bench:
             row.engagement = verdict.to_json()
             if not verdict.ok and row.status == "ok":
                 row.status, row.error = "failed", verdict.reason
+        if not reset.ok and row.status in ("ok", "partial"):
+            row.status, row.error = "failed", f"prefix cache: {reset.status}"
         if check is not None and not result.crashed:
-            outputs = self._judge_outputs(check, result.records, f"{point.label}:{repeat}")
+            outputs = check.judge(self, result.records, f"{point.label}:{repeat}")
             row.outputs = outputs.to_json()
             if not outputs.ok and row.status in ("ok", "partial"):
                 row.status, row.error = "failed", f"measured outputs: {outputs.summary}"
         self._finish(row, result.warmup_records + result.records)
-        self.log(f"{self.spec.name} {point.label}: {row.status}, "
-                 f"{_fmt(row.metrics.get('output_throughput'))} out tok/s, "
-                 f"median {_fmt(row.metrics.get('median_tok_per_s'))} tok/s, "
-                 f"TTFT p50 {_fmt(row.metrics.get('median_ttft_ms'))} ms, "
-                 f"TPOT p50 {_fmt(row.metrics.get('median_tpot_ms'))} ms"
-                 + "".join(f", {key.replace('_', ' ')} {row.metrics[key]}" for key in usage_details(result.records))
-                 + f", load {row.machine['loadavg_after']}"
-                 + (f", outputs {row.outputs['summary']}" if row.outputs else "")
-                 + (f"; {row.error}" if row.engagement and row.engagement["verdict"] == "fail" else ""))
+        self._attach(row)
+        self.log(self._cell_line(row))
         if result.crashed:
             raise StackError(result.crashed)
         return row
 
-    def _judge_outputs(self, check: OutputCheck, records: list[RequestRecord], cell: str) -> OutputsVerdict:
-        if len(check.prompts) != len(records):
-            raise HarnessError(f"an output check needs one prompt per measured request ({len(check.prompts)} "
-                               f"for {len(records)})")
-        drawn = [i for i in check.draw(len(records), cell) if records[i].ok]
-        refs = reference_outputs(self.model_dir, [check.prompts[i] for i in drawn], check.top_k, self.log)
-        verdict = judge_texts([check.prompts[i] for i in drawn], refs, [records[i].output_text for i in drawn],
-                              special_strings(self.model_dir), eos_strings(self.model_dir),
-                              [records[i].completion_tokens for i in drawn])
-        return OutputsVerdict(verdict, drawn, len(records))
+    def _metric_functions(self) -> dict:
+        return resolve_metrics(self.scenario.metrics)
 
-    def reset_prefix_cache(self) -> str:
-        """Start each cell on a cold cache where the stack allows it (repeated runs would inflate)."""
-        try:
-            status = httpx.post(self.stack.base_url + "/reset_prefix_cache", timeout=30).status_code
-        except httpx.HTTPError as exc:
-            return f"failed: {type(exc).__name__}"
-        return "done" if status == 200 else f"unsupported (HTTP {status})"
+    def _timed(self, run: Callable[[], object], point: LoadPoint) -> None:
+        """The cell's requests, timed by pytest-benchmark as one round where a test asked for it
+        (`benchmark`), so its compare and histogram tools see our cells; the row stays the truth."""
+        if self.benchmark is None:
+            run()
+            return
+        self.benchmark.group = f"{self.scenario.setting}-{self.profile} {point.label}"
+        self.benchmark.pedantic(run, rounds=1, iterations=1)
+
+    def _attach(self, row: ResultRow) -> None:
+        if self.benchmark is not None:
+            self.benchmark.extra_info.update(
+                {"row": row.name, "status": row.status, "run_id": row.run_id, "stack": row.stack,
+                 **{k: v for k, v in row.metrics.items() if isinstance(v, (int, float, str)) or v is None}})
+
+    def _cell_line(self, row: ResultRow) -> str:
+        """One line per cell: status, the scenario's leaderboard columns, load, outputs verdict."""
+        board = self.scenario.leaderboard
+        keys = dict.fromkeys((board.primary, *board.columns))
+        shown = [f"{metric_label(k, board.labels)} {_fmt(row.metrics.get(k))}" for k in keys if k in row.metrics]
+        return (f"{self.spec.name} {row.load_point['label']}: {row.status}, " + ", ".join(shown)
+                + f", load {row.machine['loadavg_after']}"
+                + (f", outputs {row.outputs['summary']}" if row.outputs else "")
+                + (f"; {row.error}" if row.engagement and row.engagement["verdict"] == "fail" else ""))
+
+    def collect(self, endpoint: str, payloads: list[dict], request_timeout_s: float) -> list[RequestRecord]:
+        """Outputs of `payloads`, one request at a time over the transport `endpoint` names (an
+        accuracy pass of a setting whose outputs are not text with logprobs). A dead stack raises
+        StackError; a failed request is in its record, for the scenario's oracle to judge."""
+        point = LoadPoint(num_prompts=len(payloads), concurrency=1)
+        payloads = [self.spec.adapt({**p, "model": self.served_model}) for p in payloads]
+        result = asyncio.run(run_load_point(self.stack.base_url, endpoint, payloads, point, request_timeout_s,
+                                            liveness=self.stack.death))
+        if result.crashed:
+            raise StackError(result.crashed)
+        return result.records
+
+    def reset_prefix_cache(self, probe: dict | None = None, endpoint: str | None = None) -> ResetOutcome:
+        """Start on a cold cache where the stack allows it (repeated runs would inflate); the reset
+        is believed only where a probe shows no hits after it (harness/prefix_cache.py)."""
+        probe = probe if endpoint in ENDPOINTS else None  # a probe is a text request
+        return prefix_cache.reset_prefix_cache(self.stack.base_url, probe and prefix_cache.probe_from(probe),
+                                               endpoint or "completions")
 
     def stack_outputs(self, prompts: list[Prompt], request_timeout_s: float, top_k: int = TOP_K,
                       stack: RunningStack | None = None) -> list[Generation]:
@@ -272,6 +348,15 @@ class Bench:
         self.log(f"{self.spec.name} accuracy: {verdict.summary}")
         return verdict
 
+    def judged_accuracy(self, verdict: Verdict, outputs: list | None = None) -> ResultRow:
+        """Write the accuracy row of a scenario that judged its outputs itself (e.g. with
+        `collect` and `judge_equal`); `outputs` are kept in the row as given (JSON-able)."""
+        row = self._row("accuracy", status="ok" if verdict.ok else "failed")
+        row.accuracy = verdict.to_json() | ({"outputs": outputs} if outputs is not None else {})
+        self._finish(row)
+        self.log(f"{self.spec.name} accuracy: {verdict.summary}")
+        return row
+
     def lossless_accuracy(self, prompts: list[Prompt], request_timeout_s: float, top_k: int = TOP_K,
                           guard: Guard | None = None, report: Callable[[list[Generation]], dict] | None = None,
                           reference_dir: Path | None = None) -> LosslessVerdict:
@@ -295,7 +380,7 @@ class Bench:
         # Every pass starts on a cold prefix cache: otherwise a later pass reuses an earlier one's
         # K/V, computed in other chunks, and its bf16 rounding differs for a reason that is not the
         # optimisation under test (vanilla vLLM on an AMX CPU flipped 4 of 12 near-tied tokens so).
-        resets = [self.reset_prefix_cache()]
+        resets = [self.reset_prefix_cache().status]
         claimed = guard.feature if guard is not None and guard.applies(self.spec.supports) else None
         with self._kept_on_failure(row):
             before = counters.read(self.stack.base_url)
@@ -325,7 +410,7 @@ class Bench:
         """The lossless oracle's other side: outputs with the optimisation off, and how it was
         turned off (None and the reason where it cannot be)."""
         if claimed is None:
-            resets.append(self.reset_prefix_cache())
+            resets.append(self.reset_prefix_cache().status)
             fields = sorted({k for p in prompts for k in p.extra})
             return (self.stack_outputs([p.without_extra() for p in prompts], request_timeout_s, top_k),
                     f"the same requests without {', '.join(fields) or 'extra fields'}")
@@ -334,7 +419,7 @@ class Bench:
             return None, (f"not checked: the stack declares {claimed!r} and its spec has no `off_switch` for it "
                           f"(judged against the reference only)")
         if switch.request:
-            resets.append(self.reset_prefix_cache())
+            resets.append(self.reset_prefix_cache().status)
             variant = [replace(p, extra={**p.extra, **switch.request}) for p in prompts]
             return self.stack_outputs(variant, request_timeout_s, top_k), f"{claimed} off: {switch.describe()}"
         spec = self.spec.with_off(claimed)

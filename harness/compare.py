@@ -4,7 +4,9 @@ The scoring is the scenario's own pytest module (one run id, one stack up at a t
 command adds what a person comparing engines asks next: each stack's primary metric at every
 load point as a ratio to each baseline measured in the same run, and, at concurrency 1, the
 "bandwidth achieved" (weight bytes x decode tokens/s, as gpt-fast prints it) against the
-machine's copy bandwidth measured before and after the run.
+machine's copy bandwidth measured before and after the run. The bytes are those the stack loads
+(harness.bandwidth.weights_read); a stack whose /metrics show several tokens per forward, or
+that says it speculates and shows no forward count, gets the reason instead of a number.
 """
 from __future__ import annotations
 
@@ -20,7 +22,14 @@ from rich.table import Table
 
 from harness import machine as host
 from harness.atomic import atomic_write_text
-from harness.bandwidth import memory_bandwidth, weight_bytes
+from harness.bandwidth import (
+    ONE_TOKEN_PER_FORWARD,
+    Weights,
+    declared_speculation,
+    memory_bandwidth,
+    tokens_per_forward,
+    weights_read,
+)
 from harness.bench import new_run_id
 from harness.errors import HarnessError
 from harness.leaderboard import metric_label
@@ -42,6 +51,7 @@ class Cell:
     concurrency: int | None
     repeats: int = 1  # measured repeats the medians are over
     primary_range: tuple[float, float] | None = None  # (min, max) of the primary metric over them
+    bandwidth_withheld: str | None = None  # why weights x tok/s is not this stack's memory traffic
 
 
 @dataclass(frozen=True)
@@ -63,43 +73,84 @@ def _median(values: list[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
-def cells_of(rows: list[ResultRow], primary: str) -> list[Cell]:
+def bandwidth_withheld(rows: list[ResultRow], features: tuple[str, ...] = ()) -> str | None:
+    """Why "bandwidth achieved" would be wrong for one cell's rows, or None where each forward yields
+    one token: the counters that moved during the cell first (the worst repeat counts), else what
+    the spec declares, its speculation flags or one of the scenario's `features` (optimisations)."""
+    measured = [t for r in rows if (t := tokens_per_forward(r.counters, r.metrics.get("total_output_tokens")))]
+    if measured:
+        worst = max(measured)
+        return f"n/a: {worst:.1f} tokens per forward" if worst > ONE_TOKEN_PER_FORWARD else None
+    info = rows[-1].stack_info or {}
+    why = declared_speculation(info.get("flags"), info.get("command") or ())
+    why = why or next((f"declares {w!r}" for w in info.get("supports") or () if w in features), None)
+    return f"n/a: {why}, and /metrics counts no forwards" if why else None
+
+
+def cells_of(rows: list[ResultRow], primary: str, features: tuple[str, ...] = ()) -> list[Cell]:
     """One cell per (stack, load point), in the order first measured; repeats become medians, so a
-    ratio is between medians, never between one repeat and another stack's last one."""
+    ratio is between medians, never between one repeat and another stack's last one. `features`:
+    the scenario's optimisations, which a stack declaring them may decode several tokens per forward."""
     groups: dict[tuple[str, str], list[ResultRow]] = {}
     for r in rows:
         if r.kind == "performance":
             groups.setdefault((r.stack, str((r.load_point or {}).get("label"))), []).append(r)
     out = []
     for (stack, label), group in groups.items():
-        measured = [r for r in group if r.status in ("ok", "partial")] or group
+        measured = [r for r in group if r.status in MEASURED] or group
         values = [r.metrics.get(primary) for r in measured if r.metrics.get(primary) is not None]
         out.append(Cell(stack, label, measured[-1].status, _median(values),
                         _median([r.metrics.get("p99_ttft_ms") for r in measured]),
                         _median([r.metrics.get("median_tpot_ms") for r in measured]),
                         (group[0].load_point or {}).get("concurrency"), len(measured),
-                        (min(values), max(values)) if len(values) > 1 else None))
+                        (min(values), max(values)) if len(values) > 1 else None,
+                        bandwidth_withheld(measured, features)))
     return out
 
 
+MEASURED = ("ok", "partial")  # a cell whose outputs or guard failed has numbers, and no ratio
+
+
 def ratios(cells: list[Cell], baselines: list[str], direction: str) -> list[Ratio]:
+    """Each stack against each baseline at the same load point; None where either cell failed."""
     by_key = {(c.stack, c.label): c for c in cells}
-    return [Ratio(c.stack, b, c.label, ratio(c.primary, by_key[(b, c.label)].primary, direction))
-            for c in cells for b in baselines if b != c.stack and (b, c.label) in by_key]
+    return [Ratio(c.stack, b, c.label,
+                  ratio(c.primary, base.primary, direction)
+                  if c.status in MEASURED and base.status in MEASURED else None)
+            for c in cells for b in baselines if b != c.stack and (base := by_key.get((b, c.label)))]
 
 
 def decode_bandwidth(cell: Cell, model_bytes: int) -> float | None:
-    """Bytes/s a concurrency-1 decode streams: weights x tokens/s between tokens (1 / TPOT)."""
-    if cell.concurrency != 1 or not cell.median_tpot_ms:
+    """Bytes/s a concurrency-1 decode streams: weights x tokens/s between tokens (1 / TPOT); None
+    where that product is not its memory traffic (see `bandwidth_withheld`)."""
+    if cell.concurrency != 1 or not cell.median_tpot_ms or cell.bandwidth_withheld:
         return None
     return model_bytes * 1e3 / cell.median_tpot_ms
+
+
+def bandwidth_text(cell: Cell, weights: Weights | None, copy_bw: float) -> str:
+    """The "bandwidth achieved" column: a number, the reason there is none, or "-" off concurrency 1."""
+    if cell.concurrency != 1 or not cell.median_tpot_ms:
+        return "-"
+    if cell.bandwidth_withheld:
+        return cell.bandwidth_withheld
+    if weights is None:
+        return "n/a: the GGUF file it loads was not found"
+    bw = decode_bandwidth(cell, weights.nbytes)
+    return f"{bw / 1e9:.1f} GB/s = {100 * bw / copy_bw:.0f}%"
+
+
+def stack_weights(rows: list[ResultRow], model_dir: Path) -> dict[str, Weights | None]:
+    """Per stack, the weights it reads (from the spec command its rows record)."""
+    commands = {r.stack: (r.stack_info or {}).get("command") or () for r in rows}
+    return {stack: weights_read(model_dir, command) for stack, command in commands.items()}
 
 
 def _fmt(x: float | None, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def render(scenario: ScenarioSpec, cells: list[Cell], rs: list[Ratio], model_bytes: int,
+def render(scenario: ScenarioSpec, cells: list[Cell], rs: list[Ratio], weights: dict[str, Weights | None],
            copy_bw: float, labels: list[str]) -> Table:
     primary = metric_label(scenario.leaderboard.primary, scenario.leaderboard.labels)
     table = Table(title=f"{scenario.title}: {primary} ({scenario.leaderboard.direction} is better)")
@@ -110,10 +161,9 @@ def render(scenario: ScenarioSpec, cells: list[Cell], rs: list[Ratio], model_byt
     for c in sorted(cells, key=lambda c: (order.get(c.label, len(order)), c.stack)):
         vs = ", ".join(f"{r.value:.2f}x {r.baseline}" for r in rs
                        if r.stack == c.stack and r.label == c.label and r.value is not None)
-        bw = decode_bandwidth(c, model_bytes)
-        bw_text = "-" if bw is None else f"{bw / 1e9:.1f} GB/s = {100 * bw / copy_bw:.0f}%"
-        value = _fmt(c.primary) if c.status in ("ok", "partial") else c.status
-        if c.primary_range is not None and c.status in ("ok", "partial"):
+        bw_text = bandwidth_text(c, weights.get(c.stack), copy_bw)
+        value = _fmt(c.primary) if c.status in MEASURED else c.status
+        if c.primary_range is not None and c.status in MEASURED:
             value += f" (median of {c.repeats}: {c.primary_range[0]:.1f}-{c.primary_range[1]:.1f})"
         table.add_row(c.stack, c.label, value, _fmt(c.p99_ttft_ms), _fmt(c.median_tpot_ms), vs or "-", bw_text)
     return table
@@ -138,7 +188,7 @@ def compare(scenario_name: str, stacks: list[str], baselines: list[str], profile
     prof = scenario.profile(profile)
     from harness.assets import ensure_model
 
-    model_bytes = weight_bytes(ensure_model(prof["model"]))
+    model_dir = ensure_model(prof["model"])
     run_id = run_id or new_run_id()
     console.print(f"run {run_id}: {', '.join(stacks)} on {scenario.title} ({profile}); measuring memory bandwidth")
     bw_before = memory_bandwidth()
@@ -147,20 +197,25 @@ def compare(scenario_name: str, stacks: list[str], baselines: list[str], profile
     bw_after, load_after = memory_bandwidth(), host.loadavg()
     copy_bw = max(bw_before, bw_after)
     rows = [r for r in read_rows(results_dir) if r.run_id == run_id]
-    cells = cells_of(rows, scenario.leaderboard.primary)
+    cells = cells_of(rows, scenario.leaderboard.primary, scenario.features)
+    weights = stack_weights(rows, model_dir)
     base = [b for b in baselines if b in stacks] or [s for s in stacks[1:]]
     rs = ratios(cells, base, scenario.leaderboard.direction)
     labels = [c.label for c in cells_of(sorted(rows, key=lambda r: r.started_at), scenario.leaderboard.primary)]
-    console.print(render(scenario, cells, rs, model_bytes, copy_bw, list(dict.fromkeys(labels))))
-    console.print(f"weights {model_bytes / 1e6:.0f} MB as prepared; copy bandwidth {bw_before / 1e9:.1f} / "
+    console.print(render(scenario, cells, rs, weights, copy_bw, list(dict.fromkeys(labels))))
+    read = "; ".join(sorted({f"{w.nbytes / 1e6:.0f} MB {w.source}" for w in weights.values() if w}))
+    console.print(f"weights read per decode step: {read or '-'}; copy bandwidth {bw_before / 1e9:.1f} / "
                   f"{bw_after / 1e9:.1f} GB/s before / after; load average {load_before} -> {load_after}; "
                   f"pytest exit code {code}")
     summary = {"run_id": run_id, "scenario": scenario_name, "profile": profile, "stacks": stacks, "baselines": base,
-               "weight_bytes": model_bytes, "copy_bandwidth_before": bw_before, "copy_bandwidth_after": bw_after,
+               "weights": {s: asdict(w) if w else None for s, w in weights.items()},
+               "copy_bandwidth_before": bw_before, "copy_bandwidth_after": bw_after,
                "loadavg_before": load_before, "loadavg_after": load_after, "pytest_exit_code": code,
                "cells": [asdict(c) for c in cells], "ratios": [asdict(r) for r in rs],
-               "bandwidth_achieved": {c.stack: decode_bandwidth(c, model_bytes) for c in cells
-                                      if decode_bandwidth(c, model_bytes)}}
+               "bandwidth_achieved": {c.stack: bw for c in cells
+                                      if (w := weights.get(c.stack)) and (bw := decode_bandwidth(c, w.nbytes))},
+               "bandwidth_withheld": {c.stack: c.bandwidth_withheld for c in cells
+                                      if c.concurrency == 1 and c.bandwidth_withheld}}
     out = Path(results_dir) / "runs" / run_id / "compare.json"
     atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
     console.print(f"summary: {out}")

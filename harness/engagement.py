@@ -1,10 +1,9 @@
 """Engagement guards: a speed-up claim needs evidence that its mechanism ran.
 
-A guard names the stack feature it applies to (a `supports` entry: a stack that declares
-`prediction` claims predicted outputs) and where the evidence is read: a per-request usage count
-the client summed over the cell (e.g. `accepted_prediction_tokens` from
+A guard names the stack feature it applies to (a `supports` entry a setting lets a stack claim)
+and where the evidence is read: a per-request usage count the client summed over the cell (from
 usage.completion_tokens_details) and/or `/metrics` counters whose growth over the cell counts
-(e.g. `spec_accepted_tokens`). The guard passes when any source shows a positive amount and
+(e.g. `spec_accepted_tokens`, `prefix_cache_hit_tokens`). The guard passes when any source shows a positive amount and
 every `consistency` check (a scenario's own, relating the amount to other counters: output
 tokens, forward passes) finds nothing wrong: one number a stack claims is not evidence alone.
 Stacks that do not declare the feature are measured all the same, without the guard: a baseline

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 class Prompt:
     """One accuracy prompt: plain text for /v1/completions, or one user turn for /v1/chat/completions.
 
-    `extra`: request fields that switch on a lossless optimisation (e.g. `prediction` for predicted
+    `extra`: request fields that switch on a lossless optimisation (such as OpenAI's predicted
     outputs); they must not change the output, so the reference never sees them. `template_kwargs`:
     chat-template arguments (e.g. {"enable_thinking": false}), sent as `chat_template_kwargs` and
     given to the reference's template too.
@@ -23,7 +23,7 @@ class Prompt:
     ignore_eos: bool = False  # generate max_tokens whatever comes (a load point's fixed output length)
 
     def reference_key(self) -> dict:
-        """What the reference's output depends on (the cache key of setting A's prompts is unchanged)."""
+        """What the reference's output depends on (keys absent at their defaults, so older cache keys hold)."""
         key = {"id": self.id, "text": self.text, "chat": self.chat, "max_tokens": self.max_tokens}
         return (key | ({"template_kwargs": self.template_kwargs} if self.template_kwargs else {})
                 | ({"ignore_eos": True} if self.ignore_eos else {}))

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.atomic import atomic_write_text
+from harness.metrics import metric_label
 from harness.plots import PlotPoint, PlotSeries, PlotSpec, write_plot
 from harness.row import RUNS_DIR, ResultRow, read_rows
 from harness.scenario import LeaderboardSpec, ScenarioSpec, find_scenarios
@@ -27,47 +28,18 @@ PLOTS_DIR = "plots"
 BASELINES = frozenset({"hf-reference", "vllm", "sglang", "llamacpp", "mlx-lm"})
 
 PERF_OK = ("ok", "partial")
-TTFT_KEY = "median_ttft_ms"
 DASH = "—"
 ACCURACY_SUMMARY_CHARS = 60
 ERROR_CHARS = 80
 EARLIER_LISTED = 5
 
-# For rows whose setting has no scenario YAML.
+# For rows whose setting has no scenario YAML: metrics the harness computes for every unit.
 DEFAULT_BOARD = LeaderboardSpec(
     primary="output_throughput",
     direction="higher",
-    columns=("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms"),
+    columns=("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_e2el_ms", "p99_e2el_ms"),
+    plot=("output_throughput", "median_ttft_ms"),
 )
-
-_LABELS = {
-    "output_throughput": "output tok/s",
-    "total_token_throughput": "total tok/s",
-    "request_throughput": "req/s",
-    "request_goodput": "goodput (req/s)",
-    "completed": "completed",
-    "total_input_tokens": "input tokens",
-    "total_output_tokens": "output tokens",
-    "duration": "duration (s)",
-}
-_STATS = {"mean": "mean", "median": "p50", "std": "std"}
-_LATENCIES = {"ttft": "TTFT", "tpot": "TPOT", "itl": "ITL", "token_gap": "token gap", "e2el": "E2E latency"}
-_LATENCY_KEY = re.compile(r"^(mean|median|std|p\d+(?:\.\d+)?)_([a-z0-9_]+?)_ms$")
-
-
-def metric_label(key: str, labels: dict[str, str] | None = None) -> str:
-    """A column heading for a metric key: the scenario's own label (its YAML's leaderboard.labels),
-    else "output_throughput" -> "output tok/s", "p99_ttft_ms" -> "TTFT p99 (ms)", else the key
-    with spaces."""
-    if labels and key in labels:
-        return labels[key]
-    if key in _LABELS:
-        return _LABELS[key]
-    m = _LATENCY_KEY.match(key)
-    if m:
-        stat, what = m.groups()
-        return f"{_LATENCIES.get(what, what.upper())} {_STATS.get(stat, stat)} (ms)"
-    return key.replace("_", " ")
 
 
 def format_value(value: float | None) -> str:
@@ -504,6 +476,10 @@ def render_markdown(sections: list[Section], order: dict[str, tuple[str, str]], 
 # --------------------------------------------------------------------------- plots
 
 
+def _plotted(board: LeaderboardSpec) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((board.primary, *board.plot)))
+
+
 def _plot_points(entry: StackEntry, section: Section) -> tuple[PlotPoint, ...]:
     ok = [r for r in entry.rows if r.kind == "performance" and r.status in PERF_OK]
     by_label: dict[str, list[ResultRow]] = {}
@@ -513,8 +489,7 @@ def _plot_points(entry: StackEntry, section: Section) -> tuple[PlotPoint, ...]:
         PlotPoint(
             label=label,
             x=_load_x(rows[0]),
-            primary=_median(rows, section.board.primary),
-            ttft_ms=_median(rows, TTFT_KEY),
+            values=tuple(_median(rows, key) for key in _plotted(section.board)),
         )
         for label, rows in by_label.items()
     ]
@@ -529,7 +504,7 @@ def _plot_spec(section: Section, order: dict[str, tuple[str, str]]) -> PlotSpec:
     return PlotSpec(
         title=(f"{section.title} (setting {section.setting}, profile {section.profile})" if section.has_scenario
                else f"setting {section.setting}, profile {section.profile}"),
-        primary_label=metric_label(section.board.primary, section.board.labels),
+        panels=tuple(metric_label(key, section.board.labels) for key in _plotted(section.board)),
         x_label=_x_label(section.rows),
         series=series,
     )
@@ -538,8 +513,10 @@ def _plot_spec(section: Section, order: dict[str, tuple[str, str]]) -> PlotSpec:
 # --------------------------------------------------------------------------- entry point
 
 
-def write_leaderboard(results_dir: Path, scenarios_dir: Path, baselines: set[str] | None = None) -> Path:
+def write_leaderboard(results_dir: Path, scenarios_dir: Path | list[Path], baselines: set[str] | None = None) -> Path:
     """Write results_dir/LEADERBOARD.md and results_dir/plots/<setting>-<profile>.png; return the Markdown path.
+
+    scenarios_dir: the folder (or folders) of the scenario YAMLs whose tables are described.
 
     baselines: stack names compared against in addition to BASELINES and the stacks whose spec ships
     under baselines/ (the `--baseline` option).
@@ -547,7 +524,8 @@ def write_leaderboard(results_dir: Path, scenarios_dir: Path, baselines: set[str
     results_dir = Path(results_dir)
     rows = read_rows(results_dir)
     order = _run_order(rows)
-    sections = _sections(rows, find_scenarios(Path(scenarios_dir)))
+    dirs = scenarios_dir if isinstance(scenarios_dir, list) else [scenarios_dir]
+    sections = _sections(rows, [s for d in dirs for s in find_scenarios(Path(d))])
     # Any stack launched from a spec shipped under baselines/ is a baseline too (vllm-eager, ...).
     shipped = {r.stack for r in rows if str((r.stack_info or {}).get("spec") or "").startswith("baselines/")}
     all_baselines = BASELINES | frozenset(baselines or ()) | frozenset(shipped)

@@ -175,7 +175,7 @@ def compare_text(prompt_id: str, ref: Generation, text: str, silent: frozenset[s
     full, shown = ref.text, text
     for token in silent:
         full, shown = full.replace(token, ""), shown.replace(token, "")
-    verdict = _walk(prompt_id, ref, hidden, full, shown, silent, eos, usage_tokens, may_end)
+    verdict = _walk(prompt_id, ref, hidden, full, shown, silent, eos, usage_tokens, may_end, unseen=shown == text)
     if not verdict.ok and shown != text:  # the stack printed special tokens: compare them too
         printed = _walk(prompt_id, ref, list(ref.tokens), "".join(ref.tokens), text, frozenset(), eos, usage_tokens,
                         may_end)
@@ -184,8 +184,9 @@ def compare_text(prompt_id: str, ref: Generation, text: str, silent: frozenset[s
 
 
 def _walk(prompt_id: str, ref: Generation, pieces: list[str], full: str, text: str, silent: frozenset[str],
-          eos: set[str], usage_tokens: int | None, may_end: bool) -> PromptVerdict:
-    """compare_text on one rendering: `pieces[i]` is how reference token i shows in `full`."""
+          eos: set[str], usage_tokens: int | None, may_end: bool, unseen: bool = False) -> PromptVerdict:
+    """compare_text on one rendering: `pieces[i]` is how reference token i shows in `full`. `unseen`:
+    the stack prints no special tokens, so it may have taken one a little before the divergence."""
     same = 0
     for a, b in zip(full, text):
         if a != b:
@@ -213,6 +214,12 @@ def _walk(prompt_id: str, ref: Generation, pieces: list[str], full: str, text: s
     if unprinted and (rest or may_end):  # the stack may have taken it there, which its text cannot show
         return PromptVerdict(prompt_id, True, i, i, f"near-tie at token {i}: the reference's runner-up "
                                                     f"{unprinted[0]!r} leaves no text")
+    hidden = _hidden_runner_up(ref, i, silent) if unseen else None
+    if hidden is not None:
+        return PromptVerdict(prompt_id, True, hidden, hidden, f"near-tie at token {hidden}: the reference's runner-up "
+                                                              f"{_first_silent(ref.top[hidden], silent)!r} "
+                                                              f"leaves no text, and the next {i - hidden} token(s) "
+                                                              f"print alike")
     expected = _show(ref.tokens[i]) if i < n else "the end"
     got = repr(rest[:24]) if rest else "the end of the text"
     return PromptVerdict(prompt_id, False, i, i, f"text differs at token {i} of {n}, after {full[max(0, start - 40):start]!r}: "
@@ -220,8 +227,46 @@ def _walk(prompt_id: str, ref: Generation, pieces: list[str], full: str, text: s
                                                  f"{len(ref.top[i]) if i < len(ref.top) else 0}")
 
 
+# How far before a visible divergence a special token the stack took unseen may lie: after an
+# unprinted <|im_end|> a model's next token (a newline) often prints what the reference's did.
+HIDDEN_LOOKBACK = 2
+
+
+def _first_silent(top: dict[str, float], silent: frozenset[str]) -> str | None:
+    return next((a for a in top if a in silent), None)
+
+
+def _hidden_runner_up(ref: Generation, i: int, silent: frozenset[str]) -> int | None:
+    """The latest token j in the few before i where the reference's top-k held a special token other
+    than its own choice: the stack may have taken it there unseen, then printed text that coincides
+    with the reference's up to token i. None where there is none."""
+    for j in range(i - 1, max(i - HIDDEN_LOOKBACK, 0) - 1, -1):
+        top = ref.top[j] if j < len(ref.top) else {}
+        if any(a in silent and a != (ref.tokens[j] if j < len(ref.tokens) else None) for a in top):
+            return j
+    return None
+
+
 def judge_texts(prompts: list, refs: list[Generation], texts: list[str], silent: frozenset[str],
                 eos: set[str], usage: list[int | None]) -> Verdict:
     """Each measured text against its prompt's reference (prompts: harness.generation.Prompt)."""
     return Verdict([compare_text(p.id, r, t, silent, eos, u, may_end=not p.ignore_eos)
                     for p, r, t, u in zip(prompts, refs, texts, usage, strict=True)])
+
+
+def _shown(value) -> str:
+    if isinstance(value, bytes):
+        return f"{len(value)} bytes"
+    return repr(value)[:80]
+
+
+def judge_equal(prompt_ids: list[str], expected: list, got: list) -> Verdict:
+    """The lossless-pair judge for outputs that are not token streams (a transcript, an image's
+    bytes): each output equal, strictly, to the other side's (the optimisation off, or a
+    reference). A missing output (None: the request failed) is never equal."""
+    out = []
+    for pid, want, have in zip(prompt_ids, expected, got, strict=True):
+        ok = have is not None and have == want
+        out.append(PromptVerdict(pid, ok, int(ok), None if ok else 0,
+                                 "" if ok else f"expected {_shown(want)}, got {_shown(have)}"))
+    return Verdict(out)

@@ -1,5 +1,6 @@
-"""Leaderboard plots: one PNG per (setting, profile), the primary metric (and p50 TTFT) per load point;
-a bar per stack where all were measured at one load point."""
+"""Leaderboard plots: one PNG per (setting, profile), a panel per metric the scenario's YAML names
+(`leaderboard.plot`, the primary first) drawn per load point; a bar per stack where all were
+measured at one load point."""
 from __future__ import annotations
 
 import io
@@ -21,8 +22,7 @@ LOG_X_SPAN = 4.0  # a log x axis once the largest load is more than this many ti
 class PlotPoint:
     label: str  # the load point's label, e.g. "rate=0.5"
     x: float | None  # request_rate or concurrency; None when the point has neither
-    primary: float | None
-    ttft_ms: float | None
+    values: tuple[float | None, ...]  # one per panel of the plot
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class PlotSeries:
 @dataclass(frozen=True)
 class PlotSpec:
     title: str
-    primary_label: str
+    panels: tuple[str, ...]  # each panel's axis label, the primary metric's first
     x_label: str  # "request rate (req/s)", "concurrency", ...
     series: tuple[PlotSeries, ...]
 
@@ -55,13 +55,13 @@ def _categories(series: tuple[PlotSeries, ...]) -> list[str]:
 
 
 def single_point(spec: PlotSpec) -> bool:
-    """Every stack measured at the same one load point (setting B's concurrency 1): bars, not lines."""
+    """Every stack measured at the same one load point (a single concurrency, say): bars, not lines."""
     return len(_categories(spec.series)) == 1
 
 
-def _draw_bars(ax, spec: PlotSpec, value: str, label: str) -> None:
-    bars = sorted(((s.stack, getattr(s.points[0], value)) for s in spec.series
-                   if s.points and getattr(s.points[0], value) is not None), key=lambda b: b[1])
+def _draw_bars(ax, spec: PlotSpec, panel: int, label: str) -> None:
+    bars = sorted(((s.stack, s.points[0].values[panel]) for s in spec.series
+                   if s.points and s.points[0].values[panel] is not None), key=lambda b: b[1])
     if not bars:
         ax.text(0.5, 0.5, "no measured load points", ha="center", va="center", transform=ax.transAxes)
         return
@@ -75,19 +75,19 @@ def _draw_bars(ax, spec: PlotSpec, value: str, label: str) -> None:
     ax.grid(True, axis="x", alpha=0.3)
 
 
-def _draw(ax, spec: PlotSpec, value: str, ylabel: str) -> None:
+def _draw(ax, spec: PlotSpec, panel: int, ylabel: str) -> None:
     if single_point(spec):
-        _draw_bars(ax, spec, value, ylabel)
+        _draw_bars(ax, spec, panel, ylabel)
         return
     numeric = _numeric_x(spec.series)
     cats = [] if numeric else _categories(spec.series)
     drawn = False
     for s in spec.series:
-        pts = [p for p in s.points if getattr(p, value) is not None]
+        pts = [p for p in s.points if p.values[panel] is not None]
         if not pts:
             continue
         xs = [p.x if numeric else cats.index(p.label) for p in pts]
-        ax.plot(xs, [getattr(p, value) for p in pts], marker="o", label=s.stack)
+        ax.plot(xs, [p.values[panel] for p in pts], marker="o", label=s.stack)
         drawn = True
     if numeric:
         xs = [p.x for s in spec.series for p in s.points if p.x and p.x > 0]
@@ -109,18 +109,19 @@ def _draw(ax, spec: PlotSpec, value: str, ylabel: str) -> None:
         ax.text(0.5, 0.5, "no measured load points", ha="center", va="center", transform=ax.transAxes)
 
 
-def _has_ttft(spec: PlotSpec) -> bool:
-    return any(p.ttft_ms is not None for s in spec.series for p in s.points)
+def _drawn_panels(spec: PlotSpec) -> list[int]:
+    """The primary's panel always; another only where some stack has a value for it."""
+    return [i for i in range(len(spec.panels))
+            if i == 0 or any(p.values[i] is not None for s in spec.series for p in s.points)]
 
 
 def render_png(spec: PlotSpec) -> bytes:
-    with_ttft = _has_ttft(spec)
-    fig = Figure(figsize=(11 if with_ttft else 6.5, 4.5), dpi=100)
+    panels = _drawn_panels(spec)
+    fig = Figure(figsize=(1.5 + 5 * len(panels), 4.5), dpi=100)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2 if with_ttft else 1, squeeze=False)[0]
-    _draw(axes[0], spec, "primary", spec.primary_label)
-    if with_ttft:
-        _draw(axes[1], spec, "ttft_ms", "TTFT p50 (ms)")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        _draw(ax, spec, panel, spec.panels[panel])
     fig.suptitle(spec.title)
     fig.tight_layout()
     buf = io.BytesIO()

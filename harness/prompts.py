@@ -31,3 +31,9 @@ def spread(n: int, low: int, high: int) -> list[int]:
     if n == 1:
         return [low]
     return [round(low + (high - low) * i / (n - 1)) for i in range(n)]
+
+
+def salted(text: str, salt: str | None) -> str:
+    """`text` carrying the run's salt at its head: a fresh salt per run makes every prompt new, so an
+    answer table built at start-up or kept from an earlier run matches nothing."""
+    return f"[{salt}] {text}" if salt else text

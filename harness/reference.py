@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from collections.abc import Callable
-from functools import cache
+from dataclasses import dataclass, field
+from functools import cache, lru_cache
 from pathlib import Path
 
 from harness.assets import cache_root, weights_checksum
@@ -13,6 +15,9 @@ from harness.errors import HarnessError
 from harness.generation import Generation, Prompt
 
 TOP_K = 5
+# Prompts decoded together. On 2 cores 8 to 16 are 2.5x to 3x faster than one at a time; memory
+# grows with the batch's K/V cache (SmolLM2-135M, 12 prompts of up to 550 tokens: about 0.5 GB more).
+BATCH_SIZE = 16
 
 
 def cache_key(model_dir: Path, prompts: list[Prompt], top_k: int) -> str:
@@ -60,38 +65,111 @@ def special_strings(model_dir: Path) -> frozenset[str]:
 
 
 def generate_reference(model_dir: Path, prompts: list[Prompt], top_k: int = TOP_K,
-                       log: Callable[[str], None] = lambda _: None) -> list[Generation]:
-    """Greedy generations in float32 compute, with the top-k logprobs of every step."""
+                       log: Callable[[str], None] = lambda _: None,
+                       batch_size: int = BATCH_SIZE) -> list[Generation]:
+    """Greedy generations in float32 compute, with the top-k logprobs of every step; prompts of
+    similar length are decoded together, `batch_size` at a time, each exactly as it would be alone
+    (up to float rounding: see `_greedy_batch`)."""
+    import torch
+
+    tok, model = _reference_model(model_dir)
+    eos = frozenset(_eos_ids(model.generation_config.eos_token_id))
+    rows = [_Row(input_ids(tok, p), p.max_tokens, frozenset() if p.ignore_eos else eos) for p in prompts]
+    batches = _batches([len(r.ids) for r in rows], batch_size)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    for n, batch in enumerate(batches):
+        log(f"reference batch {n + 1}/{len(batches)}: {', '.join(prompts[i].id for i in batch)}")
+        with torch.inference_mode():
+            _greedy_batch(model, [rows[i] for i in batch], pad, top_k)
+    return [_generation(tok, row, eos, p.ignore_eos) for row, p in zip(rows, prompts)]
+
+
+@lru_cache(maxsize=1)  # loaded once, not per judged cell (3 s each on 2 cores); one model at a time
+def _reference_model(model_dir: Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    eos = set(model.generation_config.eos_token_id if isinstance(model.generation_config.eos_token_id, list)
-              else [model.generation_config.eos_token_id])
-    out = []
-    for n, prompt in enumerate(prompts):
-        log(f"reference {n + 1}/{len(prompts)}: {prompt.id}")
-        ids = torch.tensor([input_ids(tok, prompt)])
-        with torch.inference_mode():
-            if prompt.ignore_eos:
-                new, logits = _greedy_past_eos(model, ids, prompt.max_tokens)
-            else:
-                res = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                     max_new_tokens=prompt.max_tokens, output_logits=True,
-                                     return_dict_in_generate=True, pad_token_id=tok.pad_token_id or 0,
-                                     repetition_penalty=None, temperature=None, top_p=None, top_k=None)
-                new, logits = res.sequences[0, ids.shape[1]:].tolist(), [step[0] for step in res.logits]
-        top = []
-        for step in logits:
-            values, idx = torch.log_softmax(step.float(), dim=-1).topk(top_k)
-            top.append({tok.decode([i]): float(v) for v, i in zip(values.tolist(), idx.tolist())})
-        stopped = bool(new) and new[-1] in eos and not prompt.ignore_eos
-        kept = new[:-1] if stopped else new
-        out.append(Generation(tokens=[tok.decode([i]) for i in kept], top=top,
-                              finish_reason="stop" if stopped else "length",
-                              text=tok.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False)))
-    return out
+    return (AutoTokenizer.from_pretrained(model_dir),
+            AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval())
+
+
+def _eos_ids(configured: int | list[int] | None) -> list[int]:
+    return [i for i in (configured if isinstance(configured, list) else [configured]) if i is not None]
+
+
+@dataclass
+class _Row:
+    """One prompt's greedy decoding: it ends after `limit` tokens or on a token in `stops` (the
+    end-of-sequence ids, or none for `ignore_eos`: end-of-sequence stays choosable then, as a
+    server's `ignore_eos` has it, where generate's min_new_tokens would forbid it)."""
+
+    ids: list[int]
+    limit: int
+    stops: frozenset[int]
+    tokens: list[int] = field(default_factory=list)
+    top: list[list[tuple[int, float]]] = field(default_factory=list)  # per step: (id, logprob), best first
+
+    def done(self) -> bool:
+        return len(self.tokens) >= self.limit or (bool(self.tokens) and self.tokens[-1] in self.stops)
+
+
+def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped by prompt length, so that little of a batch is padding."""
+    order, size = sorted(range(len(lengths)), key=lambda i: lengths[i]), max(1, batch_size)
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def _greedy_batch(model, rows: list[_Row], pad_id: int, top_k: int) -> None:
+    """Greedy decoding of `rows` together, filling in their tokens and top-k; a row leaves the
+    batch (and its cache) at its own end. Prompts are left padded: the attention mask hides the
+    padding and the positions count each row's own tokens only, so a row gets what it would get
+    alone, save that batched float32 matmuls may round differently in the last bits. A step's
+    choice is the plain argmax of the logits, as a server's temperature 0 (no processors from the
+    model's generation config)."""
+    import torch
+    from transformers import DynamicCache
+
+    live = [r for r in rows if not r.done()]
+    if not live:
+        return
+    width = max(len(r.ids) for r in live)
+    ids = torch.tensor([[pad_id] * (width - len(r.ids)) + r.ids for r in live])
+    mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in live])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    kv, kv_arg = DynamicCache(config=model.config), _cache_arg(model)
+    while True:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                    logits_to_keep=1, **{kv_arg: kv})
+        logits = out.logits[:, -1].float()
+        chosen = logits.argmax(-1)
+        values, idx = torch.log_softmax(logits, dim=-1).topk(top_k)
+        for row, token, v, i in zip(live, chosen.tolist(), values.tolist(), idx.tolist()):
+            row.tokens.append(token)
+            row.top.append(list(zip(i, v)))
+        keep = [j for j, row in enumerate(live) if not row.done()]
+        if not keep:
+            return
+        if len(keep) < len(live):
+            kept = torch.tensor(keep)
+            kv.batch_select_indices(kept)
+            live, mask, positions, chosen = [live[j] for j in keep], mask[kept], positions[kept], chosen[kept]
+        ids = chosen[:, None]
+        mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)
+        positions = positions[:, -1:] + 1
+
+
+def _cache_arg(model) -> str:
+    """What the model's forward calls its K/V cache: transformers renamed `past_key_values` to
+    `cache` (the old name still works there, with a deprecation warning)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _generation(tok, row: _Row, eos: frozenset[int], ignore_eos: bool) -> Generation:
+    top = [{tok.decode([i]): float(v) for i, v in step} for step in row.top]
+    stopped = bool(row.tokens) and row.tokens[-1] in eos and not ignore_eos
+    kept = row.tokens[:-1] if stopped else row.tokens
+    return Generation(tokens=[tok.decode([i]) for i in kept], top=top, finish_reason="stop" if stopped else "length",
+                      text=tok.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
 
 # Per cache file: the sha256 of its bytes and what they hold, as this process first read or wrote
@@ -137,23 +215,6 @@ def _content_hash(generation: Generation) -> str:
 def _store(path: Path, generation: Generation) -> None:
     atomic_write_json(path, {"sha256": _content_hash(generation), "generation": generation.to_json()})
     _MEMO[path.name] = (hashlib.sha256(path.read_bytes()).hexdigest(), generation)
-
-
-def _greedy_past_eos(model, ids, max_tokens: int):
-    """Greedy decoding that goes on past end-of-sequence, which stays choosable, as a server's
-    `ignore_eos` does (generate's min_new_tokens would forbid it instead)."""
-    import torch
-
-    out = model(input_ids=ids, use_cache=True)
-    tokens, logits = [], []
-    for _ in range(max_tokens):
-        step = out.logits[0, -1]
-        logits.append(step)
-        tokens.append(int(step.argmax()))
-        if len(tokens) == max_tokens:
-            break
-        out = model(input_ids=torch.tensor([[tokens[-1]]]), past_key_values=out.past_key_values, use_cache=True)
-    return tokens, logits
 
 
 def reference_outputs(model_dir: Path, prompts: list[Prompt], top_k: int = TOP_K,

@@ -21,7 +21,7 @@ class ResultRow:
     run_id: str
     stack: str
     setting: str  # "A".."G"
-    scenario: str  # the scenario's name, e.g. "standard_serving"
+    scenario: str  # the scenario's name (its YAML's `name`)
     profile: str  # "tiny" | "paper" | ...
     kind: str  # "performance" | "accuracy" | "startup" (a stack that did not start)
     status: str  # "ok" | "failed" | "crashed" | "partial" | "not_applicable"
@@ -40,6 +40,7 @@ class ResultRow:
     counters: dict | None = None  # the stack's /metrics counters that moved during the cell (after - before)
     engagement: dict | None = None  # the engagement guard's verdict and evidence, where one applied
     outputs: dict | None = None  # the measured outputs judged against the reference (which, the verdict)
+    salt: str | None = None  # the workload salt every prompt of the run carried
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -18,6 +18,7 @@ class LeaderboardSpec:
     columns: tuple[str, ...]  # metric keys shown, primary first
     load_point: str = "last"  # which load point's row the table reads: "last" or a label
     labels: dict[str, str] = field(default_factory=dict)  # column headings for the scenario's own metric keys
+    plot: tuple[str, ...] = ()  # metric keys drawn per load point; default: the primary alone
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,11 @@ class ScenarioSpec:
     profiles: dict[str, dict] = field(repr=False)
     path: Path | None = None
     # Optimisations a stack may declare in `supports` on this setting (its oracle judges them), as
-    # `prediction` on setting B; with `needs`, the words a stack spec may use.
+    # OpenAI's predicted outputs; with `needs`, the words a stack spec may use.
     features: tuple[str, ...] = ()
+    unit: str = "tokens"  # what its transport's events carry: tokens, audio_s, images
+    # The scenario's own metrics, computed on every cell beside the harness's: {name: "module:function"}.
+    metrics: dict[str, str] = field(default_factory=dict)
 
     def needs_for(self, kind: str) -> tuple[str, ...]:
         return self.needs.get(kind, self.needs.get("all", ()))
@@ -85,10 +89,13 @@ def load_scenario(path: Path) -> ScenarioSpec:
                 columns=tuple(board["columns"]),
                 load_point=str(board.get("load_point", "last")),
                 labels={str(k): str(v) for k, v in (board.get("labels") or {}).items()},
+                plot=tuple(str(k) for k in board.get("plot") or (board["primary"],)),
             ),
             profiles=profiles,
             path=path,
             features=tuple(str(f) for f in data.get("features") or ()),
+            metrics={str(k): str(v) for k, v in (data.get("metrics") or {}).items()},
+            unit=str(data.get("unit", "tokens")),
         )
     except (KeyError, TypeError) as exc:
         raise HarnessError(f"scenario {path} is missing {exc}") from None

@@ -13,8 +13,8 @@ import statistics
 import pytest
 
 from harness.bench import OutputCheck
-from harness.errors import StackError
 from harness.generation import Generation, Prompt
+from harness.prompts import salted
 from scenarios.workloads.code_edit import PREDICTION, scenario_items, similarity
 
 pytestmark = pytest.mark.setting("B")
@@ -34,14 +34,14 @@ def prediction(item: dict) -> dict:
     return {"prediction": {"type": "content", "content": item["prediction"]}}
 
 
-def accuracy_prompts(profile: dict) -> list[Prompt]:
-    return [Prompt(id=item["id"], text=item["prompt"], chat=True, max_tokens=profile["max_tokens"],
+def accuracy_prompts(profile: dict, salt: str | None) -> list[Prompt]:
+    return [Prompt(id=item["id"], text=salted(item["prompt"], salt), chat=True, max_tokens=profile["max_tokens"],
                    extra=prediction(item), template_kwargs=dict(profile["template_kwargs"]))
             for item in scored_items(profile)]
 
 
-def payload(item: dict, profile: dict) -> dict:
-    body = {"model": "default", "messages": [{"role": "user", "content": item["prompt"]}],
+def payload(item: dict, profile: dict, salt: str | None) -> dict:
+    body = {"model": "default", "messages": [{"role": "user", "content": salted(item["prompt"], salt)}],
             "max_tokens": profile["max_tokens"], "temperature": 0, **prediction(item)}
     if profile["template_kwargs"]:
         body["chat_template_kwargs"] = dict(profile["template_kwargs"])
@@ -61,36 +61,30 @@ def similarity_report(items: list[dict]):
     return report
 
 
-def reference_prompts(profile: dict) -> tuple[list[Prompt], int]:
+def reference_prompts(profile: dict, salt: str | None) -> tuple[list[Prompt], int]:
     """What the harness computes before a stack starts (conftest)."""
-    return [p.without_extra() for p in accuracy_prompts(profile)], profile["top_logprobs"]
+    return [p.without_extra() for p in accuracy_prompts(profile, salt)], profile["top_logprobs"]
 
 
-def test_accuracy(live_bench, profile):
+def test_accuracy(live_bench, profile, salt):
     items = scored_items(profile, live_bench.log)
-    try:
-        verdict = live_bench.lossless_accuracy(accuracy_prompts(profile), profile["request_timeout_s"],
-                                               top_k=profile["top_logprobs"], guard=PREDICTION,
-                                               report=similarity_report(items))
-    except StackError as exc:
-        pytest.fail(str(exc), pytrace=False)
+    verdict = live_bench.lossless_accuracy(accuracy_prompts(profile, salt), profile["request_timeout_s"],
+                                           top_k=profile["top_logprobs"], guard=PREDICTION,
+                                           report=similarity_report(items))
     failures = "\n".join(f"  {line}" for line in verdict.failures())
     assert verdict.ok, f"{verdict.summary}\n{failures}"
 
 
-def test_performance(live_bench, profile, load_point, repeat):
+def test_performance(cell_bench, profile, load_point, repeat, salt):
     load = profile["load"]
     items = scored_items(profile)[: load["num_prompts"]]
-    payloads = [payload(item, profile) for item in warmup_items(profile, load_point.warmup) + items]
+    payloads = [payload(item, profile, salt) for item in warmup_items(profile, load_point.warmup) + items]
     point = load_point.__class__(**{**load_point.__dict__, "num_prompts": len(items)})
     # Every measured reply is judged: they are the accuracy pass's prompts, whose references exist.
-    check = OutputCheck([p.without_extra() for p in accuracy_prompts(profile)][: len(items)],
+    check = OutputCheck([p.without_extra() for p in accuracy_prompts(profile, salt)][: len(items)],
                         top_k=profile["top_logprobs"])
-    try:
-        row = live_bench.measure(load["endpoint"], payloads, point, profile["request_timeout_s"], repeat=repeat,
-                                 guard=PREDICTION, check=check)
-    except StackError as exc:
-        pytest.fail(str(exc), pytrace=False)
+    row = cell_bench.measure(load["endpoint"], payloads, point, profile["request_timeout_s"], repeat=repeat,
+                             guard=PREDICTION, check=check)
     m = row.metrics
     assert m["completed"] == len(items), f"{m['failed']} of {len(items)} requests failed: {row.error}"
     assert row.status == "ok", row.error

@@ -6,26 +6,27 @@ from pathlib import Path
 import pytest
 
 from harness.bench import OutputCheck
-from harness.errors import StackError
 from harness.generation import Prompt
-from harness.prompts import draw, load_pool, spread
+from harness.prompts import draw, load_pool, salted, spread
 
 POOL = Path(__file__).parent / "data" / "instructions.jsonl"
 pytestmark = pytest.mark.setting("A")
 
 
-def accuracy_prompts(cfg: dict) -> list[Prompt]:
-    """Every other prompt goes through the chat template; lengths spread over the configured range."""
+def accuracy_prompts(cfg: dict, salt: str | None) -> list[Prompt]:
+    """Every other prompt goes through the chat template; lengths spread over the configured range;
+    each carries the run's salt."""
     items = draw(load_pool(POOL), cfg["prompts"], cfg["seed"])
     lengths = spread(len(items), *cfg["max_tokens"])
-    return [Prompt(id=item["id"], text=item["text"] if i % 2 == 0 else item["text"] + "\n",
+    return [Prompt(id=item["id"], text=salted(item["text"] if i % 2 == 0 else item["text"] + "\n", salt),
                    chat=i % 2 == 0, max_tokens=n)
             for i, (item, n) in enumerate(zip(items, lengths))]
 
 
-def load_prompts(load: dict, count: int, seed: int) -> list[Prompt]:
-    """A load point's requests over the pool: each instruction as a raw prompt, fixed output length."""
-    return [Prompt(id=item["id"], text=item["text"] + "\n", chat=False, max_tokens=load["output_len"],
+def load_prompts(load: dict, count: int, seed: int, salt: str | None) -> list[Prompt]:
+    """A load point's requests over the pool: each instruction as a raw prompt with the run's salt,
+    fixed output length."""
+    return [Prompt(id=item["id"], text=salted(item["text"] + "\n", salt), chat=False, max_tokens=load["output_len"],
                    ignore_eos=load["ignore_eos"])
             for item in draw(load_pool(POOL), count, seed)]
 
@@ -35,35 +36,29 @@ def load_payloads(prompts: list[Prompt]) -> list[dict]:
              "ignore_eos": p.ignore_eos} for p in prompts]
 
 
-def reference_prompts(profile: dict) -> tuple[list[Prompt], int]:
+def reference_prompts(profile: dict, salt: str | None) -> tuple[list[Prompt], int]:
     """What the harness computes before a stack starts (conftest)."""
-    return accuracy_prompts(profile["accuracy"]), profile["accuracy"]["top_logprobs"]
+    return accuracy_prompts(profile["accuracy"], salt), profile["accuracy"]["top_logprobs"]
 
 
-def test_accuracy(live_bench, profile):
-    try:
-        verdict = live_bench.accuracy(accuracy_prompts(profile["accuracy"]), profile["request_timeout_s"],
-                                      top_k=profile["accuracy"]["top_logprobs"])
-    except StackError as exc:
-        pytest.fail(str(exc), pytrace=False)
+def test_accuracy(live_bench, profile, salt):
+    verdict = live_bench.accuracy(accuracy_prompts(profile["accuracy"], salt), profile["request_timeout_s"],
+                                  top_k=profile["accuracy"]["top_logprobs"])
     failures = "\n".join(f"  {p.prompt_id}: {p.reason}" for p in verdict.prompts if not p.ok)
     assert verdict.ok, f"{verdict.summary}\n{failures}"
 
 
-def test_performance(live_bench, profile, load_point, repeat):
+def test_performance(cell_bench, profile, load_point, repeat, salt):
     load = profile["load"]
     n = load["num_prompts"] or round(load["duration_s"] * load_point.request_rate)
     point = load_point.__class__(**{**load_point.__dict__, "num_prompts": n})
-    prompts = load_prompts(load, point.warmup + n, point.seed)
+    prompts = load_prompts(load, point.warmup + n, point.seed, salt)
     # `judged` of the measured outputs, drawn after the cell, against the reference run past EOS.
     check = OutputCheck(prompts[point.warmup:], sample=load["judged"])
-    try:
-        row = live_bench.measure(load["endpoint"], load_payloads(prompts), point, profile["request_timeout_s"],
-                                 repeat=repeat, check=check)
-    except StackError as exc:
-        pytest.fail(str(exc), pytrace=False)
+    row = cell_bench.measure(load["endpoint"], load_payloads(prompts), point, profile["request_timeout_s"],
+                             repeat=repeat, check=check)
     m = row.metrics
     assert m["completed"] == n, f"{m['failed']} of {n} requests failed: {row.error}"
-    if load["ignore_eos"] and live_bench.spec.ignore_eos != "unsupported":
+    if load["ignore_eos"] and cell_bench.spec.ignore_eos != "unsupported":
         assert m["total_output_tokens"] == n * load["output_len"], "the stack did not honour max_tokens/ignore_eos"
     assert row.status == "ok", row.error

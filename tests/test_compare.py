@@ -1,19 +1,25 @@
 """`python -m harness compare`: ratios are direction-aware and only between cells of the same load
-point; bandwidth achieved is computed only where one request decodes at a time."""
+point; bandwidth achieved is computed only where one request decodes at a time, one token per
+forward, from the bytes the stack loads."""
 from __future__ import annotations
+
+import json
 
 import pytest
 
-from harness.bandwidth import memory_bandwidth, weight_bytes
-from harness.compare import Cell, cells_of, decode_bandwidth, ratio, ratios
+from harness.bandwidth import Weights, memory_bandwidth, tokens_per_forward, weight_bytes, weights_read
+from harness.compare import Cell, bandwidth_text, cells_of, decode_bandwidth, ratio, ratios, stack_weights
 from harness.row import ResultRow
 
 
 def row(stack: str, label: str, value: float, tpot: float, concurrency: int | None = None,
-        status: str = "ok") -> ResultRow:
+        status: str = "ok", counters: dict | None = None, out: int | None = None,
+        info: dict | None = None) -> ResultRow:
+    metrics = {"output_throughput": value, "median_tpot_ms": tpot, "p99_ttft_ms": 50.0}
     return ResultRow(run_id="r", stack=stack, setting="A", scenario="s", profile="tiny", kind="performance",
                      status=status, load_point={"label": label, "concurrency": concurrency},
-                     metrics={"output_throughput": value, "median_tpot_ms": tpot, "p99_ttft_ms": 50.0})
+                     metrics=metrics | ({"total_output_tokens": out} if out is not None else {}),
+                     counters=counters, stack_info=info or {})
 
 
 def test_ratio_follows_the_metric_direction():
@@ -56,3 +62,84 @@ def test_weight_bytes_and_copy_bandwidth(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     assert weight_bytes(tmp_path) == 1000
     assert memory_bandwidth(nbytes=64 << 20, repeats=2) > 1e8  # any machine copies faster than 100 MB/s
+
+
+WEIGHTS = Weights(270_000_000, "safetensors")
+OUT = 24 * 64  # a concurrency-1 cell's output tokens
+
+
+def conc1(stack: str, counters: dict | None = None, info: dict | None = None, features: tuple[str, ...] = ()) -> Cell:
+    [cell] = cells_of([row(stack, "conc=1", 50.0, 20.0, 1, counters=counters, out=OUT, info=info)],
+                      "output_throughput", features)
+    return cell
+
+
+def test_bandwidth_only_for_one_token_per_forward():
+    """weights x tok/s is the bytes read only where a forward yields one token: a stack that drafts
+    and verifies several per forward (engine-b, vLLM n-gram) gets the reason, not an overstated number."""
+    plain = conc1("engine-a", {"forward_passes": OUT + 3 * 24})  # prefill chunks are forwards too
+    assert plain.bandwidth_withheld is None
+    assert bandwidth_text(plain, WEIGHTS, 100e9) == "13.5 GB/s = 14%"
+    drafts = conc1("engine-b", {"forward_passes": 560, "spec_accepted_tokens": 1000})
+    assert drafts.bandwidth_withheld == "n/a: 2.9 tokens per forward"
+    assert decode_bandwidth(drafts, WEIGHTS.nbytes) is None
+    assert bandwidth_text(drafts, WEIGHTS, 100e9) == "n/a: 2.9 tokens per forward"
+    ngram = conc1("vllm-ngram", {"vllm:generation_tokens_total": OUT,
+                                 "vllm:spec_decode_num_accepted_tokens_total": 960})
+    assert ngram.bandwidth_withheld == "n/a: 2.7 tokens per forward"
+    nothing_accepted = {"vllm:generation_tokens_total": OUT, "vllm:spec_decode_num_accepted_tokens_total": 0}
+    assert conc1("vllm-ngram", nothing_accepted).bandwidth_withheld is None  # speculation that never hit
+
+
+def test_counts_that_disagree_withhold_bandwidth():
+    """Accepted drafts claimed with a forward per token, or fewer forwards than tokens and no
+    drafts named: either estimate above one token per forward is enough."""
+    assert tokens_per_forward({"forward_passes": OUT, "spec_accepted_tokens": OUT / 2}, OUT) == pytest.approx(2.0)
+    assert conc1("quiet", {"forward_passes": OUT / 3}).bandwidth_withheld == "n/a: 3.0 tokens per forward"
+    assert tokens_per_forward({"forward_passes": 0}, OUT) is None  # a counter that never moves is no evidence
+    assert tokens_per_forward({"spec_accepted_tokens": OUT}, OUT) == float("inf")
+    assert tokens_per_forward(None, OUT) is None and tokens_per_forward({"forward_passes": 10}, None) is None
+
+
+def test_a_declared_speculation_without_counters_withholds_bandwidth():
+    ngram = {"command": ["{engine:vllm}", "--speculative-config", json.dumps({"method": "ngram"})],
+             "flags": {"speculative": {"method": "ngram"}}, "supports": ["completions"]}
+    assert conc1("vllm-ngram", None, ngram).bandwidth_withheld == \
+        "n/a: flags.speculative, and /metrics counts no forwards"
+    assert conc1("vllm-ngram", None, ngram | {"flags": {}}).bandwidth_withheld == \
+        "n/a: --speculative-config, and /metrics counts no forwards"
+    feature = {"supports": ["chat", "drafting"], "flags": {"speculative": False}}
+    assert conc1("s", None, feature, ("drafting",)).bandwidth_withheld == \
+        "n/a: declares 'drafting', and /metrics counts no forwards"
+    assert conc1("s", None, feature).bandwidth_withheld is None  # not a feature of this scenario
+    assert conc1("hf-reference", None, {"flags": {"batching": "none"}}).bandwidth_withheld is None
+
+
+def test_bandwidth_counts_the_bytes_the_stack_loads(tmp_path):
+    """llama.cpp loads the GGUF file (Q4_1) its spec names as `{gguf}`, not the bf16 safetensors."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"x" * 1000)
+    gguf = tmp_path / "model.Q4_1.gguf"
+    gguf.write_bytes(b"q" * 300)
+    (model / "asset.json").write_text(json.dumps({"gguf": str(gguf), "files": {}}))
+    llamacpp = ["{engine:llamacpp}", "-m", "llama_cpp.server", "--model", "{gguf}"]
+    assert weights_read(model, llamacpp) == Weights(300, "model.Q4_1.gguf")
+    assert weights_read(model, ["python", "--model", "{model}"]) == Weights(1000, "safetensors")
+    assert weights_read(model, []) == Weights(1000, "safetensors")  # a url= stack
+    (model / "asset.json").write_text(json.dumps({"files": {}}))
+    assert weights_read(model, llamacpp) is None
+    rows = [row("llamacpp", "conc=1", 50, 20.0, 1, info={"command": llamacpp}),
+            row("vllm", "conc=1", 50, 20.0, 1, info={"command": ["{engine:vllm}", "--model", "{model}"]})]
+    assert stack_weights(rows, model) == {"llamacpp": None, "vllm": Weights(1000, "safetensors")}
+    [cell] = cells_of(rows[:1], "output_throughput")
+    assert bandwidth_text(cell, None, 100e9) == "n/a: the GGUF file it loads was not found"
+
+
+def test_a_failed_cell_gets_no_ratio():
+    from harness.compare import Cell, ratios
+
+    cells = [Cell("mine", "conc=1", "failed", 80.0, 1.0, 10.0, 1), Cell("vllm", "conc=1", "ok", 40.0, 1.0, 20.0, 1),
+             Cell("mine", "rate=inf", "ok", 90.0, 1.0, 10.0, None), Cell("vllm", "rate=inf", "ok", 45.0, 1.0, 20.0, None)]
+    got = {(r.stack, r.label): r.value for r in ratios(cells, ["vllm"], "higher")}
+    assert got == {("mine", "conc=1"): None, ("mine", "rate=inf"): 2.0}

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from harness.leaderboard import metric_label, write_leaderboard
-from harness.row import ResultRow
+from harness.row import ResultRow, read_rows
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -277,12 +277,28 @@ def test_plot_is_a_png_and_linked(dirs):
 def test_one_load_point_is_drawn_as_bars():
     from harness.plots import PlotPoint, PlotSeries, PlotSpec, render_png, single_point
 
-    one = PlotSpec("B", "median tok/s", "concurrency", tuple(
-        PlotSeries(name, (PlotPoint("conc=1", 1.0, value, 90.0),)) for name, value in [("engine", 226.0), ("vllm", 32.4)]))
+    one = PlotSpec("B", ("median tok/s", "TTFT p50 (ms)"), "concurrency", tuple(
+        PlotSeries(name, (PlotPoint("conc=1", 1.0, (value, 90.0)),)) for name, value in [("engine", 226.0), ("vllm", 32.4)]))
     assert single_point(one) and render_png(one)[:8] == PNG_MAGIC
-    two = PlotSpec("A", "output tok/s", "request rate", (PlotSeries("vllm", (PlotPoint("rate=1", 1.0, 5.0, 9.0),
-                                                                            PlotPoint("rate=2", 2.0, 9.0, 9.0))),))
-    assert not single_point(two)
+    two = PlotSpec("A", ("output tok/s",), "request rate", (PlotSeries("vllm", (PlotPoint("rate=1", 1.0, (5.0,)),
+                                                                               PlotPoint("rate=2", 2.0, (9.0,)))),))
+    assert not single_point(two) and render_png(two)[:8] == PNG_MAGIC
+
+
+def test_plot_panels_are_the_ones_the_scenario_names(dirs):
+    from harness.leaderboard import _plot_spec, _run_order, _sections
+    from harness.scenario import LeaderboardSpec, ScenarioSpec
+
+    results, _ = dirs
+    perf(results, "mine", "run1", 1.0, {"output_throughput": 2.0, "median_ttft_ms": 9.0, "p99_e2el_ms": 30.0})
+    board = LeaderboardSpec(primary="output_throughput", direction="higher", columns=("output_throughput",),
+                            plot=("output_throughput", "p99_e2el_ms"))
+    spec = ScenarioSpec(setting="A", name="a", title="A", needs={}, leaderboard=board, profiles={"tiny": {}})
+    rows = read_rows(results)
+    section = _sections(rows, [spec])[0]
+    plot = _plot_spec(section, _run_order(rows))
+    assert plot.panels == ("output tok/s", "E2E latency p99 (ms)")
+    assert plot.series[0].points[0].values == (2.0, 30.0)
 
 
 def test_unknown_setting_and_sections_order(dirs):

@@ -4,13 +4,13 @@ Unit level here; tests/test_code_editing_stacks.py runs them against test-double
 """
 from __future__ import annotations
 
-from harness.client import _take_usage
+from harness.transports.openai_sse import take_usage
 from harness.counters import delta, parse
 from harness.engagement import Guard
 from harness.generation import Generation, Prompt, from_openai
 from harness.metrics import summarize
 from harness.oracle import judge_lossless
-from harness.records import RequestRecord
+from harness.records import Event, RequestRecord
 from harness.reference import cache_key
 from scenarios.workloads.code_edit import PREDICTION
 
@@ -79,17 +79,15 @@ def test_counters_read_json_and_prometheus_and_subtract():
 
 
 def test_usage_details_are_read_from_the_stream_and_summed():
-    rec = RequestRecord(index=0, sent_at=0.0, chunk_times=[0.1, 0.5], chunk_tokens=[1, 9])
-    _take_usage({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 10, "completion_tokens_details":
+    rec = RequestRecord(index=0, sent_at=0.0, events=[Event(0.1, 1), Event(0.5, 9)])
+    take_usage({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 10, "completion_tokens_details":
                                           {"accepted_prediction_tokens": 7, "rejected_prediction_tokens": 2}}}, rec)
-    assert rec.completion_tokens == 10 and rec.usage_details == {"accepted_prediction_tokens": 7, "rejected_prediction_tokens": 2}
-    other = RequestRecord(index=1, sent_at=1.0, chunk_times=[0.1, 1.5], chunk_tokens=[1, 29], completion_tokens=30)
+    assert rec.reported_units == 10 and rec.usage == {"accepted_prediction_tokens": 7, "rejected_prediction_tokens": 2}
+    other = RequestRecord(index=1, sent_at=1.0, events=[Event(0.1, 1), Event(1.5, 29)], reported_units=30)
     m = summarize([rec, other])
     assert m["accepted_prediction_tokens"] == 7 and m["rejected_prediction_tokens"] == 2
-    # median(10, 30) tokens / median(0.5 s, 1.5 s) = 20 / 1.0
-    assert abs(m["median_tok_per_s"] - 20.0) < 1e-9
-    plain = summarize([RequestRecord(index=0, sent_at=0.0, chunk_times=[0.1, 0.2], chunk_tokens=[1, 1])])
-    assert "accepted_prediction_tokens" not in plain and plain["median_tok_per_s"] == 10.0
+    plain = summarize([RequestRecord(index=0, sent_at=0.0, events=[Event(0.1, 1), Event(0.2, 1)])])
+    assert "accepted_prediction_tokens" not in plain
 
 
 def test_non_streaming_usage_details_reach_the_generation():

@@ -80,7 +80,7 @@ def test_each_malformed_stream_fails_its_request_with_a_reason_and_the_cell_goes
     assert result.crashed is None and len(result.records) == len(prompts)
     for prompt, record in zip(prompts, result.records):
         if prompt == "good":
-            assert record.ok and record.output_tokens == 2 and record.output_text == "ab", record
+            assert record.ok and record.output_units == 2 and record.text == "ab", record
         else:
             assert not record.ok and BROKEN[prompt][1] in (record.error or ""), (prompt, record.error)
     metrics = summarize(result.records)

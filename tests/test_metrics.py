@@ -3,13 +3,14 @@ import numpy as np
 import pytest
 
 from harness.arrivals import arrival_offsets
-from harness.metrics import itls, summarize, token_gaps, tpot
-from harness.records import RequestRecord
+from harness.metrics import itls, resolve, summarize, tpot, unit_gaps
+from harness.errors import HarnessError
+from harness.records import Event, RequestRecord
 
 
-def rec(i, sent, times, tokens, usage=None, error=None):
-    return RequestRecord(index=i, sent_at=sent, chunk_times=times, chunk_tokens=tokens,
-                         completion_tokens=usage, error=error, prompt_tokens=10)
+def rec(i, sent, times, tokens, usage=None, error=None, unit="tokens"):
+    return RequestRecord(index=i, unit=unit, sent_at=sent, events=[Event(t, n) for t, n in zip(times, tokens)],
+                         reported_units=usage, error=error, input_units=10)
 
 
 def test_tpot_uses_usage_count_and_excludes_first_token():
@@ -21,15 +22,15 @@ def test_tpot_uses_usage_count_and_excludes_first_token():
 def test_itl_is_per_chunk_as_vllm_and_token_gap_spreads_it_over_the_chunk_tokens():
     r = rec(0, 0.0, [0.2, 0.26, 0.30], [1, 3, 2])
     assert itls(r) == pytest.approx([0.06, 0.04])
-    assert token_gaps(r) == pytest.approx([0.02, 0.02, 0.02, 0.02, 0.02])
+    assert unit_gaps(r) == pytest.approx([0.02, 0.02, 0.02, 0.02, 0.02])
     m = summarize([r])
     assert m["median_itl_ms"] == pytest.approx(50) and m["median_token_gap_ms"] == pytest.approx(20)
 
 
 def test_token_count_source_is_reported():
-    assert rec(0, 0, [0.1], [1], usage=1).token_count_source == "usage"
+    assert rec(0, 0, [0.1], [1], usage=1).unit_count_source == "usage"
     r = rec(0, 0, [0.1, 0.2], [1, 1])
-    assert r.output_tokens == 2 and r.token_count_source == "one_per_chunk"
+    assert r.output_units == 2 and r.unit_count_source == "one_per_event"
 
 
 def test_summary_throughput_over_the_window_and_failures():
@@ -43,6 +44,28 @@ def test_summary_throughput_over_the_window_and_failures():
     assert m["request_goodput"] == pytest.approx(2 / 3.0)
     assert m["errors"] == {"HTTP 500: boom": 1}
     assert m["token_count_source"] == "usage"
+
+
+def test_other_units_take_their_own_names_and_a_closing_event_ends_the_request():
+    # An audio stream: two partials of 2 s of audio each, then a final that adds none.
+    audio = rec(0, 0.0, [2.3, 4.2, 4.5], [2.0, 2.0, 0.0], unit="audio_s")
+    m = summarize([audio])
+    assert m["unit"] == "audio_s" and m["total_output_audio_s"] == 4.0 and "total_output_tokens" not in m
+    assert m["median_ttft_ms"] == pytest.approx(2300) and m["median_e2el_ms"] == pytest.approx(4500)
+    assert m["median_time_per_unit_ms"] == pytest.approx((4500 - 2300) / 3) and "median_tpot_ms" not in m
+    assert m["total_token_throughput"] is None  # no tokens to add the prompt's to
+    image = summarize([rec(0, 0.0, [1.5], [1], unit="images")])
+    assert image["total_output_images"] == 1 and image["median_e2el_ms"] == pytest.approx(1500)
+
+
+def test_a_scenario_metric_is_loaded_by_name_and_computed_on_the_cell():
+    fns = resolve({"median_tok_per_s": "scenarios.workloads.code_edit:median_tok_per_s"})
+    records = [rec(0, 0.0, [0.1, 0.5], [1, 9]), rec(1, 1.0, [0.1, 1.5], [1, 29], usage=30)]
+    # median(10, 30) tokens / median(0.5 s, 1.5 s) = 20 / 1.0
+    assert summarize(records, extra=fns)["median_tok_per_s"] == pytest.approx(20.0)
+    assert "median_tok_per_s" not in summarize(records)  # not the harness's own: only where a scenario names it
+    with pytest.raises(HarnessError, match="cannot load"):
+        resolve({"x": "scenarios.workloads.code_edit:no_such_metric"})
 
 
 def test_no_completed_request_gives_none_not_zero():

@@ -47,6 +47,19 @@ def test_an_unprinted_special_token_where_the_reference_had_it_as_runner_up_is_a
     assert not compare_text("p", ref(TOKENS), " the dog", SILENT, {EOS}, 6, may_end=False).ok
 
 
+def test_an_unseen_special_token_followed_by_the_same_text_is_a_near_tie_only_just_before():
+    # Seen on engine-a (bf16) past EOS: the reference chose "\n" at token 3 with <|im_end|> as its
+    # runner-up; the stack took <|im_end|>, then "\n" too, then went on ("<|im_start|>assistant").
+    tokens = [" a", " b", " c", "\n", "Choose", " one"]
+    tied = ref(tokens, eos_runner_up=(3,))
+    verdict = compare_text("p", tied, " a b c\nassistant one", SILENT, {EOS}, 6, may_end=False)
+    assert verdict.ok and "near-tie at token 3" in verdict.reason, verdict
+    # Without the special runner-up, or with it too far back to explain the divergence, it fails.
+    assert not compare_text("p", ref(tokens), " a b c\nassistant one", SILENT, {EOS}, 6, may_end=False).ok
+    far = ref([" a", " b", " c", " d", " e", " f"], eos_runner_up=(1,))
+    assert not compare_text("p", far, " a b c d zzz", SILENT, {EOS}, 6, may_end=False).ok
+
+
 def test_an_end_where_the_reference_had_it_as_runner_up_is_a_near_tie():
     assert compare_text("p", ref([" a", " b", " c"], eos_runner_up=(2,)), " a b", SILENT, {EOS}, 2).ok
     assert not compare_text("p", ref([" a", " b", " c"]), " a b", SILENT, {EOS}, 2).ok

@@ -54,7 +54,7 @@ def test_known_delays_are_measured_within_tolerance(delay_stack, point):
     assert abs(m["median_token_gap_ms"] - 20) < TOLERANCE_MS, m["median_token_gap_ms"]
     assert abs(m["median_itl_ms"] - 3 * 20) < 3 * TOLERANCE_MS, m["median_itl_ms"]  # vLLM's ITL: per chunk of 3
     # 1 token, then five chunks of 3: the chunk structure was seen, not assumed.
-    assert all(r.chunk_tokens == [1, 3, 3, 3, 3, 3] for r in result.records)
+    assert all([e.units for e in r.events] == [1, 3, 3, 3, 3, 3] for r in result.records)
     assert len(result.warmup_records) == 1 and result.warmup_records[0].ok
 
 

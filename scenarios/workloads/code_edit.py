@@ -496,3 +496,18 @@ def prediction_guard():
 
 
 PREDICTION = prediction_guard()
+
+
+# --- the setting's own metric (its YAML's `metrics`) ---
+
+
+def median_tok_per_s(records) -> float | None:
+    """median(output tokens per request) / median(e2el), the study's concurrency-1 figure for
+    predicted outputs; not the median of per-request rates."""
+    import numpy as np
+
+    done = [r for r in records if r.ok]
+    if not done:
+        return None
+    latency = float(np.median([r.e2el for r in done]))
+    return float(np.median([r.output_units for r in done])) / latency if latency > 0 else None

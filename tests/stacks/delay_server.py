@@ -5,8 +5,15 @@ arrival, the first chunk (one token) is sent at ttft_ms; token k (k >= 1) is pro
 ttft_ms + k * token_ms, and tokens are emitted in chunks of tokens_per_chunk, each chunk sent when
 its last token is produced. Deadlines are absolute (arrival + offset) so no drift builds up.
 
+`--prefix-cache` gives it a prefix cache over prompt words (the timings stay as they are), its
+hits counted on /metrics as `prefix_cache_hit_tokens`: `honest` empties it on POST
+/reset_prefix_cache, `sticky` answers that route 200 all the same and keeps it (a reset claimed,
+not done). Without the flag the route answers 200 and there is no cache; `--no-reset-route`
+drops the route (404).
+
     python tests/stacks/delay_server.py --port P [--ttft-ms 200] [--token-ms 20]
         [--tokens-per-chunk 3] [--crash-after N] [--die-after-s S]
+        [--prefix-cache none|honest|sticky] [--no-reset-route]
 """
 
 from __future__ import annotations
@@ -64,11 +71,31 @@ def chunk_schedule(n_tokens: int, timing: Timing) -> list[Chunk]:
 
 
 class State:
-    def __init__(self, timing: Timing, crash_after: int | None):
+    def __init__(self, timing: Timing, crash_after: int | None, prefix_cache: str = "none"):
         self.timing = timing
         self.crash_after = crash_after
         self.forward_passes = 0
         self.requests_total = 0
+        self.prefix_cache = prefix_cache  # "none" | "honest" | "sticky"
+        self.cached: list[list[str]] = []  # prompts (as words) whose K/V a later request would reuse
+        self.prefix_cache_hit_tokens = 0
+
+    def look_up(self, words: list[str]) -> None:
+        """Count the longest cached prefix of `words` as hits, then cache them. The last word is never
+        a hit: a real engine computes at least one prompt token to produce the first output."""
+        longest = 0
+        for prompt in self.cached:
+            common = next((i for i, (a, b) in enumerate(zip(prompt, words)) if a != b), min(len(prompt), len(words)))
+            longest = max(longest, common)
+        self.prefix_cache_hit_tokens += min(longest, max(len(words) - 1, 0))
+        if words not in self.cached:
+            self.cached.append(words)
+
+    def metrics(self) -> dict[str, int]:
+        out = {"forward_passes": self.forward_passes, "requests_total": self.requests_total}
+        if self.prefix_cache != "none":
+            out["prefix_cache_hit_tokens"] = self.prefix_cache_hit_tokens
+        return out
 
 
 @dataclass
@@ -108,6 +135,14 @@ def message_text(content) -> str:
 
 def chat_prompt_tokens(messages) -> int:
     return sum(count_prompt_tokens(message_text(m.get("content"))) for m in messages or [])
+
+
+def prompt_words(kind: str, body: dict) -> list[str]:
+    """The prompt as the prefix cache keys it: its words (token ids as text), messages in order."""
+    if kind == "chat":
+        return " ".join(message_text(m.get("content")) for m in body.get("messages") or []).split()
+    prompt = body.get("prompt", "")
+    return prompt.split() if isinstance(prompt, str) else [str(p) for p in prompt]
 
 
 def requested_tokens(body: dict) -> int:
@@ -309,12 +344,14 @@ async def handle(kind: str, request: Request, state: State):
     job = parse_job(kind, body, state, arrival)
     if job.n_tokens < 1:
         return JSONResponse({"error": {"message": "max_tokens must be >= 1"}}, status_code=400)
+    if state.prefix_cache != "none":
+        state.look_up(prompt_words(kind, body))
     if job.stream:
         return StreamingResponse(stream_events(job, state), media_type="text/event-stream")
     return JSONResponse(await complete(job, state))
 
 
-def build_app(state: State) -> FastAPI:
+def build_app(state: State, reset_route: bool = True) -> FastAPI:
     app = FastAPI()
 
     @app.get("/health")
@@ -323,11 +360,15 @@ def build_app(state: State) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics():
-        return {"forward_passes": state.forward_passes, "requests_total": state.requests_total}
+        return state.metrics()
 
-    @app.post("/reset_prefix_cache")
     async def reset_prefix_cache():
+        if state.prefix_cache != "sticky":
+            state.cached.clear()
         return {"status": "ok"}
+
+    if reset_route:
+        app.post("/reset_prefix_cache")(reset_prefix_cache)
 
     @app.get("/v1/models")
     async def models():
@@ -357,6 +398,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crash-after", type=int, default=None, help="crash mid-stream on the N-th request")
     p.add_argument("--die-after-s", type=float, default=None, help="exit hard S seconds after start")
     p.add_argument("--crash-by-signal", action="store_true", help="crash by SIGSEGV instead of an exit code")
+    p.add_argument("--prefix-cache", choices=("none", "honest", "sticky"), default="none",
+                   help="a prefix cache whose hits /metrics counts; sticky: POST /reset_prefix_cache keeps it")
+    p.add_argument("--no-reset-route", action="store_true", help="no POST /reset_prefix_cache (404)")
     args = p.parse_args(argv)
     if args.crash_by_signal:
         CRASH_SIGNAL.append(signal.SIGSEGV)
@@ -367,7 +411,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace) -> None:
     timing = Timing(args.ttft_ms, args.token_ms, args.tokens_per_chunk)
-    app = build_app(State(timing, args.crash_after))
+    app = build_app(State(timing, args.crash_after, args.prefix_cache), reset_route=not args.no_reset_route)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", loop="asyncio", workers=1)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
