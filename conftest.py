@@ -32,7 +32,9 @@ def pytest_addoption(parser):
     group.addoption("--repeats", type=int, default=1, help="repeat each load point this many times")
     group.addoption("--no-leaderboard", action="store_true", help="do not rewrite LEADERBOARD.md at the end")
     group.addoption("--salt", default=None, help="the run's workload salt, put into every prompt (default: a fresh "
-                                                 "random one per run, so no answer table kept from before matches)")
+                                                 "random one per run, so no answer table kept from before matches); "
+                                                 "'none' sends the prompts unsalted, as runs before salting did "
+                                                 "(the table says so)")
 
 
 def _interrupted(signum, _frame):
@@ -64,7 +66,8 @@ def pytest_configure(config):
     if config.getoption("repeats") < 1:
         raise pytest.UsageError("--repeats must be at least 1")
     config.servebench_run_id = config.getoption("run_id") or new_run_id()
-    config.servebench_salt = config.getoption("salt") or secrets.token_hex(4)
+    chosen = config.getoption("salt")
+    config.servebench_salt = None if chosen == "none" else chosen or secrets.token_hex(4)
 
 
 def _scoped(arg: str, known: set[str], words: frozenset[str]):
@@ -210,7 +213,7 @@ def _accuracy_selected(request) -> bool:
                for item in request.session.items)
 
 
-def _reference_first(module, profile: dict, model_dir: Path | None, salt: str) -> None:
+def _reference_first(module, profile: dict, model_dir: Path | None, salt: str | None) -> None:
     """The reference outputs a scenario module names (`reference_prompts(profile, salt)` -> prompts,
     top-k) are computed or read before the stack starts; the harness then holds them, and a stack
     that rewrites the cache files is caught (harness/reference.py)."""
@@ -250,8 +253,8 @@ def cell_bench(live_bench, benchmark):
 
 
 @pytest.fixture(scope="session")
-def salt(request) -> str:
-    """This run's workload salt: scenarios put it into every prompt (see --salt)."""
+def salt(request) -> str | None:
+    """This run's workload salt: scenarios put it into every prompt (see --salt; None: unsalted)."""
     return request.config.servebench_salt
 
 

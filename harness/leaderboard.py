@@ -18,7 +18,7 @@ import numpy as np
 from harness.atomic import atomic_write_text
 from harness.metrics import metric_label
 from harness.plots import PlotPoint, PlotSeries, PlotSpec, write_plot
-from harness.row import RUNS_DIR, ResultRow, read_rows
+from harness.row import RUNS_DIR, SALTED_SCHEMA, ResultRow, read_rows
 from harness.scenario import LeaderboardSpec, ScenarioSpec, find_scenarios
 
 LEADERBOARD_FILE = "LEADERBOARD.md"
@@ -409,6 +409,8 @@ def _provenance(section: Section, entries: list[StackEntry], order: dict[str, tu
     rows = sorted((r for r in section.rows if r.run_id == run_id), key=lambda r: (r.started_at, r.stack, r.name))
     stacks = ", ".join(f"`{e.stack}`" for e in sorted(entries, key=lambda e: e.stack))
     lines = [f"- Run `{run_id}` ({stacks}): {_machine_text(rows)}; {_commit_text(rows)}."]
+    if any(r.salt is None and r.schema_version >= SALTED_SCHEMA for r in rows):
+        lines.append("- Prompts not salted in this run (`--salt none`): a stack could have answered from a table.")
     machines = {machine_key(r) for r in rows}
     if len(machines) > 1:
         lines.append(f"- This run's rows come from {len(machines)} machines: a ratio compares rows of one machine only.")

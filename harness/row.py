@@ -9,7 +9,8 @@ from pathlib import Path
 
 from harness.atomic import atomic_write_json
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SALTED_SCHEMA = 2  # rows from here on record the run's salt (None: prompts sent unsalted)
 
 # Where rows live: results/runs/<run_id>/<setting>-<profile>/<stack>/<name>.json,
 # with the raw per-request records beside each row as <name>.records.jsonl.

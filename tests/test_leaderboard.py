@@ -54,16 +54,17 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
 
 def perf(results: Path, stack: str, run_id: str, rate: float, metrics: dict, *, setting: str = "A",
          repeat: int = 0, status: str = "ok", error: str | None = None, started_at: str = "2026-01-01T00:00:00Z",
-         judged: bool = True, machine: dict | None = None) -> None:
+         judged: bool = True, machine: dict | None = None, salt: str | None = "5a17ed00") -> None:
     ResultRow(
         run_id=run_id, stack=stack, setting=setting, scenario="s", profile="tiny", kind="performance",
         status=status, load_point={"label": f"rate={rate}", "request_rate": rate}, repeat=repeat,
         metrics=metrics, error=error, machine=machine or MACHINE, commit={"sha": "abcdef1234567890", "dirty": False},
-        started_at=started_at,
+        started_at=started_at, salt=salt,
     ).write(results)
     if judged:  # the stack passed its oracle in this run, unless a test writes another verdict
         row = ResultRow(run_id=run_id, stack=stack, setting=setting, scenario="s", profile="tiny", kind="accuracy",
-                        status="ok", accuracy={"verdict": "pass"}, machine=machine or MACHINE, started_at=started_at)
+                        status="ok", accuracy={"verdict": "pass"}, machine=machine or MACHINE, started_at=started_at,
+                        salt=salt)
         if not row.path_in(results).exists():
             row.write(results)
 
@@ -348,3 +349,11 @@ def test_byte_identical_rerun(dirs):
 )
 def test_metric_labels(key, label):
     assert metric_label(key) == label
+
+
+def test_a_run_with_unsalted_prompts_says_so(dirs):
+    results, scenarios = dirs
+    perf(results, "mine", "run1", 1.0, {"output_throughput": 1.0})
+    assert "not salted" not in write_leaderboard(results, scenarios).read_text()
+    perf(results, "mine", "run2", 1.0, {"output_throughput": 1.0}, salt=None, started_at="2026-01-02T00:00:00Z")
+    assert "Prompts not salted in this run" in write_leaderboard(results, scenarios).read_text()
