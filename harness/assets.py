@@ -95,6 +95,12 @@ def _file_table(folder: Path) -> dict[str, dict]:
     }
 
 
+def gguf_file(folder: Path) -> Path | None:
+    """The GGUF file a prepared model folder was built from (its manifest says), where it still exists."""
+    gguf = (read_manifest(Path(folder)) or {}).get("gguf")
+    return Path(gguf) if gguf and Path(gguf).is_file() else None
+
+
 def read_manifest(folder: Path) -> dict | None:
     try:
         return json.loads((folder / MANIFEST).read_text())

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.assets import read_manifest
+from harness.assets import gguf_file
 
 COPY_BYTES = 1 << 30  # well past any cache
 
@@ -56,10 +56,8 @@ def weights_read(model_dir: Path, command: Sequence[str]) -> Weights | None:
     folder does not name."""
     if not any(GGUF_FIELD in str(part) for part in command):
         return Weights(weight_bytes(model_dir), "safetensors")
-    gguf = (read_manifest(Path(model_dir)) or {}).get("gguf")
-    if not gguf or not Path(gguf).is_file():
-        return None
-    return Weights(Path(gguf).stat().st_size, Path(gguf).name)
+    gguf = gguf_file(Path(model_dir))
+    return Weights(gguf.stat().st_size, gguf.name) if gguf else None
 
 
 # /metrics counters (our contract's JSON names, then vLLM's Prometheus ones)

@@ -199,13 +199,13 @@ class Bench:
         a scenario's own with the same `judge` method); a cell whose outputs fail is written with
         status "failed": its numbers are not those of a right answer.
         """
-        if transport(endpoint).unit != self.scenario.unit:
+        unit = transport(endpoint).unit
+        if unit != self.scenario.unit:
             raise HarnessError(f"setting {self.scenario.setting} counts {self.scenario.unit}, and the transport "
-                               f"{endpoint!r} counts {transport(endpoint).unit}")
+                               f"{endpoint!r} counts {unit}")
         row = self._row("performance", status="ok", load_point=point.describe(), repeat=repeat)
         payloads = [self.spec.adapt({**p, "model": self.served_model}) for p in payloads]
-        # The longest prompt probes the reset: a short one may not fill a cache block.
-        reset = self.reset_prefix_cache(max(payloads, key=lambda p: len(json.dumps(p, default=str))), endpoint)
+        reset = self.reset_prefix_cache(payloads, endpoint)
         row.stack_info["prefix_cache_reset"] = reset.status
         readings: list[counters.Counters | None] = []
         result = LoadResult.empty(point, len(payloads))
@@ -290,11 +290,12 @@ class Bench:
             raise StackError(result.crashed)
         return result.records
 
-    def reset_prefix_cache(self, probe: dict | None = None, endpoint: str | None = None) -> ResetOutcome:
+    def reset_prefix_cache(self, payloads: list[dict] = (), endpoint: str | None = None) -> ResetOutcome:
         """Start on a cold cache where the stack allows it (repeated runs would inflate); the reset
-        is believed only where a probe shows no hits after it (harness/prefix_cache.py)."""
-        probe = probe if endpoint in ENDPOINTS else None  # a probe is a text request
-        return prefix_cache.reset_prefix_cache(self.stack.base_url, probe and prefix_cache.probe_from(probe),
+        is believed only where a probe, the longest of the text `payloads` (a short one may not fill
+        a cache block), shows no hits after it (harness/prefix_cache.py)."""
+        longest = max(payloads, key=lambda p: len(json.dumps(p)), default=None) if endpoint in ENDPOINTS else None
+        return prefix_cache.reset_prefix_cache(self.stack.base_url, longest and prefix_cache.probe_from(longest),
                                                endpoint or "completions")
 
     def stack_outputs(self, prompts: list[Prompt], request_timeout_s: float, top_k: int = TOP_K,

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.assets import cache_root, read_manifest, weights_checksum
+from harness.assets import cache_root, gguf_file, weights_checksum
 from harness.environments import engine_info, engine_python
 from harness.errors import HarnessError, StackError
 from harness.stack import REPO_ROOT, StackSpec
@@ -55,10 +55,10 @@ class Placeholders:
         raise StackError(f"stack {self.spec.name}: unknown placeholder {{{name}{':' + arg if arg else ''}}}")
 
     def _gguf(self) -> str:
-        gguf = (read_manifest(Path(self.model)) or {}).get("gguf")
-        if not gguf or not Path(gguf).is_file():
+        gguf = gguf_file(Path(self.model))
+        if gguf is None:
             raise StackError(f"stack {self.spec.name} needs a GGUF file, and model {self.model} was not built from one")
-        return gguf
+        return str(gguf)
 
     def _engine(self, name: str) -> str:
         try:

@@ -18,11 +18,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-import aiohttp
 import httpx
 
 from harness import counters
-from harness.client import HTTPStatusError, post_json, session
+from harness.client import REQUEST_ERRORS, HTTPStatusError, failure, post_json, session
 
 ROUTE = "/reset_prefix_cache"
 # Prefix-cache hits in tokens: our contract's JSON name, then vLLM's Prometheus counter.
@@ -83,8 +82,8 @@ def _probe(base_url: str, endpoint: str, probe: dict, timeout_s: float) -> str |
         asyncio.run(send())
     except HTTPStatusError as exc:
         return str(exc)
-    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    except REQUEST_ERRORS as exc:
+        return failure(exc)
     return None
 
 
