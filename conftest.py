@@ -127,13 +127,16 @@ def pytest_generate_tests(metafunc):
         points = [LoadPoint(num_prompts=load["num_prompts"] or 0, request_rate=p.get("request_rate"),
                             concurrency=p.get("concurrency"), max_concurrency=p.get("max_concurrency", load.get("max_concurrency")),
                             burstiness=load.get("burstiness", 1.0), warmup=load.get("warmup", 0),
-                            seed=load.get("seed", 0) + i)
+                            seed=load.get("seed", 0) + i, params={k: v for k, v in p.items() if k not in _POINT_KEYS})
                   for i, p in enumerate(load["points"])]
         repeats = range(config.getoption("repeats"))
         cells = [(p, r) for p in points for r in repeats]
         # Test ids avoid "=" so that `-k "rate-1.0"` selects a cell.
         ids = [p.label.replace("=", "-").replace(",", "-") + (f"-r{r}" if len(repeats) > 1 else "") for p, r in cells]
         metafunc.parametrize("load_point,repeat", cells, ids=ids)
+
+
+_POINT_KEYS = ("request_rate", "concurrency", "max_concurrency")
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -182,7 +185,8 @@ def bench(request, stack_spec, scenario, profile, model_dir):
     """A running stack for this scenario, wrapped in a Bench that writes rows for this run."""
     config = request.config
     results_dir = Path(config.getoption("results_dir"))
-    unmet = [f"needs {r.upper()}" for r in stack_spec.unmet()]
+    unmet = [f"needs {r.upper()}" + (f" ({stack_spec.requires_why})" if stack_spec.requires_why else "")
+             for r in stack_spec.unmet()]
     usable = any(not stack_spec.missing(needs) for needs in scenario.needs.values()) or not scenario.needs
     running, failed = None, None
     if not unmet and usable:

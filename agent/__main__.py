@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN",
                      help="continue a run from its last checkpoint: its id or folder (default: the latest run)")
     run.add_argument("--from", dest="source", default=None,
-                     help=f"stack folder to start from (default for offline: {DEFAULT_SOURCE.relative_to(DEFAULT_SOURCE.parents[2])})")
+                     help=f"stack folder to start from (default for offline: the scenario YAML's agent.start under results/stacks, else {DEFAULT_SOURCE.relative_to(DEFAULT_SOURCE.parents[2])})")
     run.add_argument("--run-id", default=None, help="name of the run (default: a timestamp)")
     run.add_argument("--runs-dir", default=str(RUNS_DIR), help="where workspaces go (default agent_runs/)")
     run.add_argument("--publish-dir", default=str(PUBLISH_DIR), help="where the winner is published (results/stacks)")
@@ -47,7 +47,7 @@ def new_config(args: argparse.Namespace) -> RunConfig:
     if not args.scenario:
         raise SystemExit("python -m agent run: --scenario is required (or --resume RUN)")
     backend = args.backend or "offline"
-    source = args.source or (str(DEFAULT_SOURCE) if backend == "offline" else None)
+    source = args.source or (_starting_stack(args.scenario) if backend == "offline" else None)
     if source and not (Path(source) / "stack.yaml").is_file():
         raise SystemExit(f"python -m agent run: no stack to start from at {source} (need {source}/stack.yaml); "
                          f"pass --from DIR")
@@ -59,6 +59,18 @@ def new_config(args: argparse.Namespace) -> RunConfig:
                                                        "codex_model": args.codex_model}.items() if v})
     _apply_overrides(cfg, args)
     return cfg
+
+
+def _starting_stack(scenario: str) -> str:
+    """The published stack the scenario's `agent.start` names (its folder under results/stacks),
+    else the default one."""
+    from agent.loop import scenario_files
+
+    try:
+        start = scenario_files(scenario)[1].get("start")
+    except ValueError as exc:
+        raise SystemExit(f"python -m agent run: {exc}") from None
+    return str(DEFAULT_SOURCE.parent / start) if start else str(DEFAULT_SOURCE)
 
 
 def _apply_overrides(cfg: RunConfig, args: argparse.Namespace) -> None:

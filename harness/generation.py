@@ -21,15 +21,20 @@ class Prompt:
     extra: dict = field(default_factory=dict, compare=False)
     template_kwargs: dict = field(default_factory=dict, compare=False)
     ignore_eos: bool = False  # generate max_tokens whatever comes (a load point's fixed output length)
+    ids: tuple[int, ...] | None = None  # the prompt as token ids (sent as a list, as-is); `text` is then a label
+
+    def __post_init__(self):
+        if self.ids is not None and self.chat:
+            raise ValueError(f"prompt {self.id}: token-id prompts go to /v1/completions, not chat")
 
     def reference_key(self) -> dict:
         """What the reference's output depends on (keys absent at their defaults, so older cache keys hold)."""
         key = {"id": self.id, "text": self.text, "chat": self.chat, "max_tokens": self.max_tokens}
         return (key | ({"template_kwargs": self.template_kwargs} if self.template_kwargs else {})
-                | ({"ignore_eos": True} if self.ignore_eos else {}))
+                | ({"ignore_eos": True} if self.ignore_eos else {}) | ({"ids": list(self.ids)} if self.ids else {}))
 
     def without_extra(self) -> "Prompt":
-        return Prompt(self.id, self.text, self.chat, self.max_tokens, {}, self.template_kwargs, self.ignore_eos)
+        return Prompt(self.id, self.text, self.chat, self.max_tokens, {}, self.template_kwargs, self.ignore_eos, self.ids)
 
 
 @dataclass
@@ -47,7 +52,7 @@ class Generation:
     finish_reason: str | None = None  # "stop" (end of sequence or stop string) | "length"
     text: str = ""
     usage_tokens: int | None = None  # what the server's usage said, when it came from a server
-    usage_details: dict = field(default_factory=dict)  # usage.completion_tokens_details, when given
+    usage_details: dict = field(default_factory=dict)  # usage's prompt_ and completion_tokens_details, when given
 
     def to_json(self) -> dict:
         return {"tokens": self.tokens, "top": self.top, "finish_reason": self.finish_reason,
@@ -62,7 +67,8 @@ def from_openai(response: dict, chat: bool) -> Generation:
     """Read a non-streaming completions / chat completions response that asked for logprobs."""
     choice = response["choices"][0]
     usage = (response.get("usage") or {}).get("completion_tokens")
-    details = (response.get("usage") or {}).get("completion_tokens_details") or {}
+    usage_body = response.get("usage") or {}
+    details = {**(usage_body.get("prompt_tokens_details") or {}), **(usage_body.get("completion_tokens_details") or {})}
     logprobs = choice.get("logprobs") or {}
     if chat:
         entries = logprobs.get("content") or []

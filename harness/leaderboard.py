@@ -116,13 +116,14 @@ def _load_label(row: ResultRow) -> str:
     return str((row.load_point or {}).get("label") or "load")
 
 
-def _load_x(row: ResultRow) -> float | None:
-    """The load point's size: its request rate, else its concurrency; everything at once is infinite."""
+def _load_x(row: ResultRow, key: str | None = None) -> float | None:
+    """The load point's size: its request rate, else its concurrency; everything at once is
+    infinite. `key`: the scenario's own point key to read instead (its plot's x axis)."""
     point = row.load_point or {}
-    if point.get("label", "").startswith("rate=inf"):
+    if key is None and point.get("label", "").startswith("rate=inf"):
         return math.inf
-    for key in ("request_rate", "concurrency"):
-        value = point.get(key)
+    for name in (key,) if key else ("request_rate", "concurrency"):
+        value = point.get(name)
         if value is None or isinstance(value, bool):
             continue
         try:
@@ -187,12 +188,17 @@ def _median(rows: list[ResultRow], key: str) -> float | None:
     return float(np.median(values)) if values else None
 
 
+def _names_point(label: str, choice: str) -> bool:
+    return set(choice.split(",")) <= set(label.split(","))
+
+
 def _pick_label(ok_rows: list[ResultRow], choice: str) -> str | None:
-    """The load point the leaderboard reads: "last" = the largest load measured, else a label."""
+    """The load point the leaderboard reads: "last" = the largest load measured, else a label or
+    some of its comma-separated parts ("tail=128" reads "conc=8,tail=128")."""
     if not ok_rows:
         return None
     if choice != "last":
-        return choice if any(_load_label(r) == choice for r in ok_rows) else None
+        return next((_load_label(r) for r in ok_rows if _names_point(_load_label(r), choice)), None)
 
     def size(r: ResultRow) -> tuple:
         x = _load_x(r)
@@ -271,7 +277,7 @@ def _entry(stack: str, run_id: str, rows: list[ResultRow], section: Section) -> 
     label = _pick_label(ok, board.load_point)
     at = [r for r in ok if _load_label(r) == label]
     if label is None:
-        named = [r for r in perf if _load_label(r) == board.load_point]
+        named = [r for r in perf if _names_point(_load_label(r), board.load_point)]
         failure = _first_failure(named or perf or rows)
         note = ""
     else:
@@ -490,7 +496,7 @@ def _plot_points(entry: StackEntry, section: Section) -> tuple[PlotPoint, ...]:
     points = [
         PlotPoint(
             label=label,
-            x=_load_x(rows[0]),
+            x=_load_x(rows[0], section.board.x),
             values=tuple(_median(rows, key) for key in _plotted(section.board)),
         )
         for label, rows in by_label.items()
@@ -507,7 +513,7 @@ def _plot_spec(section: Section, order: dict[str, tuple[str, str]]) -> PlotSpec:
         title=(f"{section.title} (setting {section.setting}, profile {section.profile})" if section.has_scenario
                else f"setting {section.setting}, profile {section.profile}"),
         panels=tuple(metric_label(key, section.board.labels) for key in _plotted(section.board)),
-        x_label=_x_label(section.rows),
+        x_label=section.board.x or _x_label(section.rows),
         series=series,
     )
 

@@ -24,18 +24,22 @@ class LoadPoint:
     concurrency: int | None = None  # closed loop: this many clients, each sends after its last finished
     warmup: int = 0
     seed: int = 0
+    # The scenario's own keys of this point in its YAML (e.g. a tail length its workload sweeps):
+    # the harness only shows them in the label and the row.
+    params: dict = field(default_factory=dict)
 
     @property
     def label(self) -> str:
+        own = "".join(f",{k}={v}" for k, v in self.params.items())
         if self.concurrency:
-            return f"conc={self.concurrency}"
+            return f"conc={self.concurrency}{own}"
         cap = f",cap={self.max_concurrency}" if self.max_concurrency else ""
-        return f"rate={self.request_rate if self.request_rate is not None else 'inf'}{cap}"
+        return f"rate={self.request_rate if self.request_rate is not None else 'inf'}{cap}{own}"
 
     def describe(self) -> dict:
         return {"label": self.label, "request_rate": self.request_rate, "burstiness": self.burstiness,
                 "max_concurrency": self.max_concurrency, "concurrency": self.concurrency,
-                "num_prompts": self.num_prompts, "warmup": self.warmup, "seed": self.seed}
+                "num_prompts": self.num_prompts, "warmup": self.warmup, "seed": self.seed, **self.params}
 
 
 @dataclass

@@ -16,12 +16,14 @@ Text keys are named as `vllm bench serve` names them; another unit's totals take
   the completed requests under its own name (absent when no request reported it).
 
 A scenario adds metrics of its own by name in its YAML (`metrics: {name: module:function}`, as
-lm-eval's metric_list): each function takes the measured records and returns a number (kept under
-its name) or a dict of them.
+lm-eval's metric_list): each function takes the measured records, and the /metrics counters that
+moved over them (None where unreadable) if it names a second parameter, and returns a number (kept
+under its name) or a dict of them.
 """
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -32,7 +34,7 @@ from harness.errors import HarnessError
 from harness.records import RequestRecord
 
 PERCENTILES = (50, 90, 99)
-MetricFunction = Callable[[list[RequestRecord]], "float | dict | None"]
+MetricFunction = Callable[..., "float | dict | None"]  # (records) or (records, counters)
 
 
 _LABELS = {
@@ -137,7 +139,7 @@ def _one_or_counts(values: Iterable[str]) -> str | dict | None:
 
 
 def summarize(records: list[RequestRecord], slos_ms: dict[str, float] | None = None,
-              extra: dict[str, MetricFunction] | None = None) -> dict:
+              extra: dict[str, MetricFunction] | None = None, counters: dict | None = None) -> dict:
     """The flat metrics dict of one load point (measured requests only); `extra`: a scenario's own."""
     done = [r for r in records if r.ok]
     unit = _one_or_counts(r.unit for r in records) or "tokens"
@@ -167,12 +169,19 @@ def summarize(records: list[RequestRecord], slos_ms: dict[str, float] | None = N
     if slos_ms:
         metrics["request_goodput"] = per_second(sum(good(r, slos_ms) for r in done))
     for name, fn in (extra or {}).items():
-        value = fn(records)
+        value = fn(records, counters) if _takes_counters(fn) else fn(records)
         metrics.update(value if isinstance(value, dict) else {name: value})
     errors = Counter(r.error for r in records if r.error)
     if errors:
         metrics["errors"] = dict(errors.most_common(5))
     return metrics
+
+
+def _takes_counters(fn: Callable) -> bool:
+    try:
+        return len(inspect.signature(fn).parameters) >= 2
+    except (TypeError, ValueError):
+        return False
 
 
 def resolve(references: dict[str, str]) -> dict[str, MetricFunction]:

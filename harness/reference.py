@@ -37,6 +37,8 @@ def cache_key(model_dir: Path, prompts: list[Prompt], top_k: int) -> str:
 
 
 def input_ids(tokenizer, prompt: Prompt) -> list[int]:
+    if prompt.ids is not None:
+        return list(prompt.ids)
     if prompt.chat:
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt.text}],
                                              add_generation_prompt=True, tokenize=False, **prompt.template_kwargs)

@@ -19,6 +19,7 @@ class LeaderboardSpec:
     load_point: str = "last"  # which load point's row the table reads: "last" or a label
     labels: dict[str, str] = field(default_factory=dict)  # column headings for the scenario's own metric keys
     plot: tuple[str, ...] = ()  # metric keys drawn per load point; default: the primary alone
+    x: str | None = None  # the plot's x axis: a key of the YAML's load points (default: rate, else concurrency)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ def load_scenario(path: Path) -> ScenarioSpec:
                 load_point=str(board.get("load_point", "last")),
                 labels={str(k): str(v) for k, v in (board.get("labels") or {}).items()},
                 plot=tuple(str(k) for k in board.get("plot") or (board["primary"],)),
+                x=str(board["x"]) if board.get("x") else None,
             ),
             profiles=profiles,
             path=path,

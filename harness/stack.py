@@ -1,6 +1,7 @@
 """Stack specs: what to launch (or where to connect) and what the stack claims to support."""
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,6 +43,7 @@ class StackSpec:
     supports: tuple[str, ...] = ()
     flags: dict = field(default_factory=dict)  # engine settings recorded in rows for fairness
     requires: tuple[str, ...] = ()  # hardware the stack cannot run without: "cuda"
+    requires_why: str = ""  # why, where it is not obvious (shown in the not-applicable row)
     prepare: dict[str, tuple[str, ...]] = field(default_factory=dict)  # see harness.placeholders
     extra_body: dict = field(default_factory=dict)  # engine-specific request fields sent with every request
     ignore_eos: str = "native"  # how the engine takes `ignore_eos`: native | min_tokens | unsupported
@@ -68,9 +70,12 @@ class StackSpec:
         return body
 
     def with_off(self, feature: str) -> StackSpec:
-        """This stack launched with `feature` switched off by extra arguments (`off[feature].args`)."""
-        return replace(self, name=f"{self.name}.{feature}-off", command=self.command + self.off[feature].args,
-                       off={})
+        """This stack with `feature` switched off as its `off_switch` says: launched with the extra
+        arguments, or sending the request fields with every request. It no longer claims the feature."""
+        switch = self.off[feature]
+        return replace(self, name=f"{self.name}.{feature}-off", command=self.command + switch.args,
+                       extra_body={**self.extra_body, **switch.request},
+                       supports=tuple(s for s in self.supports if s != feature), off={})
 
     def unmet(self) -> list[str]:
         """Hardware this stack requires that this machine lacks."""
@@ -122,6 +127,7 @@ def load_spec(path: Path, vocabulary: frozenset[str] | None = None) -> StackSpec
         supports=supports,
         flags=dict(data.get("flags") or {}),
         requires=tuple(data.get("requires") or ()),
+        requires_why=str(data.get("requires_why") or ""),
         prepare={str(k): tuple(str(c) for c in v) for k, v in (data.get("prepare") or {}).items()},
         extra_body=dict(data.get("extra_body") or {}),
         ignore_eos=_choice(path, data, "ignore_eos", ("native", "min_tokens", "unsupported")),
@@ -194,6 +200,13 @@ def resolve_stack(arg: str, vocabulary: frozenset[str] | None = None) -> StackSp
             raise HarnessError(f"--stack {arg}: no such spec file")
         return load_spec(path, vocabulary)
     names = registered()
+    off = re.fullmatch(r"(.+)\.([A-Za-z0-9_]+)-off", arg)
+    if arg not in names and off and off.group(1) in names:
+        base = load_spec(names[off.group(1)], vocabulary)
+        if off.group(2) not in base.off:
+            raise HarnessError(f"--stack {arg}: {base.name} has no off_switch for {off.group(2)!r} "
+                               f"(it has: {', '.join(base.off) or 'none'})")
+        return base.with_off(off.group(2))
     if arg not in names:
         raise HarnessError(f"--stack {arg}: unknown stack; registered: {', '.join(sorted(names)) or 'none'}; or give a spec path or url=...")
     return load_spec(names[arg], vocabulary)

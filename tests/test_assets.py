@@ -82,3 +82,23 @@ def test_real_smollm2_is_a_loadable_chat_model():
     tok = AutoTokenizer.from_pretrained(path)
     text = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
     assert "<|im_start|>assistant" in text
+
+
+@pytest.mark.slow
+def test_olmo_hybrid_tiny_is_written_in_the_layout_vllm_and_mlx_lm_read():
+    """q/k/v_conv1d at key_dim/key_dim/value_dim channels and the module's own norm names, not
+    what transformers' save_pretrained writes (an equal three-way cut of the fused conv, renamed norms)."""
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    path = assets.ensure_model("olmo-hybrid-tiny")
+    config = AutoConfig.from_pretrained(path)
+    assert config.model_type == "olmo_hybrid" and config.architectures == ["OlmoHybridForCausalLM"]
+    key_dim = config.linear_num_key_heads * config.linear_key_head_dim
+    value_dim = config.linear_num_value_heads * config.linear_value_head_dim
+    with safe_open(path / "model.safetensors", "pt") as f:
+        shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118 (not a dict)
+    conv = {n: shapes[f"model.layers.0.linear_attn.{n}_conv1d.weight"][0] for n in "qkv"}
+    assert conv == {"q": key_dim, "k": key_dim, "v": value_dim}
+    assert not any("layer_norm" in name or name.endswith("linear_attn.conv1d.weight") for name in shapes)
+    assert "model.layers.0.input_layernorm.weight" in shapes and "model.layers.3.post_feedforward_layernorm.weight" in shapes

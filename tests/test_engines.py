@@ -126,3 +126,63 @@ def test_cuda_only_stack_is_not_applicable_on_a_cpu_machine(tmp_path):
     rows = read_rows(tmp_path)
     assert sorted(r.kind for r in rows) == ["accuracy", "performance"]
     assert all(r.status == "not_applicable" and "needs CUDA" in r.error for r in rows)
+
+
+def test_mlx_token_prompts_shim_takes_token_ids_and_leaves_text_to_mlx_lm(monkeypatch):
+    """baselines/mlx_token_prompts.py against a stand-in for mlx_lm.server (mlx-lm is not in this venv)."""
+    import types
+
+    from baselines import mlx_token_prompts
+
+    class ResponseGenerator:
+        def _tokenize(self, tokenizer, request, args):
+            return "mlx-lm's own", request.prompt
+
+    server = types.ModuleType("mlx_lm.server")
+    server.ResponseGenerator = ResponseGenerator
+    monkeypatch.setitem(sys.modules, "mlx_lm", types.ModuleType("mlx_lm"))
+    monkeypatch.setitem(sys.modules, "mlx_lm.server", server)
+    mlx_token_prompts.patch()
+    request = types.SimpleNamespace
+    tokenize = ResponseGenerator()._tokenize
+    assert tokenize(None, request(request_type="text", prompt=[5, 6, 7]), None) == ([5, 6, 7], [[5, 6, 7]], ["assistant"],
+                                                                                  "normal", None)
+    for prompt in ("some text", [], [True, 2], ["a", "b"]):
+        assert tokenize(None, request(request_type="text", prompt=prompt), None) == ("mlx-lm's own", prompt)
+    assert tokenize(None, request(request_type="chat", prompt=[5]), None) == ("mlx-lm's own", [5])
+
+
+@pytest.mark.slow
+def test_mlx_lm_hybrid_serves_token_id_prompts_as_transformers_generates(tmp_path):
+    """The mlx-lm-hybrid spec on olmo-hybrid-tiny: converted (fp32 kept), served through the shim,
+    greedy ids equal to transformers'. Its detokenizer drops the first token's leading space."""
+    import random
+
+    import httpx
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.environments import engine_info
+
+    if engine_info("mlx-lm") is None:
+        pytest.skip("mlx-lm is not installed: python -m baselines install mlx-lm")
+    model_dir = ensure_model("olmo-hybrid-tiny")
+    rng = random.Random(3)
+    ids = [rng.randrange(3, 49152) for _ in range(300)]
+    n = 16
+    with launch(resolve_stack("mlx-lm-hybrid"), model_dir, tmp_path / "logs") as stack:
+        body = resolve_stack("mlx-lm-hybrid").adapt({"prompt": ids, "max_tokens": n, "temperature": 0, "logprobs": True})
+        reply = httpx.post(stack.base_url + "/v1/completions", json=body, timeout=300)
+    assert reply.status_code == 200, reply.text
+    reply = reply.json()
+    served = [entry["id"] for entry in reply["choices"][0]["logprobs"]["content"]]
+    assert reply["usage"]["prompt_tokens"] == len(ids)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").eval()
+    x = torch.tensor([ids])
+    with torch.inference_mode():
+        out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=n,
+                             eos_token_id=[], pad_token_id=2)
+    expected = out[0, len(ids):].tolist()
+    assert served == expected
+    assert reply["choices"][0]["text"] == tokenizer.decode(expected).removeprefix(" ")

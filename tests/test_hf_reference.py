@@ -53,9 +53,14 @@ def model_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def base_url(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from _serve(model_dir, tmp_path_factory)
+
+
+def _serve(model_dir: Path, tmp_path_factory: pytest.TempPathFactory, *args: str) -> Iterator[str]:
+    """The server on `model_dir` (extra command-line `args`) until the generator is closed."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("hf_reference") / "server.log"
-    cmd = [sys.executable, "-m", "baselines.hf_reference", "--model", str(model_dir), "--port", str(port)]
+    cmd = [sys.executable, "-m", "baselines.hf_reference", "--model", str(model_dir), "--port", str(port), *args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -405,3 +410,48 @@ def test_generation_failure_mid_stream_sends_error_event(model_dir: Path, refere
         response = client.post("/v1/completions", json={"prompt": PROMPT})
         assert response.status_code == 500 and "boom" in response.json()["error"]["message"]
     generator.shutdown()
+
+
+# --- a hybrid model: olmo_hybrid (GatedDeltaNet and full attention), fp32 ---
+
+
+@pytest.fixture(scope="module")
+def hybrid_dir() -> Path:
+    return ensure_model("olmo-hybrid-tiny")
+
+
+@pytest.fixture(scope="module")
+def hybrid_url(hybrid_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from _serve(hybrid_dir, tmp_path_factory, "--dtype", "auto")  # as its spec starts it
+
+
+def test_hybrid_token_id_prompt_streams_what_transformers_generates(hybrid_url: str, hybrid_dir: Path) -> None:
+    """Setting C's request shape (token ids, ignore_eos, streamed with usage) on olmo_hybrid: the
+    served tokens are `OlmoHybridForCausalLM.generate`'s, in the folder's fp32. The prompt spans
+    several of the GatedDeltaNet's 64-token prefill chunks and a partial one."""
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rng = random.Random(3)
+    ids = [rng.randrange(3, 49152) for _ in range(300)]
+    n = 24
+    chunks = stream(hybrid_url, "/v1/completions", {
+        "prompt": ids, "max_tokens": n, "temperature": 0, "ignore_eos": True, "logprobs": 1,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True}})
+    tokenizer = AutoTokenizer.from_pretrained(hybrid_dir)
+    model = AutoModelForCausalLM.from_pretrained(hybrid_dir, dtype="auto").eval()
+    assert model.dtype == torch.float32 and type(model).__name__ == "OlmoHybridForCausalLM"
+    x = torch.tensor([ids])
+    with torch.inference_mode():
+        out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=n,
+                             eos_token_id=[], pad_token_id=tokenizer.pad_token_id or 2)
+    expected = out[0, len(ids):].tolist()
+    served = [t for c in chunks if c["choices"] and c["choices"][0]["logprobs"]
+              for t in c["choices"][0]["logprobs"]["tokens"]]
+    assert served == [tokenizer.decode([t]) for t in expected]
+    assert completion_text(chunks) == tokenizer.decode(expected)
+    usage = chunks[-1]["usage"]
+    assert usage["prompt_tokens"] == len(ids) and usage["completion_tokens"] == n
+    assert [c["usage"]["completion_tokens"] for c in chunks if c["choices"]] == list(range(1, n + 1))

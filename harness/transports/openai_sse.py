@@ -112,7 +112,7 @@ def take_usage(chunk: dict, record: RequestRecord) -> None:
     if not chunk.get("choices") and usage.get("completion_tokens") is not None:
         # The closing usage-only chunk holds the authoritative total.
         record.reported_units = usage["completion_tokens"]
-    details = usage.get("completion_tokens_details") or {}
+    details = {**(usage.get("prompt_tokens_details") or {}), **(usage.get("completion_tokens_details") or {})}
     for key, value in details.items():  # the latest report wins (running or closing usage)
         if isinstance(value, int) and not isinstance(value, bool):
             record.usage[str(key)] = value

@@ -121,7 +121,7 @@ async def _serve(engine: ServingEngine, request: Request, prompt_ids: list[int],
     finally:
         watcher.cancel()
         stream.cancel()
-    usage = Usage.of(len(prompt_ids), result.n_tokens, result.prediction)
+    usage = Usage.of(len(prompt_ids), result.n_tokens, result.prediction, result.cached_tokens)
     return JSONResponse(shaper.response(result, usage, common.top_logprobs is not None))
 
 
@@ -130,15 +130,18 @@ async def _sse_events(engine: ServingEngine, stream: EngineStream, params: Sampl
     continuous = common.stream_options.continuous_usage_stats
     n_tokens = 0
     prediction = None
+    cached = None
     try:
         for chunk in prelude:
             yield _sse(chunk)
         async for delta in text_deltas(stream, engine.tokenizer, params):
             n_tokens += len(delta.token_ids)
             prediction = delta.prediction or prediction
-            yield _sse(shaper.chunk(delta, Usage.of(prompt_len, n_tokens, prediction) if continuous else None))
+            cached = delta.cached_tokens if delta.cached_tokens is not None else cached
+            usage = Usage.of(prompt_len, n_tokens, prediction, cached) if continuous else None
+            yield _sse(shaper.chunk(delta, usage))
         if common.stream_options.include_usage:
-            yield _sse(shaper.usage_chunk(Usage.of(prompt_len, n_tokens, prediction)))
+            yield _sse(shaper.usage_chunk(Usage.of(prompt_len, n_tokens, prediction, cached)))
         yield "data: [DONE]\n\n"
     except GenerationFailed as exc:
         yield _sse(error_body(str(exc), "server_error", None, 500))

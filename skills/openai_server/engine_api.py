@@ -55,13 +55,16 @@ class TokenOutput:
 
     finish_reason: None while running; "length" on the max_tokens-th token; "stop" on EOS;
     "abort" when cancelled. `prediction`: the request's running totals, where the engine used
-    a prediction (None otherwise).
+    a prediction (None otherwise). `cached_tokens`: prompt tokens the engine restored from its
+    prefix cache instead of computing them, where it has one (None: it does not say); the server
+    reports it as usage.prompt_tokens_details.cached_tokens.
     """
 
     token_id: int | None
     logprobs: TokenLogprob | None = None
     finish_reason: str | None = None
     prediction: PredictionUsage | None = None
+    cached_tokens: int | None = None
 
 
 class GenerationFailed(Exception):

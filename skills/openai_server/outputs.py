@@ -24,6 +24,7 @@ class Delta:
     logprobs: tuple[TokenLogprob, ...]
     finish_reason: str | None
     prediction: PredictionUsage | None = None  # the engine's running totals, where it used a prediction
+    cached_tokens: int | None = None  # prompt tokens the engine restored from its prefix cache, where it says
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class JobResult:
     n_tokens: int
     logprobs: list[TokenLogprob]
     prediction: PredictionUsage | None = None
+    cached_tokens: int | None = None
 
 
 async def _batches(stream: EngineStream) -> AsyncIterator[list[TokenOutput]]:
@@ -52,6 +54,7 @@ async def text_deltas(stream: EngineStream, tokenizer, params: SamplingParams) -
     Tokens that arrive together make one delta (vLLM sends a speculative step's tokens as one chunk)."""
     text = IncrementalText(tokenizer, params.stop)
     prediction: PredictionUsage | None = None
+    cached: int | None = None
     try:
         async for items in _batches(stream):
             pieces: list[str] = []
@@ -60,6 +63,7 @@ async def text_deltas(stream: EngineStream, tokenizer, params: SamplingParams) -
             finish = None
             for out in items:
                 prediction = out.prediction or prediction
+                cached = out.cached_tokens if out.cached_tokens is not None else cached
                 if out.token_id is None:
                     pieces.append(text.flush())
                     finish = out.finish_reason or "stop"
@@ -72,7 +76,7 @@ async def text_deltas(stream: EngineStream, tokenizer, params: SamplingParams) -
                 if finish is not None:
                     pieces.append(text.flush())
                     break
-            yield Delta("".join(pieces), tuple(ids), tuple(logprobs), finish, prediction)
+            yield Delta("".join(pieces), tuple(ids), tuple(logprobs), finish, prediction, cached)
             if finish is not None:
                 return
     finally:
@@ -84,10 +88,12 @@ async def collect(deltas: AsyncIterator[Delta]) -> JobResult:
     logprobs: list[TokenLogprob] = []
     n_tokens, finish_reason = 0, "stop"
     prediction: PredictionUsage | None = None
+    cached: int | None = None
     async for delta in deltas:
         prediction = delta.prediction or prediction
+        cached = delta.cached_tokens if delta.cached_tokens is not None else cached
         parts.append(delta.text)
         n_tokens += len(delta.token_ids)
         logprobs.extend(delta.logprobs)
         finish_reason = delta.finish_reason or finish_reason
-    return JobResult("".join(parts), finish_reason, n_tokens, logprobs, prediction)
+    return JobResult("".join(parts), finish_reason, n_tokens, logprobs, prediction, cached)

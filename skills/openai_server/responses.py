@@ -34,24 +34,29 @@ class Usage:
     completion_tokens: int
     accepted_prediction_tokens: int = 0  # 0 where the engine did not use a prediction
     rejected_prediction_tokens: int = 0
+    cached_tokens: int | None = None  # prompt tokens restored from the engine's prefix cache; None: not said
 
     @classmethod
-    def of(cls, prompt_tokens: int, completion_tokens: int, prediction: PredictionUsage | None) -> Usage:
+    def of(cls, prompt_tokens: int, completion_tokens: int, prediction: PredictionUsage | None,
+           cached_tokens: int | None = None) -> Usage:
         if prediction is None:
-            return cls(prompt_tokens, completion_tokens)
+            return cls(prompt_tokens, completion_tokens, cached_tokens=cached_tokens)
         # A stop string can end the text before the engine's last accepted run: never report
         # more accepted prediction tokens than the completion has.
         accepted = min(prediction.accepted, completion_tokens)
-        return cls(prompt_tokens, completion_tokens, accepted, prediction.rejected)
+        return cls(prompt_tokens, completion_tokens, accepted, prediction.rejected, cached_tokens)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        body = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
             "completion_tokens_details": {"accepted_prediction_tokens": self.accepted_prediction_tokens,
                                           "rejected_prediction_tokens": self.rejected_prediction_tokens},
         }
+        if self.cached_tokens is not None:  # OpenAI's and vLLM's name for prefix-cache hits
+            body["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return body
 
 
 def _logprob(value: float) -> float:

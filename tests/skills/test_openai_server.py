@@ -281,3 +281,35 @@ def test_prediction_reaches_the_engine_tokenized_and_usage_reports_it(tokenizer)
             assert engine.requests[-1][1].prediction is None
             assert body["usage"]["completion_tokens_details"] == {"accepted_prediction_tokens": 0,
                                                                   "rejected_prediction_tokens": 0}
+
+
+# --- prefix-cache hits (`cached_tokens`) ---
+
+
+def test_cached_tokens_reach_usage_streamed_and_whole(tokenizer) -> None:
+    class Engine(ScriptedEngine):
+        def submit(self, prompt_ids, params):
+            self.requests.append((prompt_ids, params))
+            stream = QueueStream.on_running_loop()
+            tokens = self.script[: params.max_tokens]
+            for i, token in enumerate(tokens):
+                stream.send(TokenOutput(token, None, "length" if i + 1 == params.max_tokens else None,
+                                        cached_tokens=len(prompt_ids) - 1))
+            return stream
+
+    with TestClient(create_app(Engine(tokenizer), ServerInfo("m", "/models/m", 0, server_name="fake"))) as client:
+        for path, body in (("/v1/completions", {"prompt": [5, 6, 7, 8]}),
+                           ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]})):
+            whole = client.post(path, json={**body, "max_tokens": 3}).json()
+            cached = whole["usage"]["prompt_tokens_details"]["cached_tokens"]
+            assert cached == whole["usage"]["prompt_tokens"] - 1
+            chunks = sse(client, path, {**body, "max_tokens": 3,
+                                        "stream_options": {"include_usage": True, "continuous_usage_stats": True}})
+            assert chunks[-1]["usage"] == whole["usage"]
+            assert all(c["usage"]["prompt_tokens_details"]["cached_tokens"] == cached for c in chunks
+                       if c["choices"] and c["choices"][0].get("text", c["choices"][0].get("delta", {}).get("content")))
+
+
+def test_no_cached_tokens_without_an_engine_saying_so(client) -> None:
+    body = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 3}).json()
+    assert "prompt_tokens_details" not in body["usage"]

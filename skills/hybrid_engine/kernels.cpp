@@ -1,0 +1,719 @@
+// Row kernels of the olmo_hybrid forward in fp32: every output row is computed from its own
+// inputs (and its own sequence's state) by the same sequence of operations, whatever else is in
+// the step. Sums run in a fixed order (VW partial sums by index, then a fixed tree; or one
+// dimension after another), so a row's bits never depend on the row count, the chunk it came in,
+// or the thread that ran it. That is what makes a prefix-cache restore at any token exact: the
+// recurrence is stepped token by token, so the state after token t is the same whether t ended a
+// chunk or not.
+//
+// Hot loops are written on GCC vector types of the machine's width (vf: 16 floats with AVX-512,
+// else 8), not left to the auto-vectorizer: with compile-time trip counts gcc unrolled the delta
+// rule into permutes and stack spills, 18x slower.
+//
+// Layouts (all float32, contiguous):
+//   rms_norm:      x [rows, n] -> [rows, n]
+//   silu_mul:      gu [rows, 2i] (gate | up) -> [rows, i]
+//   attn_prep:     qkv [rows, (hq + 2 hkv) d] -> q [rows, hq d]; writes k, v into the pools
+//   row_attention: q [rows, hq d], k_pool [slots, hkv, d, max_len] (keys transposed: each
+//                  dimension's positions contiguous), v_pool [slots, hkv, max_len, d] -> [rows, hq d]
+//   gdn:           proj [rows, 2 dk hk + dv hv (q|k|v) + hv (a) + hv (b) + dv hv (gate)],
+//                  conv_weight [kernel, conv_dim] (taps first), conv_state [slots, kernel - 1,
+//                  conv_dim], rec_state [slots, hv, dk, dv] -> [rows, hv dv]
+// A row whose slot is negative is padding: its output stays zero and it touches no state.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int VW = 16;
+#else
+constexpr int VW = 8;
+#endif
+typedef float vf __attribute__((vector_size(VW * sizeof(float))));
+
+inline vf load(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+
+inline float tree_sum(vf v) {
+  float lane[VW];
+  store(lane, v);
+  for (int width = VW / 2; width > 0; width /= 2)
+    for (int l = 0; l < width; ++l) lane[l] += lane[l + width];
+  return lane[0];
+}
+
+// sum_i a[i] b[i]: lane l sums the indices i = l (mod VW) in order, then a fixed tree.
+inline float dot(const float* a, const float* b, int64_t n) {
+  vf acc = {};
+  int64_t i = 0;
+  for (; i + VW <= n; i += VW) acc += load(a + i) * load(b + i);
+  float lane[VW];
+  store(lane, acc);
+  for (int l = 0; i < n; ++i, ++l) lane[l] += a[i] * b[i];
+  return tree_sum(load(lane));
+}
+
+inline float lane_sum(const float* a, int64_t n) {
+  vf acc = {};
+  int64_t i = 0;
+  for (; i + VW <= n; i += VW) acc += load(a + i);
+  float lane[VW];
+  store(lane, acc);
+  for (int l = 0; i < n; ++i, ++l) lane[l] += a[i];
+  return tree_sum(load(lane));
+}
+
+// exp(x) = 2^n exp(r), n = round(x / ln 2), r = x - n ln 2 (two-part ln 2), exp(r) by its Taylor
+// polynomial of degree 7 on |r| <= ln2 / 2 (~1 ulp). Plain float and int arithmetic, so loops over
+// it vectorize, and every call computes the same bits for the same x. x is clamped to
+// [-87, 88]: below, the result is ~1e-38 instead of a denormal or 0.
+inline float fast_exp(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float shifted = x * 1.44269504088896341f + 12582912.0f;  // + 1.5 * 2^23 rounds to an integer
+  const float n = shifted - 12582912.0f;
+  const float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+inline float silu(float x) { return x / (1.0f + fast_exp(-x)); }
+inline float sigmoid(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
+inline float softplus(float x) { return x > 20.0f ? x : std::log1p(fast_exp(x)); }
+
+// 1 / sqrt(mean(x^2) + eps), as transformers' RMSNorm computes it (rsqrt of the mean square).
+inline float inv_rms(const float* x, int64_t n, float eps) {
+  return 1.0f / std::sqrt(dot(x, x, n) / static_cast<float>(n) + eps);
+}
+
+void check_f32(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32");
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+void check_i64(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kLong && t.is_contiguous(), name, " must be contiguous int64");
+}
+
+// ---------------------------------------------------------------- matmul
+
+constexpr int PANEL_VECS = 2;
+constexpr int64_t PANEL = PANEL_VECS * VW;  // output columns per weight panel
+
+// y[r][n] = sum_k x[r][k] w[n][k] for R rows and one panel of PANEL columns: a fused multiply-add
+// chain over k in order, from 0, per output (so a row's result never depends on the other rows);
+// the panel ([K][PANEL], contiguous) is read once for all R rows.
+template <int R>
+inline void panel_rows(const float* __restrict__ x, int64_t k_dim, const float* __restrict__ panel,
+                       float* __restrict__ out) {
+  vf acc[R][PANEL_VECS] = {};
+  for (int64_t k = 0; k < k_dim; ++k) {
+    vf w[PANEL_VECS];
+    for (int v = 0; v < PANEL_VECS; ++v) w[v] = load(panel + k * PANEL + v * VW);
+    for (int r = 0; r < R; ++r) {
+      const float xr = x[r * k_dim + k];
+      for (int v = 0; v < PANEL_VECS; ++v) acc[r][v] += w[v] * xr;
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < PANEL_VECS; ++v) store(out + r * PANEL + v * VW, acc[r][v]);
+}
+
+// ---------------------------------------------------------------- attention
+
+constexpr int64_t KEY_VEC = 16;  // the pools' max_len is a multiple of this (>= VW)
+
+// Scores of NA (row, head) lanes for NV vectors of keys from j0: each score a fused multiply-add
+// chain over the head dimension in order, from 0; a K^T row is read once for all lanes.
+template <int NA, int NV>
+inline void score_vectors(const float* __restrict__ keys_t, int64_t max_len, int64_t d, const float* __restrict__ qs,
+                          int64_t j0, float* __restrict__ scores, int64_t stride) {
+  vf acc[NA][NV] = {};
+  for (int64_t i = 0; i < d; ++i) {
+    vf k[NV];
+    for (int v = 0; v < NV; ++v) k[v] = load(keys_t + i * max_len + j0 + v * VW);
+    for (int a = 0; a < NA; ++a) {
+      const float qi = qs[a * d + i];
+      for (int v = 0; v < NV; ++v) acc[a][v] += k[v] * qi;
+    }
+  }
+  for (int a = 0; a < NA; ++a)
+    for (int v = 0; v < NV; ++v) store(scores + a * stride + j0 + v * VW, acc[a][v]);
+}
+
+// Scores of NA lanes over the key vectors from j_begin (a multiple of VW) to n rounded up to
+// whole vectors: NV vectors at a time, then one.
+template <int NA, int NV>
+inline void score_lanes(const float* keys_t, int64_t max_len, int64_t d, const float* qs, int64_t j_begin, int64_t n,
+                        float* scores, int64_t stride) {
+  int64_t j0 = j_begin;
+  for (; j0 + NV * VW <= n; j0 += NV * VW) score_vectors<NA, NV>(keys_t, max_len, d, qs, j0, scores, stride);
+  for (; j0 < n; j0 += VW) score_vectors<NA, 1>(keys_t, max_len, d, qs, j0, scores, stride);
+}
+
+// Scores of `na` (<= 4) lanes sharing one K^T, key vectors [j_begin, n).
+inline void score_group(const float* keys_t, int64_t max_len, int64_t d, const float* qs, int64_t na,
+                        int64_t j_begin, int64_t n, float* scores, int64_t stride) {
+  switch (na) {
+    case 4: return score_lanes<4, 2>(keys_t, max_len, d, qs, j_begin, n, scores, stride);
+    case 3: return score_lanes<3, 2>(keys_t, max_len, d, qs, j_begin, n, scores, stride);
+    case 2: return score_lanes<2, 4>(keys_t, max_len, d, qs, j_begin, n, scores, stride);
+    default: return score_lanes<1, 4>(keys_t, max_len, d, qs, j_begin, n, scores, stride);
+  }
+}
+
+// out[a] += sum_{j_begin <= j < j_end} p[a][j] v_j in key order, for NA lanes reading the same V
+// rows: the running sums are read from and written back to out (exact in fp32), so a lane's sum
+// over [0, n) is the same whether it runs in one piece or in several.
+template <int NA, int D>
+inline void value_sum(const float* __restrict__ values, const float* __restrict__ probs, int64_t stride,
+                      int64_t j_begin, int64_t j_end, float* const* outs) {
+  constexpr int NV = D / VW;
+  vf acc[NA][NV];
+  for (int a = 0; a < NA; ++a)
+    for (int c = 0; c < NV; ++c) acc[a][c] = load(outs[a] + c * VW);
+  for (int64_t j = j_begin; j < j_end; ++j) {
+    const float* v = values + j * D;
+    for (int a = 0; a < NA; ++a) {
+      const float p = probs[a * stride + j];
+      for (int c = 0; c < NV; ++c) acc[a][c] += load(v + c * VW) * p;
+    }
+  }
+  for (int a = 0; a < NA; ++a)
+    for (int c = 0; c < NV; ++c) store(outs[a] + c * VW, acc[a][c]);
+}
+
+template <int D>
+inline void value_group_d(const float* values, const float* probs, int64_t stride, int64_t na, int64_t j_begin,
+                          int64_t j_end, float* const* outs) {
+  switch (na) {
+    case 4: return value_sum<4, D>(values, probs, stride, j_begin, j_end, outs);
+    case 3: return value_sum<3, D>(values, probs, stride, j_begin, j_end, outs);
+    case 2: return value_sum<2, D>(values, probs, stride, j_begin, j_end, outs);
+    default: return value_sum<1, D>(values, probs, stride, j_begin, j_end, outs);
+  }
+}
+
+inline void value_group(const float* values, int64_t d, const float* probs, int64_t stride, int64_t na,
+                        int64_t j_begin, int64_t j_end, float* const* outs) {
+  if (d == 64) return value_group_d<64>(values, probs, stride, na, j_begin, j_end, outs);
+  if (d == 128) return value_group_d<128>(values, probs, stride, na, j_begin, j_end, outs);
+  TORCH_CHECK(false, "head_dim must be 64 or 128");
+}
+
+// Softmax of one lane's scores over [0, n) in place; returns 1 / sum.
+inline float softmax_lane(float* s, int64_t n) {
+  float top[VW];
+  for (int l = 0; l < VW; ++l) top[l] = -INFINITY;
+  int64_t j = 0;
+  for (; j + VW <= n; j += VW)
+    for (int l = 0; l < VW; ++l) top[l] = std::max(top[l], s[j + l]);
+  for (int l = 0; j < n; ++j, ++l) top[l] = std::max(top[l], s[j]);
+  float m = top[0];
+  for (int l = 1; l < VW; ++l) m = std::max(m, top[l]);
+  for (j = 0; j < n; ++j) s[j] = fast_exp(s[j] - m);
+  return 1.0f / lane_sum(s, n);
+}
+
+// A tile: rows attended together for one kv head. Either consecutive rows of one slot, or rows
+// of different slots whose keys [0, shared) are bit-identical to those of `shared_slot` (same
+// tokens: the forward is split invariant), read once from there for all of them.
+struct Tile {
+  std::vector<int64_t> rows;
+  int64_t shared_slot = -1, shared = 0;
+};
+
+// The attention of one tile's lanes ((row, query head) pairs, row-major): lane keys [0, count).
+// K^T / V of lane a's own slot: keys_t[a], values[a]; the shared part from shared_k / shared_v.
+void attend_tile(const float* const* keys_t, const float* const* values, const float* shared_k, const float* shared_v,
+                 int64_t shared, int64_t max_len, int64_t d, int64_t group, const float* qs, int64_t lanes,
+                 const int64_t* count, float* scores, int64_t stride, float* const* outs) {
+  const int64_t shared_vecs = shared / VW * VW;  // whole key vectors in the shared part
+  for (int64_t lane = 0; lane < lanes; lane += 4) {
+    const int64_t na = std::min<int64_t>(4, lanes - lane);
+    if (shared_vecs > 0) score_group(shared_k, max_len, d, qs + lane * d, na, 0, shared_vecs, scores + lane * stride, stride);
+  }
+  for (int64_t lane = 0; lane < lanes; lane += group)  // a row's query heads read its own keys together
+    score_group(keys_t[lane], max_len, d, qs + lane * d, group, shared_vecs, count[lane], scores + lane * stride, stride);
+  std::vector<float> inv(lanes);
+  for (int64_t lane = 0; lane < lanes; ++lane) inv[lane] = softmax_lane(scores + lane * stride, count[lane]);
+  for (int64_t lane = 0; lane < lanes; lane += 4) {
+    const int64_t na = std::min<int64_t>(4, lanes - lane);
+    if (shared > 0) value_group(shared_v, d, scores + lane * stride, stride, na, 0, shared, outs + lane);
+  }
+  for (int64_t lane = 0; lane < lanes; lane += group)
+    value_group(values[lane], d, scores + lane * stride, stride, group, shared, count[lane], outs + lane);
+  for (int64_t lane = 0; lane < lanes; ++lane)
+    for (int64_t i = 0; i < d; ++i) outs[lane][i] *= inv[lane];
+}
+
+// Tiles of a step: rows with a shared prefix source grouped by that source (up to TILE rows), the
+// others as runs of one slot at consecutive positions (up to TILE rows). Padding rows are left out.
+std::vector<Tile> make_tiles(int64_t rows, const int64_t* slot, const int64_t* pos, const int64_t* share_slot,
+                             const int64_t* share_len, int64_t tile_rows) {
+  std::vector<Tile> tiles;
+  std::vector<std::pair<int64_t, size_t>> open;  // shared slot -> its tile being filled
+  for (int64_t r = 0; r < rows; ++r) {
+    if (slot[r] < 0) continue;
+    const int64_t shared = std::min(share_len[r], pos[r] + 1);
+    if (share_slot[r] >= 0 && shared > 0) {
+      auto it = std::find_if(open.begin(), open.end(), [&](const auto& o) { return o.first == share_slot[r]; });
+      if (it == open.end() || tiles[it->second].rows.size() >= static_cast<size_t>(tile_rows)) {
+        tiles.push_back(Tile{{}, share_slot[r], shared});
+        if (it == open.end()) open.emplace_back(share_slot[r], tiles.size() - 1);
+        else it->second = tiles.size() - 1;
+        it = std::find_if(open.begin(), open.end(), [&](const auto& o) { return o.first == share_slot[r]; });
+      }
+      Tile& t = tiles[it->second];
+      t.rows.push_back(r);
+      t.shared = std::min(t.shared, shared);
+      continue;
+    }
+    if (!tiles.empty()) {
+      Tile& last = tiles.back();
+      const int64_t prev = last.rows.back();
+      if (last.shared_slot < 0 && static_cast<int64_t>(last.rows.size()) < tile_rows && prev == r - 1 &&
+          slot[prev] == slot[r] && pos[prev] + 1 == pos[r]) {
+        last.rows.push_back(r);
+        continue;
+      }
+    }
+    tiles.push_back(Tile{{r}, -1, 0});
+  }
+  return tiles;
+}
+
+// ---------------------------------------------------------------- GatedDeltaNet
+
+// One token of the gated delta rule on one head's state S [dk, NV * VW], in place, and its output
+// o = S^T q: S <- decay S; kv = S^T k; S += k (beta (v - kv))^T; o = S^T q. Each value column is
+// independent; sums over the key dimension run in order, in registers.
+template <int NV>
+inline void delta_rule(float* __restrict__ S, const float* __restrict__ q, const float* __restrict__ k,
+                       const float* __restrict__ v, float decay, float beta, int64_t dk, float* __restrict__ o) {
+  constexpr int64_t DV = NV * VW;
+  vf kv[NV] = {};
+  for (int64_t i = 0; i < dk; ++i) {
+    float* Si = S + i * DV;
+    for (int c = 0; c < NV; ++c) {
+      const vf s = load(Si + c * VW) * decay;
+      store(Si + c * VW, s);
+      kv[c] += s * k[i];
+    }
+  }
+  vf delta[NV];
+  for (int c = 0; c < NV; ++c) delta[c] = (load(v + c * VW) - kv[c]) * beta;
+  vf out[NV] = {};
+  for (int64_t i = 0; i < dk; ++i) {
+    float* Si = S + i * DV;
+    for (int c = 0; c < NV; ++c) {
+      const vf s = load(Si + c * VW) + delta[c] * k[i];
+      store(Si + c * VW, s);
+      out[c] += s * q[i];
+    }
+  }
+  for (int c = 0; c < NV; ++c) store(o + c * VW, out[c]);
+}
+
+void delta_rule_step(float* S, const float* q, const float* k, const float* v, float decay, float beta, int64_t dk,
+                     int64_t dv, float* o) {
+  switch (dv / VW) {
+    case 1: return delta_rule<1>(S, q, k, v, decay, beta, dk, o);
+    case 2: return delta_rule<2>(S, q, k, v, decay, beta, dk, o);
+    case 4: return delta_rule<4>(S, q, k, v, decay, beta, dk, o);
+    case 8: return delta_rule<8>(S, q, k, v, decay, beta, dk, o);
+    case 16: return delta_rule<16>(S, q, k, v, decay, beta, dk, o);
+    default: TORCH_CHECK(false, "value head dim must be VW x 1, 2, 4, 8 or 16");
+  }
+}
+
+// A head's short-conv inputs: the last `window` inputs of its channels in a ring (the oldest at
+// `oldest`), its conv taps gathered into the same local channel order.
+struct ConvWindow {
+  int64_t window, nch, oldest = 0;
+  std::vector<float> ring, taps, x;
+
+  ConvWindow(int64_t window_, int64_t nch_) : window(window_), nch(nch_), ring(window_ * nch_), taps((window_ + 1) * nch_), x(nch_) {}
+
+  float* slot(int64_t age) { return ring.data() + ((oldest + age) % window) * nch; }  // age 0: oldest
+
+  // y = SiLU(tap 0 on the oldest input, each later tap added in order, the current input x last);
+  // then x replaces the oldest input.
+  void step(float* __restrict__ y) {
+    const float* __restrict__ w = taps.data();
+    const float* __restrict__ past = slot(0);
+    for (int64_t i = 0; i < nch; ++i) y[i] = w[i] * past[i];
+    for (int64_t j = 1; j < window; ++j) {
+      const float* __restrict__ wj = w + j * nch;
+      const float* __restrict__ pj = slot(j);
+      for (int64_t i = 0; i < nch; ++i) y[i] += wj[i] * pj[i];
+    }
+    const float* __restrict__ wn = w + window * nch;
+    const float* __restrict__ xn = x.data();
+    for (int64_t i = 0; i < nch; ++i) y[i] = silu(y[i] + wn[i] * xn[i]);
+    std::memcpy(slot(0), x.data(), nch * sizeof(float));
+    oldest = (oldest + 1) % window;
+  }
+};
+
+// One GatedDeltaNet head's conv channels: three contiguous ranges of the projection row and of
+// the conv state (its q, its k, its v), side by side in the head's local order.
+struct HeadChannels {
+  int64_t base[3];
+  int64_t len[3];
+  int64_t local[3];
+
+  void gather(const float* src, float* local_dst) const {
+    for (int part = 0; part < 3; ++part) std::memcpy(local_dst + local[part], src + base[part], len[part] * sizeof(float));
+  }
+
+  void scatter(const float* local_src, float* dst, int first_part) const {
+    for (int part = first_part; part < 3; ++part)
+      std::memcpy(dst + base[part], local_src + local[part], len[part] * sizeof(float));
+  }
+
+  // Ask for the cache lines of a later token's row that this head reads.
+  void prefetch(const float* row, int64_t a_off, int64_t vh, int64_t gate_off, int64_t dv) const {
+    for (int part = 0; part < 3; ++part)
+      for (int64_t i = 0; i < len[part]; i += 16) __builtin_prefetch(row + base[part] + i);
+    __builtin_prefetch(row + a_off + vh);
+    for (int64_t i = 0; i < dv; i += 16) __builtin_prefetch(row + gate_off + vh * dv + i);
+  }
+};
+
+}  // namespace
+
+// W [n, k] -> panels [ceil(n / PANEL), k, PANEL] (columns past n are zero), the layout `linear` reads.
+at::Tensor pack_linear(const at::Tensor& weight) {
+  check_f32(weight, "weight");
+  const int64_t n = weight.size(0), k = weight.size(1), panels = (n + PANEL - 1) / PANEL;
+  auto packed = at::zeros({panels, k, PANEL}, weight.options());
+  const float* pw = weight.data_ptr<float>();
+  float* pp = packed.data_ptr<float>();
+  for (int64_t c = 0; c < n; ++c)
+    for (int64_t i = 0; i < k; ++i) pp[((c / PANEL) * k + i) * PANEL + c % PANEL] = pw[c * k + i];
+  return packed;
+}
+
+// y = x W^T from `pack_linear`'s panels: every output a multiply-add chain over k in order, so a
+// row's bits are the same at any row count. Tasks are panels; rows go in blocks of 8, 4, 2, 1.
+at::Tensor linear(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
+  check_f32(x, "x");
+  check_f32(packed, "packed");
+  const int64_t rows = x.size(0), k = x.size(1), panels = packed.size(0);
+  TORCH_CHECK(packed.size(1) == k && packed.size(2) == PANEL && panels * PANEL >= n, "packed weight shape");
+  auto out = at::empty({rows, n}, x.options());
+  const float *px = x.data_ptr<float>(), *pp = packed.data_ptr<float>();
+  float* po = out.data_ptr<float>();
+  const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(rows * k, 1));  // >= ~256K multiply-adds a task
+  at::parallel_for(0, panels, grain, [&](int64_t begin, int64_t end) {
+    float tile[8 * PANEL];
+    for (int64_t p = begin; p < end; ++p) {
+      const float* panel = pp + p * k * PANEL;
+      const int64_t c0 = p * PANEL, cols = std::min(PANEL, n - c0);
+      for (int64_t r = 0; r < rows;) {
+        const int64_t block = rows - r >= 8 ? 8 : rows - r >= 4 ? 4 : rows - r >= 2 ? 2 : 1;
+        const float* xr = px + r * k;
+        switch (block) {
+          case 8: panel_rows<8>(xr, k, panel, tile); break;
+          case 4: panel_rows<4>(xr, k, panel, tile); break;
+          case 2: panel_rows<2>(xr, k, panel, tile); break;
+          default: panel_rows<1>(xr, k, panel, tile);
+        }
+        for (int64_t b = 0; b < block; ++b) std::memcpy(po + (r + b) * n + c0, tile + b * PANEL, cols * sizeof(float));
+        r += block;
+      }
+    }
+  });
+  return out;
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  check_f32(x, "x");
+  check_f32(weight, "weight");
+  const int64_t rows = x.size(0), n = x.size(1);
+  auto out = at::empty_like(x);
+  const float* px = x.data_ptr<float>();
+  const float* pw = weight.data_ptr<float>();
+  float* po = out.data_ptr<float>();
+  const float e = static_cast<float>(eps);
+  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / n), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* xr = px + r * n;
+      float* orow = po + r * n;
+      const float inv = inv_rms(xr, n, e);
+      for (int64_t i = 0; i < n; ++i) orow[i] = pw[i] * (xr[i] * inv);
+    }
+  });
+  return out;
+}
+
+at::Tensor silu_mul(const at::Tensor& gate_up) {
+  check_f32(gate_up, "gate_up");
+  const int64_t rows = gate_up.size(0), n = gate_up.size(1) / 2;
+  auto out = at::empty({rows, n}, gate_up.options());
+  const float* pg = gate_up.data_ptr<float>();
+  float* po = out.data_ptr<float>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / n), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* g = pg + r * 2 * n;
+      const float* u = g + n;
+      float* o = po + r * n;
+      for (int64_t i = 0; i < n; ++i) o[i] = silu(g[i]) * u[i];
+    }
+  });
+  return out;
+}
+
+// q/k RMSNorm over all heads (Olmo's q_norm / k_norm), rotary embedding (rotate-half pairs i and
+// i + d/2, cos/sin tables [positions, d/2]), K and V written to the pools at (slot, position).
+at::Tensor attn_prep(const at::Tensor& qkv, const at::Tensor& q_weight, const at::Tensor& k_weight,
+                     const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& slots,
+                     const at::Tensor& positions, at::Tensor& k_pool, at::Tensor& v_pool, int64_t num_heads,
+                     double eps) {
+  check_f32(qkv, "qkv");
+  check_f32(k_pool, "k_pool");
+  check_f32(v_pool, "v_pool");
+  check_f32(cos, "cos");
+  check_f32(sin, "sin");
+  check_i64(slots, "slots");
+  check_i64(positions, "positions");
+  const int64_t rows = qkv.size(0), kv_heads = v_pool.size(1), max_len = v_pool.size(2), d = v_pool.size(3);
+  const int64_t half = d / 2, qn = num_heads * d, kn = kv_heads * d;
+  TORCH_CHECK(qkv.size(1) == qn + 2 * kn, "qkv width");
+  TORCH_CHECK(k_pool.size(2) == d && k_pool.size(3) == max_len, "k_pool is [slots, kv_heads, head_dim, max_len]");
+  auto q_out = at::zeros({rows, qn}, qkv.options());
+  const float *px = qkv.data_ptr<float>(), *pqw = q_weight.data_ptr<float>(), *pkw = k_weight.data_ptr<float>();
+  const float *pc = cos.data_ptr<float>(), *ps = sin.data_ptr<float>();
+  const int64_t *pslot = slots.data_ptr<int64_t>(), *ppos = positions.data_ptr<int64_t>();
+  float *pq = q_out.data_ptr<float>(), *pk = k_pool.data_ptr<float>(), *pv = v_pool.data_ptr<float>();
+  const float e = static_cast<float>(eps);
+  at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+    std::vector<float> normed(std::max(qn, kn)), rotated(d);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t slot = pslot[r], pos = ppos[r];
+      if (slot < 0) continue;
+      TORCH_CHECK(pos >= 0 && pos < max_len, "position out of the pool");
+      const float* row = px + r * (qn + 2 * kn);
+      const float* c = pc + pos * half;
+      const float* s = ps + pos * half;
+      float inv = inv_rms(row, qn, e);
+      for (int64_t i = 0; i < qn; ++i) normed[i] = pqw[i] * (row[i] * inv);
+      for (int64_t h = 0; h < num_heads; ++h) {
+        const float* x = normed.data() + h * d;
+        float* o = pq + r * qn + h * d;
+        for (int64_t i = 0; i < half; ++i) {
+          o[i] = x[i] * c[i] - x[i + half] * s[i];
+          o[i + half] = x[i + half] * c[i] + x[i] * s[i];
+        }
+      }
+      const float* krow = row + qn;
+      inv = inv_rms(krow, kn, e);
+      for (int64_t i = 0; i < kn; ++i) normed[i] = pkw[i] * (krow[i] * inv);
+      for (int64_t h = 0; h < kv_heads; ++h) {
+        const float* x = normed.data() + h * d;
+        for (int64_t i = 0; i < half; ++i) {
+          rotated[i] = x[i] * c[i] - x[i + half] * s[i];
+          rotated[i + half] = x[i + half] * c[i] + x[i] * s[i];
+        }
+        float* kt = pk + (slot * kv_heads + h) * d * max_len + pos;
+        for (int64_t i = 0; i < d; ++i) kt[i * max_len] = rotated[i];
+        std::memcpy(pv + ((slot * kv_heads + h) * max_len + pos) * d, krow + kn + h * d, d * sizeof(float));
+      }
+    }
+  });
+  return q_out;
+}
+
+// Causal attention of each row over its own slot's keys 0..position, in tiles (make_tiles) with
+// the query heads of one kv head, so keys and values are read once per few (row, head) lanes. A
+// row's own arithmetic is the same whatever its tile: each score a multiply-add chain over the
+// head dimension in order (K is stored transposed, so a vector holds consecutive keys), softmax
+// with lane sums, the value sum in key order, then one multiply by 1 / sum. share_slot[r] >= 0:
+// row r's keys [0, share_len[r]) equal those of that slot (the caller's promise), so rows
+// sharing a prompt prefix read it once.
+at::Tensor row_attention(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
+                         const at::Tensor& slots, const at::Tensor& positions, const at::Tensor& share_slot,
+                         const at::Tensor& share_len, double scale) {
+  constexpr int64_t TILE = 8;
+  check_f32(q, "q");
+  check_f32(k_pool, "k_pool");
+  check_f32(v_pool, "v_pool");
+  check_i64(slots, "slots");
+  check_i64(positions, "positions");
+  check_i64(share_slot, "share_slot");
+  check_i64(share_len, "share_len");
+  const int64_t rows = q.size(0), kv_heads = v_pool.size(1), max_len = v_pool.size(2), d = v_pool.size(3);
+  const int64_t heads = q.size(1) / d, group = heads / kv_heads;
+  TORCH_CHECK(max_len % KEY_VEC == 0, "the pool length must be a multiple of 16");
+  TORCH_CHECK(d == 64 || d == 128, "head_dim must be 64 or 128");
+  TORCH_CHECK(share_slot.size(0) == rows && share_len.size(0) == rows, "share_slot / share_len: one per row");
+  auto out = at::zeros_like(q);
+  const float *pq = q.data_ptr<float>(), *pk = k_pool.data_ptr<float>(), *pv = v_pool.data_ptr<float>();
+  const int64_t *pslot = slots.data_ptr<int64_t>(), *ppos = positions.data_ptr<int64_t>();
+  float* po = out.data_ptr<float>();
+  const float sc = static_cast<float>(scale);
+  const std::vector<Tile> tiles = make_tiles(rows, pslot, ppos, share_slot.data_ptr<int64_t>(),
+                                             share_len.data_ptr<int64_t>(), TILE);
+  const int64_t ntiles = static_cast<int64_t>(tiles.size());
+  const int64_t kv_stride = d * max_len;  // floats per (slot, kv head) in either pool
+  at::parallel_for(0, ntiles * kv_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores, qs(TILE * group * d);
+    std::vector<int64_t> count(TILE * group);
+    std::vector<float*> outs(TILE * group);
+    std::vector<const float*> keys(TILE * group), values(TILE * group);
+    for (int64_t task = begin; task < end; ++task) {
+      const Tile& tile = tiles[task / kv_heads];
+      const int64_t kvh = task % kv_heads, t = static_cast<int64_t>(tile.rows.size());
+      const int64_t lanes = t * group;
+      int64_t longest = 0;
+      for (int64_t lane = 0; lane < lanes; ++lane) {
+        const int64_t r = tile.rows[lane / group], g = lane % group, slot = pslot[r];
+        TORCH_CHECK(ppos[r] < max_len, "position out of the pool");
+        count[lane] = ppos[r] + 1;
+        longest = std::max(longest, count[lane]);
+        outs[lane] = po + r * heads * d + (kvh * group + g) * d;
+        keys[lane] = pk + (slot * kv_heads + kvh) * kv_stride;
+        values[lane] = pv + (slot * kv_heads + kvh) * kv_stride;
+        for (int64_t i = 0; i < d; ++i) qs[lane * d + i] = pq[r * heads * d + (kvh * group + g) * d + i] * sc;
+      }
+      const int64_t stride = (longest + KEY_VEC - 1) / KEY_VEC * KEY_VEC;
+      scores.resize(lanes * stride);
+      // A run of one slot shares its own keys up to its first row's position: read together too.
+      const int64_t first = tile.rows[0];
+      const int64_t src = tile.shared_slot >= 0 ? tile.shared_slot : pslot[first];
+      const int64_t shared = tile.shared_slot >= 0 ? tile.shared : ppos[first] + 1;
+      attend_tile(keys.data(), values.data(), pk + (src * kv_heads + kvh) * kv_stride,
+                  pv + (src * kv_heads + kvh) * kv_stride, shared, max_len, d, group, qs.data(), lanes,
+                  count.data(), scores.data(), stride, outs.data());
+    }
+  });
+  return out;
+}
+
+// The GatedDeltaNet token mixer after its input projection, stepped token by token: short causal
+// conv + SiLU on q, k, v; L2-normed q (scaled by dk^-1/2) and k; beta = 2 sigmoid(b) (negative
+// eigenvalues allowed); decay = exp(-exp(A_log) softplus(a + dt_bias)); the delta rule
+// S <- decay S + k (beta (v - S^T k))^T, o = S^T q; then o's gated RMSNorm (weight, SiLU(gate)).
+// Segments are (slot, first row, rows) of one sequence each, one task per (segment, value head);
+// state is read from and written back to the slot. save_rows[i]: after that row, the state is
+// copied to conv_save[i] / rec_save[i] too.
+at::Tensor gdn(const at::Tensor& proj, const at::Tensor& conv_weight, const at::Tensor& a_log,
+               const at::Tensor& dt_bias, const at::Tensor& norm_weight, at::Tensor& conv_state,
+               at::Tensor& rec_state, const at::Tensor& seg_slot, const at::Tensor& seg_start,
+               const at::Tensor& seg_len, const at::Tensor& save_rows, at::Tensor& conv_save,
+               at::Tensor& rec_save, int64_t key_heads, double norm_eps) {
+  check_f32(proj, "proj");
+  check_f32(conv_weight, "conv_weight");
+  check_f32(conv_state, "conv_state");
+  check_f32(rec_state, "rec_state");
+  check_f32(conv_save, "conv_save");
+  check_f32(rec_save, "rec_save");
+  check_i64(seg_slot, "seg_slot");
+  check_i64(seg_start, "seg_start");
+  check_i64(seg_len, "seg_len");
+  check_i64(save_rows, "save_rows");
+  const int64_t rows = proj.size(0), width = proj.size(1);
+  const int64_t value_heads = rec_state.size(1), dk = rec_state.size(2), dv = rec_state.size(3);
+  const int64_t taps = conv_weight.size(0), window = taps - 1, conv_dim = conv_state.size(2);
+  const int64_t key_dim = key_heads * dk, value_dim = value_heads * dv, ratio = value_heads / key_heads;
+  TORCH_CHECK(conv_dim == 2 * key_dim + value_dim && conv_state.size(1) == window, "conv state shape");
+  TORCH_CHECK(conv_weight.size(1) == conv_dim, "conv weight is [kernel, conv_dim]");
+  TORCH_CHECK(width == conv_dim + 2 * value_heads + value_dim, "projection width");
+  const int64_t a_off = conv_dim, b_off = conv_dim + value_heads, gate_off = conv_dim + 2 * value_heads;
+  const int64_t segments = seg_slot.size(0), saves = save_rows.size(0);
+  auto out = at::zeros({rows, value_dim}, proj.options());
+  const float *px = proj.data_ptr<float>(), *pw = conv_weight.data_ptr<float>();
+  const float *pal = a_log.data_ptr<float>(), *pdt = dt_bias.data_ptr<float>(), *pnw = norm_weight.data_ptr<float>();
+  float *pcs = conv_state.data_ptr<float>(), *prs = rec_state.data_ptr<float>(), *po = out.data_ptr<float>();
+  float *pcsave = conv_save.data_ptr<float>(), *prsave = rec_save.data_ptr<float>();
+  const int64_t *pslot = seg_slot.data_ptr<int64_t>(), *pstart = seg_start.data_ptr<int64_t>();
+  const int64_t *plen = seg_len.data_ptr<int64_t>(), *psave = save_rows.data_ptr<int64_t>();
+  const float q_scale = 1.0f / std::sqrt(static_cast<float>(dk));
+  const float eps = static_cast<float>(norm_eps);
+
+  at::parallel_for(0, segments * value_heads, 1, [&](int64_t begin, int64_t end) {
+    const int64_t nch = 2 * dk + dv;
+    ConvWindow conv(window, nch);
+    std::vector<float> y_buf(nch), o_buf(dv);
+    float* y = y_buf.data();
+    float* o = o_buf.data();
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t seg = task / value_heads, vh = task % value_heads, kh = vh / ratio;
+      const int first_part = vh % ratio == 0 ? 0 : 2;  // a group's first head writes its shared q/k state
+      const int64_t slot = pslot[seg], first = pstart[seg], count = plen[seg];
+      const HeadChannels ch{{kh * dk, key_dim + kh * dk, 2 * key_dim + vh * dv}, {dk, dk, dv}, {0, dk, 2 * dk}};
+      for (int64_t j = 0; j <= window; ++j) ch.gather(pw + j * conv_dim, conv.taps.data() + j * nch);
+      float* cs = pcs + slot * window * conv_dim;
+      conv.oldest = 0;
+      for (int64_t j = 0; j < window; ++j) ch.gather(cs + j * conv_dim, conv.slot(j));
+      float* S = prs + (slot * value_heads + vh) * dk * dv;
+      const float neg_a = -std::exp(pal[vh]);
+      for (int64_t r = first; r < first + count; ++r) {
+        const float* row = px + r * width;
+        if (r + 2 < first + count) ch.prefetch(row + 2 * width, a_off, vh, gate_off, dv);
+        ch.gather(row, conv.x.data());
+        conv.step(y);
+        float* q = y;
+        float* k = y + dk;
+        const float* v = y + 2 * dk;
+        const float q_inv = 1.0f / std::sqrt(dot(q, q, dk) + 1e-6f);
+        const float k_inv = 1.0f / std::sqrt(dot(k, k, dk) + 1e-6f);
+        for (int64_t i = 0; i < dk; ++i) {
+          q[i] = q[i] * q_inv * q_scale;
+          k[i] = k[i] * k_inv;
+        }
+        const float beta = 2.0f * sigmoid(row[b_off + vh]);
+        const float decay = fast_exp(neg_a * softplus(row[a_off + vh] + pdt[vh]));
+        delta_rule_step(S, q, k, v, decay, beta, dk, dv, o);
+        const float inv = inv_rms(o, dv, eps);
+        const float* gate = row + gate_off + vh * dv;
+        float* orow = po + r * value_dim + vh * dv;
+        for (int64_t j = 0; j < dv; ++j) orow[j] = (pnw[j] * (o[j] * inv)) * silu(gate[j]);
+        for (int64_t i = 0; i < saves; ++i) {
+          if (psave[i] != r) continue;
+          std::memcpy(prsave + (i * value_heads + vh) * dk * dv, S, dk * dv * sizeof(float));
+          for (int64_t j = 0; j < window; ++j) ch.scatter(conv.slot(j), pcsave + (i * window + j) * conv_dim, first_part);
+        }
+      }
+      for (int64_t j = 0; j < window; ++j) ch.scatter(conv.slot(j), cs + j * conv_dim, first_part);
+    }
+  });
+  return out;
+}
+
+// Every kernel lets go of the GIL: the server's event loop (another thread of this process)
+// formats and sends the previous step's tokens while the engine thread computes.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  const auto no_gil = py::call_guard<py::gil_scoped_release>();
+  m.def("pack_linear", &pack_linear, no_gil);
+  m.def("linear", &linear, no_gil);
+  m.def("rms_norm", &rms_norm, no_gil);
+  m.def("silu_mul", &silu_mul, no_gil);
+  m.def("attn_prep", &attn_prep, no_gil);
+  m.def("row_attention", &row_attention, no_gil);
+  m.def("gdn", &gdn, no_gil);
+}

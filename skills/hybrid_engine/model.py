@@ -1,0 +1,74 @@
+"""The olmo_hybrid forward over a step's packed rows, in fp32.
+
+Matmuls are linear.py's (the C++ panel kernel, or oneDNN / MKL without it), every one at a row
+count that rows.py found bit-stable; everything between them is a row kernel (kernels.py). GatedDeltaNet layers: pre-norm, fused q|k|v|a|b|gate
+projection, the delta-rule kernel (conv, recurrence, gated norm) on each sequence's segment from
+its slot state, output projection, residual; pre-norm SwiGLU MLP. Attention layers (Olmo 3 style):
+q|k|v projection of the residual stream itself, q/k norms and rope, K/V into the slot pool,
+causal row attention, output projection, then RMSNorm of the mixer's output before the residual
+add; the MLP likewise post-normed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .batch import StepBatch
+from .config import HybridConfig
+from .rows import RowPadding
+from .state import SaveBuffers, SlotStates
+from .weights import AttentionLayer, Weights
+
+
+def rope_tables(cfg: HybridConfig, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [positions, head_dim / 2] in fp32, as transformers' default rope computes them."""
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float) / cfg.head_dim))
+    freqs = torch.arange(positions, dtype=torch.long).float()[:, None] * inv[None, :]
+    return freqs.cos().contiguous(), freqs.sin().contiguous()
+
+
+class HybridModel:
+    def __init__(self, cfg: HybridConfig, weights: Weights, kernels, padding: RowPadding, max_len: int) -> None:
+        self.cfg = cfg
+        self.w = weights
+        self.k = kernels
+        self.padding = padding
+        self.cos, self.sin = rope_tables(cfg, max_len)
+        self.scale = cfg.head_dim ** -0.5
+
+    @torch.inference_mode()
+    def forward(self, batch: StepBatch, states: SlotStates, saves: SaveBuffers) -> torch.Tensor:
+        """Logits [len(batch.sample_rows), vocab] of the sample rows; states updated in place."""
+        cfg, k, eps = self.cfg, self.k, self.cfg.rms_eps
+        x = F.embedding(batch.ids, self.w.embed)
+        gdn_i = attn_i = 0
+        for layer in self.w.layers:
+            if isinstance(layer, AttentionLayer):
+                kp, vp = states.keys[attn_i], states.values[attn_i]
+                q = k.attn_prep(layer.w_qkv(x), layer.q_norm, layer.k_norm, self.cos, self.sin, batch.slots,
+                                batch.positions, kp, vp, cfg.num_heads, eps)
+                mixed = k.row_attention(q, kp, vp, batch.slots, batch.positions, batch.share_slot,
+                                        batch.share_len, self.scale)
+                x = x + k.rms_norm(layer.w_out(mixed), layer.post_attn_norm, eps)
+                mlp = layer.w_down(k.silu_mul(layer.w_gate_up(x)))
+                x = x + k.rms_norm(mlp, layer.post_ff_norm, eps)
+                attn_i += 1
+            else:
+                proj = layer.w_in(k.rms_norm(x, layer.input_norm, eps))
+                mixed = k.gdn(proj, layer.conv, layer.a_log, layer.dt_bias, layer.o_norm, states.conv[gdn_i],
+                              states.recurrent[gdn_i], batch.seg_slot, batch.seg_start, batch.seg_len, batch.save_rows,
+                              saves.conv[gdn_i], saves.recurrent[gdn_i], cfg.key_heads, 1e-5)
+                x = x + layer.w_out(mixed)
+                h = k.rms_norm(x, layer.post_norm, eps)
+                x = x + layer.w_down(k.silu_mul(layer.w_gate_up(h)))
+                gdn_i += 1
+        return self.logits(x, batch.sample_rows)
+
+    def logits(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        n = rows.numel()
+        padded = self.padding.rows(n)
+        h = x.index_select(0, rows)
+        if padded > n:
+            h = torch.cat([h, h.new_zeros(padded - n, h.shape[1])])
+        return self.w.lm_head(self.k.rms_norm(h, self.w.norm, self.cfg.rms_eps))[:n]

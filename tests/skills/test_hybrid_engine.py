@@ -1,0 +1,195 @@
+"""skills/hybrid_engine on the tiny olmo_hybrid model (real weights, no mocks): greedy outputs equal
+transformers' on the whole prompt; with the prefix cache on they equal the same engine's with it
+off token for token (prompt ends on, just before and just past snapshot blocks, tails shorter than
+a block, prompts shorter than a block, branching, concurrent requests); hits are reported and
+really skip prefill; the forward is split invariant (chunking never changes a bit)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from skills.hybrid_engine.config import EngineConfig
+from skills.hybrid_engine.loader import load_engine
+from skills.openai_server.engine_api import SamplingParams
+
+BLOCK = 64
+THREADS = 1  # a shared machine (as the other real-model tests)
+OUT = 8
+GREEDY = SamplingParams(max_tokens=OUT, temperature=0.0, ignore_eos=True)
+_rng = random.Random(20261202)
+
+
+def ids(n: int) -> list[int]:
+    return [_rng.randrange(100, 49000) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def model_dir():
+    from harness.assets import ensure_model
+
+    return ensure_model("olmo-hybrid-tiny")
+
+
+def _engine(model_dir, prefix_cache: bool, **overrides):
+    cfg = EngineConfig(**{"max_num_seqs": 8, "max_num_batched_tokens": 256, "max_model_len": 2048,
+                          "threads": THREADS, "state_block": BLOCK, "prefix_cache": prefix_cache, **overrides})
+    return load_engine(model_dir, cfg)
+
+
+@pytest.fixture(scope="module")
+def on(model_dir):
+    return _engine(model_dir, True)
+
+
+@pytest.fixture(scope="module")
+def off(model_dir):
+    return _engine(model_dir, False)
+
+
+@pytest.fixture(scope="module")
+def hf(model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+def run(engine, prompts: list[list[int]], params: SamplingParams = GREEDY, together: bool = False):
+    """Outputs (token ids) and cached_tokens per prompt: one after another, or all submitted at once."""
+    outs: list[list] = [[] for _ in prompts]
+    for i, prompt in enumerate(prompts):
+        engine.add_request(prompt, params, outs[i].extend)
+        if not together:
+            engine.run_until_idle()
+    engine.run_until_idle()
+    return [[o.token_id for o in out if o.token_id is not None] for out in outs], [out[0].cached_tokens for out in outs]
+
+
+def hf_greedy(hf, prompt: list[int], n: int = OUT) -> list[int]:
+    x = torch.tensor([prompt])
+    out = hf.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=n, min_new_tokens=n,
+                      pad_token_id=2)
+    return out[0, len(prompt):].tolist()
+
+
+def test_greedy_equals_transformers_on_the_whole_prompt(on, hf) -> None:
+    on.reset_prefix_cache()
+    prefix = ids(300)
+    prompts = [prefix + ids(20), prefix + ids(84), ids(5)]  # the second restores the first's block at 256
+    got, cached = run(on, prompts)
+    assert cached == [0, 256, 0]
+    for prompt, tokens in zip(prompts, got):
+        assert tokens == hf_greedy(hf, prompt)
+
+
+def test_cache_on_equals_cache_off_at_block_edges(on, off) -> None:
+    on.reset_prefix_cache()
+    prefix = ids(3 * BLOCK + 10)  # shared prefix ending off the block grid
+    warm = prefix + ids(41)
+    # Prompt ends on, just before and just past block boundaries; a tail shorter than a block.
+    tails = [4 * BLOCK - len(prefix), 4 * BLOCK - len(prefix) - 1, 4 * BLOCK - len(prefix) + 1, 5]
+    prompts = [warm] + [prefix + ids(t) for t in tails]
+    got_on, cached = run(on, prompts)
+    got_off, cached_off = run(off, prompts)
+    assert got_on == got_off
+    # The first request after the warm-up restores the block snapshot under the divergence and
+    # snapshots the divergence point itself; every later one restores the whole shared prefix.
+    assert cached == [0, 3 * BLOCK, len(prefix), len(prefix), len(prefix)]
+    assert cached_off == [0] * 5
+
+
+def test_a_hit_skips_prefill_and_is_counted(on) -> None:
+    on.reset_prefix_cache()
+    prompt = ids(400)
+    run(on, [prompt])
+    before = on.metrics()
+    _, cached = run(on, [prompt[:-1] + [7, 8]])
+    after = on.metrics()
+    assert cached == [399]  # the divergence is one before the end: the n-1 snapshot
+    assert after["prefill_tokens_total"] - before["prefill_tokens_total"] == 401 - 399
+    assert after["prefix_cache_hit_tokens"] - before["prefix_cache_hit_tokens"] == 399
+    assert after["prefix_cache_query_tokens"] - before["prefix_cache_query_tokens"] == 401
+    assert after["prefix_cache_snapshots"] > 0 and after["prefix_cache_bytes"] > 0
+
+
+def test_repeats_and_prompts_shorter_than_a_block(on, off) -> None:
+    on.reset_prefix_cache()
+    short = ids(10)
+    prompts = [short, short, short + ids(3), ids(1), short]
+    got_on, cached = run(on, prompts)
+    assert got_on == run(off, prompts)[0]
+    assert cached == [0, 9, 10, 0, 9]
+
+
+def test_branching_and_radix_reuse(on, off) -> None:
+    on.reset_prefix_cache()
+    shared = ids(150)
+    a, b = shared + ids(70), shared + ids(33)
+    c = a + ids(50)  # extends a
+    d = shared[:100] + ids(20)  # leaves the shared part inside a node
+    prompts = [a, b, c, d, a + ids(1)]
+    got_on, cached = run(on, prompts)
+    assert got_on == run(off, prompts)[0]
+    assert cached == [0, 128, len(a), 64, len(a)]
+    assert on.metrics()["prefix_cache_nodes"] >= 4
+
+
+def test_concurrent_requests_share_a_prefix(on, off) -> None:
+    on.reset_prefix_cache()
+    prefix = ids(260)
+    prompts = [prefix + ids(n) for n in (7, 64, 65, 1)]
+    before = on.metrics()["prefix_cache_deferrals"]
+    got_on, cached = run(on, prompts, together=True)
+    got_off, _ = run(off, prompts, together=True)
+    assert got_on == got_off == run(off, prompts)[0]  # batched decodes equal one-at-a-time ones
+    # Cold cache: the first prefills, the others wait for it and restore the shared prefix.
+    assert cached[0] == 0 and cached[1:] == [260] * 3
+    assert on.metrics()["prefix_cache_deferrals"] > before
+
+
+def test_reset_forgets_and_logprobs(on) -> None:
+    prompt = ids(200)
+    run(on, [prompt])
+    assert on.reset_prefix_cache()
+    _, cached = run(on, [prompt])
+    assert cached == [0]
+    out: list = []
+    on.add_request(prompt, SamplingParams(max_tokens=3, temperature=0.0, top_logprobs=2), out.extend)
+    on.run_until_idle()
+    first = out[0].logprobs
+    assert first.token_id == out[0].token_id and len(first.top) == 2 and first.top[0][0] == first.token_id
+
+
+def test_forward_is_split_invariant(on, model_dir) -> None:
+    """The same prompt prefilled in one chunk and in uneven chunks beside other requests: the same
+    logprobs bit for bit (what makes a restore at any token exact)."""
+    if on.runtime["kernels"] != "native":
+        pytest.skip("the torch fallback is not split invariant (skills/hybrid_engine/kernels.py)")
+    prompt = ids(300)
+    params = SamplingParams(max_tokens=4, temperature=0.0, top_logprobs=3, ignore_eos=True)
+
+    def logprobs(engine, others: list[list[int]]):
+        engine.reset_prefix_cache()
+        out: list = []
+        engine.add_request(prompt, params, out.extend)
+        for other in others:
+            engine.add_request(other, params, lambda outs: None)
+        engine.run_until_idle()
+        return [(o.token_id, o.logprobs.logprob, o.logprobs.top) for o in out]
+
+    chunked = _engine(model_dir, True, max_num_batched_tokens=37)  # 37-row steps: chunks end anywhere
+    assert logprobs(chunked, [ids(50), ids(120)]) == logprobs(on, [])
+
+
+def test_torch_fallback_computes_the_same_model(on, model_dir) -> None:
+    """Without the C++ kernels (no compiler): the same tokens, cache hits included."""
+    fallback = _engine(model_dir, True, native_kernels=False)
+    assert fallback.runtime["kernels"] == "torch" and fallback.runtime["matmul"] != "native"
+    prefix = ids(200)
+    prompts = [prefix + ids(30), prefix + ids(3), ids(9)]
+    on.reset_prefix_cache()
+    got, cached = run(fallback, prompts)
+    assert got == run(on, prompts)[0]
+    assert cached == [0, 192, 0]
