@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from harness.leaderboard import names_point
 from harness.row import ResultRow
 from harness.scenario import ScenarioSpec
 
@@ -59,7 +60,9 @@ class Objective:
                 and isinstance(r.metrics.get(self.metric), (int, float))]
         if not perf:
             return []
-        label = self.load_point if self.load_point != "last" else row_label(max(perf, key=_load_size))
+        if self.load_point != "last":
+            return [r for r in perf if names_point(row_label(r), self.load_point)]
+        label = row_label(max(perf, key=_load_size))
         return [r for r in perf if row_label(r) == label]
 
 

@@ -188,7 +188,8 @@ def _median(rows: list[ResultRow], key: str) -> float | None:
     return float(np.median(values)) if values else None
 
 
-def _names_point(label: str, choice: str) -> bool:
+def names_point(label: str, choice: str) -> bool:
+    """Whether a load point's label is the one `choice` names: the label, or some of its comma-separated parts."""
     return set(choice.split(",")) <= set(label.split(","))
 
 
@@ -198,7 +199,7 @@ def _pick_label(ok_rows: list[ResultRow], choice: str) -> str | None:
     if not ok_rows:
         return None
     if choice != "last":
-        return next((_load_label(r) for r in ok_rows if _names_point(_load_label(r), choice)), None)
+        return next((_load_label(r) for r in ok_rows if names_point(_load_label(r), choice)), None)
 
     def size(r: ResultRow) -> tuple:
         x = _load_x(r)
@@ -277,7 +278,7 @@ def _entry(stack: str, run_id: str, rows: list[ResultRow], section: Section) -> 
     label = _pick_label(ok, board.load_point)
     at = [r for r in ok if _load_label(r) == label]
     if label is None:
-        named = [r for r in perf if _names_point(_load_label(r), board.load_point)]
+        named = [r for r in perf if names_point(_load_label(r), board.load_point)]
         failure = _first_failure(named or perf or rows)
         note = ""
     else:
