@@ -27,6 +27,7 @@ from skills.openai_server.stream import QueueStream
 from skills.speculative_decoding.speculator import accept_greedy
 
 from .counters import Counters, StepLogger
+from .engine_thread import start_on_own_thread
 from .runner import ModelRunner, StepResult
 from .scheduler import ScheduledStep, Scheduler, SchedulerConfig
 from .sequence import Sequence, Sink
@@ -113,29 +114,8 @@ class LLMEngine:
 
     @classmethod
     def start_on_own_thread(cls, build: Callable[[], LLMEngine]) -> LLMEngine:
-        """Build (load, warm up) and run an engine on one new thread; returns it once built.
-
-        OpenMP keeps a thread team per thread that runs parallel work. Loading on the main thread
-        and stepping on another left two teams, and the idle one slowed every bandwidth-bound
-        kernel of the other: a 9-row forward of SmolLM2-135M took 16 ms on the loading thread and
-        23 ms on a second one (setting B served at 184 tok/s against 260 in-process)."""
-        built: queue.SimpleQueue = queue.SimpleQueue()
-
-        def run() -> None:
-            try:
-                engine = build()
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller, raised there
-                built.put(exc)
-                return
-            engine._thread = threading.current_thread()
-            built.put(engine)
-            engine._loop()
-
-        threading.Thread(target=run, name="engine", daemon=True).start()
-        result = built.get()
-        if isinstance(result, BaseException):
-            raise result
-        return result
+        """Build (load, warm up) and run an engine on one new thread (engine_thread.py says why)."""
+        return start_on_own_thread(build)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 import torch
 
 from skills.engine_core.counters import Counters, StepLogger
+from skills.engine_core.engine_thread import start_on_own_thread
 from skills.openai_server.engine_api import GenerationFailed, SamplingParams, TokenLogprob, TokenOutput
 from skills.openai_server.stream import QueueStream
 
 from .config import EngineConfig
 from .reuse import PrefixReuse
 from .runner import Runner
-from .scheduler import Scheduler, ScheduledStep
+from .scheduler import ScheduledStep, Scheduler
 from .sequence import HybridSequence
 from .sharing import assign_sources
 
@@ -88,24 +89,8 @@ class HybridEngine:
     @classmethod
     def start_on_own_thread(cls, build: Callable[[], "HybridEngine"]) -> "HybridEngine":
         """Build (load, check, warm up) and run the engine on one new thread, so torch's OpenMP
-        team is that thread's only (see skills/engine_core/NOTE.md)."""
-        built: queue.SimpleQueue = queue.SimpleQueue()
-
-        def run() -> None:
-            try:
-                engine = build()
-            except BaseException as exc:  # noqa: BLE001 - raised in the caller
-                built.put(exc)
-                return
-            engine._thread = threading.current_thread()
-            built.put(engine)
-            engine._loop()
-
-        threading.Thread(target=run, name="engine", daemon=True).start()
-        result = built.get()
-        if isinstance(result, BaseException):
-            raise result
-        return result
+        team is that thread's only (skills/engine_core/engine_thread.py)."""
+        return start_on_own_thread(build)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
