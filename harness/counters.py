@@ -56,6 +56,11 @@ def read(base_url: str, timeout_s: float = 10.0) -> Counters | None:
     return parse(response.text)
 
 
+def first(reading: Counters | None, names: tuple[str, ...]) -> float | None:
+    """The value of the first of `names` (one counter as engines spell it) that `reading` has."""
+    return next((reading[n] for n in names if reading and n in reading), None)
+
+
 def delta(before: Counters | None, after: Counters | None) -> Counters | None:
     """after - before for every counter both readings have; None when either reading failed."""
     if before is None or after is None:

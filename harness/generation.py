@@ -63,12 +63,16 @@ class Generation:
         return cls(**data)
 
 
+def usage_details(usage: dict) -> dict:
+    """The counts in usage's prompt_tokens_details and completion_tokens_details, in one mapping."""
+    return {**(usage.get("prompt_tokens_details") or {}), **(usage.get("completion_tokens_details") or {})}
+
+
 def from_openai(response: dict, chat: bool) -> Generation:
     """Read a non-streaming completions / chat completions response that asked for logprobs."""
     choice = response["choices"][0]
     usage = (response.get("usage") or {}).get("completion_tokens")
-    usage_body = response.get("usage") or {}
-    details = {**(usage_body.get("prompt_tokens_details") or {}), **(usage_body.get("completion_tokens_details") or {})}
+    details = usage_details(response.get("usage") or {})
     logprobs = choice.get("logprobs") or {}
     if chat:
         entries = logprobs.get("content") or []

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 
 from harness.client import ENDPOINTS, MalformedStream, error_text, json_object
+from harness.generation import usage_details
 from harness.records import Event, RequestRecord
 from harness.transports.base import Transport
 
@@ -112,7 +113,7 @@ def take_usage(chunk: dict, record: RequestRecord) -> None:
     if not chunk.get("choices") and usage.get("completion_tokens") is not None:
         # The closing usage-only chunk holds the authoritative total.
         record.reported_units = usage["completion_tokens"]
-    details = {**(usage.get("prompt_tokens_details") or {}), **(usage.get("completion_tokens_details") or {})}
+    details = usage_details(usage)
     for key, value in details.items():  # the latest report wins (running or closing usage)
         if isinstance(value, int) and not isinstance(value, bool):
             record.usage[str(key)] = value

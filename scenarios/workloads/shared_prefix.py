@@ -110,8 +110,7 @@ def prefix_hit_rate(records: list[RequestRecord], moved: dict | None) -> float |
     reported = [r.usage[CACHED] for r in done if CACHED in r.usage]
     if reported and prompt:
         return sum(reported) / prompt
-    hits = next((moved[n] for n in HIT_COUNTERS if moved and n in moved), None)
-    queries = next((moved[n] for n in QUERY_COUNTERS if moved and n in moved), None)
+    hits, queries = counters.first(moved, HIT_COUNTERS), counters.first(moved, QUERY_COUNTERS)
     return hits / queries if hits is not None and queries else None
 
 
@@ -119,8 +118,7 @@ def hit_guard(shared: int, share: float) -> Guard:
     """Engagement: some hits, and enough of them to cover `share` of every measured request's
     shared prefix (a speed-up with no hits, or hits on a fraction of the prefix, is void)."""
     def covers(metrics: dict, moved, usage_total) -> str | None:
-        hits = usage_total if usage_total is not None else next(
-            (moved[n] for n in HIT_COUNTERS if moved and n in moved), None)
+        hits = usage_total if usage_total is not None else counters.first(moved, HIT_COUNTERS)
         need = share * shared * metrics.get("completed", 0)
         if hits is not None and hits < need:
             return (f"prefix hits cover {hits / max(shared * metrics.get('completed', 1), 1):.0%} of the shared "
@@ -191,7 +189,7 @@ class CachedRunCheck:
             moved = counters.delta(before, counters.read(base))
             hits = (usage.get("prompt_tokens_details") or {}).get(CACHED)
             if hits is None:
-                hits = next((moved[n] for n in HIT_COUNTERS if moved and n in moved), None)
+                hits = counters.first(moved, HIT_COUNTERS)
             timings.append(Timing(req.id, cold, warm, hits, len(req.ids)))
         return [_used(t, self.min_hit_share, self.max_warm_share) for t in timings]
 
