@@ -192,6 +192,9 @@ def bench(request, stack_spec, scenario, profile, model_dir):
     if not unmet and usable:
         if _accuracy_selected(request):
             _reference_first(request.module, profile, model_dir, config.servebench_salt)
+        held = getattr(request.module, "hold_references", None)
+        if held is not None and model_dir is not None:
+            held(profile, model_dir, config.servebench_salt, _lines.append)
         log_dir = results_dir / "runs" / config.servebench_run_id / "logs"
         try:
             running = launch(stack_spec, model_dir or Path.cwd(), log_dir, scenario=scenario.name,
@@ -218,6 +221,8 @@ def _accuracy_selected(request) -> bool:
 
 
 def _reference_first(module, profile: dict, model_dir: Path | None, salt: str | None) -> None:
+    # A setting whose references are not text prompts (a transcript of each audio prefix) names
+    # `hold_references(profile, model_dir, salt, log)` instead: called here too, before the stack starts.
     """The reference outputs a scenario module names (`reference_prompts(profile, salt)` -> prompts,
     top-k) are computed or read before the stack starts; the harness then holds them, and a stack
     that rewrites the cache files is caught (harness/reference.py)."""
@@ -235,7 +240,7 @@ def live_bench(request, bench):
     accuracy). A stack that cannot run it gets a "not applicable" row and a skip, never a pass.
     """
     kind = request.node.originalname.removeprefix("test_")
-    missing = bench.unmet or [f"does not support {n}" for n in bench.spec.missing(bench.scenario.needs_for(kind))]
+    missing = bench.unmet or bench.spec.lacking(bench.scenario.needs_for(kind))
     if missing:
         reason = f"{bench.spec.name} {', '.join(missing)}"
         if not any(r.kind == kind and r.status == "not_applicable" for r in bench.rows):

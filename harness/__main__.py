@@ -13,8 +13,10 @@ def cmd_assets(args) -> None:
     from harness.assets import ensure_model
     from harness.scenario import find_scenarios
 
-    # A setting may need no model of ours (its stacks bring their own): model null.
-    models = sorted({s.profile(args.profile)["model"] for s in find_scenarios(args.scenarios)} - {None})
+    # A setting may need no model of ours (its stacks bring their own): model null. `audio`: the
+    # speech a setting streams, prepared the same way.
+    profiles = [s.profile(args.profile) for s in find_scenarios(args.scenarios) if args.profile in s.profiles]
+    models = sorted({p.get(key) for p in profiles for key in ("model", "audio")} - {None})
     for name in models:
         path = ensure_model(name, deep_check=True, log=lambda line: print(line, flush=True))
         print(f"{name}\t{path}")

@@ -161,7 +161,7 @@ def judge_lossless(prompt_ids: list[str], bases: list[Generation], gots: list[Ge
 
 
 def compare_text(prompt_id: str, ref: Generation, text: str, silent: frozenset[str], eos: set[str],
-                 usage_tokens: int | None = None, may_end: bool = True) -> PromptVerdict:
+                 usage_tokens: int | None = None, may_end: bool = True, max_gap: float | None = None) -> PromptVerdict:
     """A streamed output known by its text only (a load point's request: no logprobs asked, no
     extra request made) against the reference's tokens, by the near-tie rule seen from the
     reference's side: the text spells the reference's output until its end, or until a token where
@@ -170,21 +170,26 @@ def compare_text(prompt_id: str, ref: Generation, text: str, silent: frozenset[s
     servers do not print them), and, where the stack printed some, kept in both. Where the text is
     the reference's to the end, `usage_tokens` must count the reference's tokens (one more where
     the stack counts the end-of-sequence token it stopped on). `may_end` False (a request with
-    `ignore_eos`): ending before max_tokens is never a near-tie."""
+    `ignore_eos`): ending before max_tokens is never a near-tie. `max_gap`: a near-tie's alternative
+    must also be within this many nats of the reference's own token (None: any of the top-k, the
+    rule above; a setting whose transcripts of nearby inputs share their likely tokens needs it,
+    or a neighbour's output would pass as a near-tie)."""
     hidden = [t if t not in silent else "" for t in ref.tokens]
     full, shown = ref.text, text
     for token in silent:
         full, shown = full.replace(token, ""), shown.replace(token, "")
-    verdict = _walk(prompt_id, ref, hidden, full, shown, silent, eos, usage_tokens, may_end, unseen=shown == text)
+    verdict = _walk(prompt_id, ref, hidden, full, shown, silent, eos, usage_tokens, may_end, unseen=shown == text,
+                    max_gap=max_gap)
     if not verdict.ok and shown != text:  # the stack printed special tokens: compare them too
         printed = _walk(prompt_id, ref, list(ref.tokens), "".join(ref.tokens), text, frozenset(), eos, usage_tokens,
-                        may_end)
+                        may_end, max_gap=max_gap)
         return printed if printed.ok else verdict
     return verdict
 
 
 def _walk(prompt_id: str, ref: Generation, pieces: list[str], full: str, text: str, silent: frozenset[str],
-          eos: set[str], usage_tokens: int | None, may_end: bool, unseen: bool = False) -> PromptVerdict:
+          eos: set[str], usage_tokens: int | None, may_end: bool, unseen: bool = False,
+          max_gap: float | None = None) -> PromptVerdict:
     """compare_text on one rendering: `pieces[i]` is how reference token i shows in `full`. `unseen`:
     the stack prints no special tokens, so it may have taken one a little before the divergence."""
     same = 0
@@ -205,7 +210,9 @@ def _walk(prompt_id: str, ref: Generation, pieces: list[str], full: str, text: s
         i += 1
     rest = text[start:]
     own = {ref.tokens[i]} if i < n else (set(eos) if ref.finish_reason == "stop" else set())
-    alternatives = [a for a in (ref.top[i] if i < len(ref.top) else {}) if a not in own]
+    top = ref.top[i] if i < len(ref.top) else {}
+    best = max(top.values(), default=0.0)
+    alternatives = [a for a in top if a not in own and (max_gap is None or best - top[a] <= max_gap)]
     if may_end and any(a in eos for a in alternatives) and not rest:
         return PromptVerdict(prompt_id, True, i, i, f"near-tie at token {i}: the stack ended, the reference went on")
     if any(a and a not in silent and rest.startswith(a) for a in alternatives):

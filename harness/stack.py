@@ -44,6 +44,7 @@ class StackSpec:
     flags: dict = field(default_factory=dict)  # engine settings recorded in rows for fairness
     requires: tuple[str, ...] = ()  # hardware the stack cannot run without: "cuda"
     requires_why: str = ""  # why, where it is not obvious (shown in the not-applicable row)
+    lacks: dict[str, str] = field(default_factory=dict)  # a capability it does not support: why (the row says it)
     prepare: dict[str, tuple[str, ...]] = field(default_factory=dict)  # see harness.placeholders
     extra_body: dict = field(default_factory=dict)  # engine-specific request fields sent with every request
     ignore_eos: str = "native"  # how the engine takes `ignore_eos`: native | min_tokens | unsupported
@@ -61,6 +62,10 @@ class StackSpec:
 
     def missing(self, needs: tuple[str, ...]) -> list[str]:
         return [n for n in needs if n not in self.supports]
+
+    def lacking(self, needs: tuple[str, ...]) -> list[str]:
+        """What of `needs` it does not support, each with the spec's reason where it gives one."""
+        return [f"does not support {n}" + (f" ({self.lacks[n]})" if n in self.lacks else "") for n in self.missing(needs)]
 
     def adapt(self, payload: dict) -> dict:
         """A request in this engine's dialect: its extra fields, and `ignore_eos` as it understands it."""
@@ -128,6 +133,7 @@ def load_spec(path: Path, vocabulary: frozenset[str] | None = None) -> StackSpec
         flags=dict(data.get("flags") or {}),
         requires=tuple(data.get("requires") or ()),
         requires_why=str(data.get("requires_why") or ""),
+        lacks={str(k): str(v) for k, v in (data.get("lacks") or {}).items()},
         prepare={str(k): tuple(str(c) for c in v) for k, v in (data.get("prepare") or {}).items()},
         extra_body=dict(data.get("extra_body") or {}),
         ignore_eos=_choice(path, data, "ignore_eos", ("native", "min_tokens", "unsupported")),

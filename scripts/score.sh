@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: set up, score the shipped stacks (engine-a, engine-b, engine-c) and the baselines on every
+# The main job: set up, score the shipped stacks (engine-a, engine-b, engine-c, engine-d) and the baselines on every
 # setting (tiny profile), write the leaderboard.
 # Extra arguments go to pytest, e.g. `bash scripts/score.sh --stack url=http://127.0.0.1:8000`.
 set -euo pipefail
@@ -10,9 +10,12 @@ ENGINES=(vllm llamacpp mlx-lm)
 command -v nvidia-smi >/dev/null && ENGINES+=(sglang)
 bash scripts/setup.sh "${ENGINES[@]}"
 # Setting C's model (olmo_hybrid) runs on its own stacks: engine-c, engine-c with its cache off, vLLM's
-# hybrid configuration (CUDA only: see its spec) and mlx-lm behind a token-id prompt shim.
+# hybrid configuration (CUDA only: see its spec) and mlx-lm behind a token-id prompt shim. Setting D's
+# (moonshine_streaming) on engine-d, engine-d re-encoding every chunk's whole buffer, hf-reference (the
+# study's full recompute) and vLLM's row saying why it does not serve it.
 STACKS=(--stack engine-a@A+B --stack engine-b@A+B --stack engine-c@C --stack engine-c.prefix_caching-off@C
-        --stack hf-reference --stack vllm@A+B --stack vllm-ngram@A+B --stack vllm-hybrid@C --stack llamacpp@A+B
+        --stack engine-d@D --stack engine-d.encoder_cache-off@D
+        --stack hf-reference --stack vllm@A+B+D --stack vllm-ngram@A+B --stack vllm-hybrid@C --stack llamacpp@A+B
         --stack mlx-lm@A+B --stack mlx-lm-hybrid@C --stack sglang@A+B)
 for arg in "$@"; do [[ "$arg" == --stack* ]] && STACKS=(); done
 exec .venv/bin/python -m pytest scenarios/ --profile tiny "${STACKS[@]}" -p no:cacheprovider -rA "$@"

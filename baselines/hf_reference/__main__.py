@@ -1,5 +1,7 @@
 """python -m baselines.hf_reference --model DIR --port P [--host H] [--dtype D] [--device D] [--threads N]
-[--served-model-name NAME]: an OpenAI-compatible server over plain transformers generate."""
+[--served-model-name NAME]: a server over plain transformers generate, chosen by the model folder's
+config.json model_type: a speech model (moonshine_streaming) gets the streaming ASR server
+(skills/asr_server, a full recompute per chunk), any other the OpenAI-compatible one."""
 
 from __future__ import annotations
 
@@ -10,10 +12,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+SPEECH_MODEL_TYPES = ("moonshine_streaming",)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,16 +43,35 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
+    torch.set_num_threads(args.threads)
+    logging.getLogger(__name__).info("%d torch threads", args.threads)
+    name = args.served_model_name or args.model.resolve().name
+    if _model_type(args.model) in SPEECH_MODEL_TYPES:
+        _serve_speech(args, name)
+    else:
+        _serve_text(args, name)
+
+
+def _model_type(model_dir: Path) -> str | None:
+    return json.loads((model_dir / "config.json").read_text()).get("model_type")
+
+
+def _serve_speech(args: argparse.Namespace, name: str) -> None:
+    from skills.asr_server import serve
+
+    from .asr import FullRecompute, load_speech_model
+
+    serve(FullRecompute(load_speech_model(args.model, args.dtype, args.device)), name, args.host, args.port)
+
+
+def _serve_text(args: argparse.Namespace, name: str) -> None:
     from skills.openai_server import ServerInfo, serve
 
     from .generator import Generator
     from .loader import load_model
 
-    torch.set_num_threads(args.threads)
     generator = Generator(load_model(args.model, args.dtype, args.device))
-    info = ServerInfo(args.served_model_name or args.model.resolve().name, str(args.model), int(time.time()),
-                      server_name="hf-reference")
-    logging.getLogger(__name__).info("%d torch threads", args.threads)
+    info = ServerInfo(name, str(args.model), int(time.time()), server_name="hf-reference")
     serve(generator, info, args.host, args.port)
 
 

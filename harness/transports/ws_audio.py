@@ -8,7 +8,10 @@ fails the request.
 
 Unit: audio seconds. A partial carries the seconds of audio it newly covers; the final carries what
 no partial covered (0 when they all did). Each chunk's send time is kept (`record.inputs`), so a
-scenario can match a partial to its chunk and measure per-chunk latency.
+scenario can match a partial to its chunk and measure per-chunk latency; the final's event keeps
+when finalize went out (`finalize_sent`). Every partial is recorded as it came (a repeated or
+out-of-order chunk too: the scenario's oracle judges the order). After the final the server must
+close: a message that still comes within AFTER_FINAL_S fails the request.
 
 Payload: {"audio": bytes (PCM16 little-endian mono), "sample_rate": 16000, "chunk_s": 2.0,
 "realtime": true}.
@@ -27,6 +30,7 @@ from harness.transports.base import Transport
 
 ROUTE = "/v1/audio/stream"
 BYTES_PER_SAMPLE = 2
+AFTER_FINAL_S = 0.5  # how long the socket is watched after the final for anything more
 
 
 def chunks(audio: bytes, sample_rate: int, chunk_s: float) -> list[bytes]:
@@ -87,9 +91,12 @@ class AudioStream(Transport, unit="audio_s", unit_source="audio_covered"):
         rate = int(payload.get("sample_rate", 16000))
         parts = chunks(payload["audio"], rate, float(payload.get("chunk_s", 2.0)))
         async with client.ws_connect(base_url.replace("http", "ws", 1) + ROUTE) as ws:
-            sender = asyncio.ensure_future(self._send_all(ws, parts, payload, record, start))
+            finalize_sent: list[float] = []
+            sender = asyncio.ensure_future(self._send_all(ws, parts, payload, record, start, finalize_sent))
             try:
-                await self._receive(ws, _Coverage(parts, rate), record, start)
+                await self._receive(ws, _Coverage(parts, rate), record, start, finalize_sent)
+                if record.final is not None and record.error is None:
+                    await self._nothing_after_final(ws, record)
             finally:
                 sender.cancel()
                 await asyncio.gather(sender, return_exceptions=True)
@@ -98,7 +105,8 @@ class AudioStream(Transport, unit="audio_s", unit_source="audio_covered"):
         return None if record.final is not None else "the stream closed before a final transcript"
 
     @staticmethod
-    async def _send_all(ws, parts: list[bytes], payload: dict, record: RequestRecord, start: float) -> None:
+    async def _send_all(ws, parts: list[bytes], payload: dict, record: RequestRecord, start: float,
+                        finalize_sent: list[float]) -> None:
         chunk_s = float(payload.get("chunk_s", 2.0))
         for i, part in enumerate(parts):
             if payload.get("realtime", True):
@@ -108,9 +116,20 @@ class AudioStream(Transport, unit="audio_s", unit_source="audio_covered"):
             await ws.send_bytes(part)
             record.inputs.append(time.perf_counter() - start)
         await ws.send_str(json.dumps({"type": "finalize"}))
+        finalize_sent.append(time.perf_counter() - start)
 
     @staticmethod
-    async def _receive(ws, coverage: _Coverage, record: RequestRecord, start: float) -> None:
+    async def _nothing_after_final(ws, record: RequestRecord) -> None:
+        try:
+            raw = await ws.receive(timeout=AFTER_FINAL_S)
+        except asyncio.TimeoutError:
+            return  # the server kept the socket open, but quiet: the client closes it
+        if raw.type not in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+            record.error = f"protocol: a message after the final transcript ({str(raw.data)[:80]})"
+
+    @staticmethod
+    async def _receive(ws, coverage: _Coverage, record: RequestRecord, start: float,
+                       finalize_sent: list[float]) -> None:
         async for raw in ws:
             now = time.perf_counter() - start
             if raw.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
@@ -122,7 +141,8 @@ class AudioStream(Transport, unit="audio_s", unit_source="audio_covered"):
                                            {k: message[k] for k in ("chunk", "samples", "text") if k in message}))
             elif kind == "final":
                 record.final = message.get("text", "")
-                record.events.append(Event(now, coverage.rest(), {"final": record.final}))
+                record.events.append(Event(now, coverage.rest(), {"final": record.final, "finalize_sent":
+                                                                  finalize_sent[0] if finalize_sent else None}))
                 record.finish_reason = "final"
                 return
             elif kind == "error":

@@ -11,7 +11,6 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +26,7 @@ from skills.openai_server.stream import QueueStream
 from skills.speculative_decoding.speculator import accept_greedy
 
 from .counters import Counters, StepLogger
-from .engine_thread import start_on_own_thread
+from .engine_thread import OwnThread
 from .runner import ModelRunner, StepResult
 from .scheduler import ScheduledStep, Scheduler, SchedulerConfig
 from .sequence import Sequence, Sink
@@ -57,7 +56,7 @@ class EngineConfig:
         return SchedulerConfig(self.max_num_seqs, self.max_num_batched_tokens, self.max_model_len)
 
 
-class LLMEngine:
+class LLMEngine(OwnThread):
     """`speculator`: drafts tokens per request (skills/speculative_decoding's `Speculator`, or
     anything with `start(prompt_ids, params) -> drafter | None`, the drafter having
     `propose(output_ids, limit) -> Draft` and `update(output_ids, draft, accepted, emitted)`);
@@ -111,21 +110,6 @@ class LLMEngine:
 
     def reset_prefix_cache(self) -> bool:
         return True  # no prefix cache here
-
-    @classmethod
-    def start_on_own_thread(cls, build: Callable[[], LLMEngine]) -> LLMEngine:
-        """Build (load, warm up) and run an engine on one new thread (engine_thread.py says why)."""
-        return start_on_own_thread(build)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
-        self._thread.start()
-
-    def shutdown(self) -> None:
-        self._stopping.set()
-        self._inbox.put(None)  # wakes the loop
-        if self._thread is not None:
-            self._thread.join(timeout=10)
 
     # --- the engine thread (or a test calling step() directly) ---
 

@@ -36,3 +36,26 @@ def start_on_own_thread(build: Callable[[], E]) -> E:
     if isinstance(result, BaseException):
         raise result
     return result
+
+
+class OwnThread:
+    """The lifecycle of an engine whose `_loop()` runs on a thread of its own, woken through
+    `_inbox` (a queue; None wakes it) and stopped by `_stopping` (a threading.Event)."""
+
+    _thread: threading.Thread | None = None
+    _thread_name = "engine"
+
+    @classmethod
+    def start_on_own_thread(cls, build: Callable[[], E]) -> E:
+        """Build (load, warm up) and run the engine on one new thread (this module says why)."""
+        return start_on_own_thread(build)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name=self._thread_name, daemon=True)
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        self._inbox.put(None)  # wakes the loop
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from skills.engine_core.counters import Counters, StepLogger
-from skills.engine_core.engine_thread import start_on_own_thread
+from skills.engine_core.engine_thread import OwnThread
 from skills.openai_server.engine_api import GenerationFailed, SamplingParams, TokenLogprob, TokenOutput
 from skills.openai_server.stream import QueueStream
 
@@ -36,7 +36,7 @@ class HybridCounters(Counters):
     prefix_cache_query_tokens: int = 0  # prompt tokens looked up in the prefix cache
 
 
-class HybridEngine:
+class HybridEngine(OwnThread):
     def __init__(self, runner: Runner, reuse: PrefixReuse, tokenizer, eos_ids: frozenset[int], cfg: EngineConfig,
                  max_model_len: int) -> None:
         self.runner = runner
@@ -85,22 +85,6 @@ class HybridEngine:
     def reset_prefix_cache(self) -> bool:
         with self._lock:
             return self.reuse.reset()
-
-    @classmethod
-    def start_on_own_thread(cls, build: Callable[[], "HybridEngine"]) -> "HybridEngine":
-        """Build (load, check, warm up) and run the engine on one new thread, so torch's OpenMP
-        team is that thread's only (skills/engine_core/engine_thread.py)."""
-        return start_on_own_thread(build)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
-        self._thread.start()
-
-    def shutdown(self) -> None:
-        self._stopping.set()
-        self._inbox.put(None)
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
 
     # --- the engine thread (or a test calling step()) ---
 

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from harness.bench import EqualityCheck
-from harness.metrics import stats
 from harness.oracle import judge_equal
 
 pytestmark = pytest.mark.setting("X")
@@ -35,13 +34,6 @@ def echo(audio: bytes) -> str:
 def payloads(profile: dict, n: int, seed: int, salt: str) -> list[dict]:
     return [{"audio": clip(profile["seconds"], seed * 1000 + i, salt), "sample_rate": RATE,
              "chunk_s": profile["chunk_s"], "realtime": profile["realtime"]} for i in range(n)]
-
-
-def chunk_latency(records) -> dict:
-    """Each partial's arrival after the chunk it names went out, over every measured stream."""
-    gaps = [e.t - r.inputs[e.data["chunk"]] for r in records if r.ok for e in r.events
-            if isinstance(e.data, dict) and isinstance(e.data.get("chunk"), int) and e.data["chunk"] < len(r.inputs)]
-    return stats("chunk_latency", gaps)
 
 
 def test_accuracy(live_bench, profile, salt):

@@ -1,4 +1,4 @@
-"""Small seeded random Llama models shared by the skills tests."""
+"""Small seeded random models shared by the skills tests (Llama, moonshine_streaming), and one torch thread."""
 
 from __future__ import annotations
 
@@ -32,3 +32,34 @@ def make_llama():
 @pytest.fixture
 def hf_model():
     return tiny_llama()
+
+
+def small_moonshine(seed: int = 0):
+    from transformers import MoonshineStreamingConfig, MoonshineStreamingForConditionalGeneration
+
+    torch.manual_seed(seed)
+    cfg = MoonshineStreamingConfig(
+        encoder_config=dict(hidden_size=64, intermediate_size=128, num_attention_heads=2, num_key_value_heads=2),
+        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=512)
+    model = MoonshineStreamingForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # norms start at identity; random ones test that they are applied
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(-0.3, 0.3) if name.endswith("gamma") else p.uniform_(0.7, 1.3)
+    return model
+
+
+@pytest.fixture(scope="module")
+def make_moonshine():
+    """small_moonshine(seed) -> a transformers MoonshineStreamingForConditionalGeneration."""
+    return small_moonshine
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Two threads on a shared 2-core machine run small ops many times slower (spinning)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
