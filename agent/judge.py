@@ -1,7 +1,8 @@
 """The judge: is the workspace's stack correct and honest? Never asks whether it is fast.
 
 1. integrity: the harness, scenarios, conftest.py and baselines are as they were at the run's start;
-2. probes: an unseen prompt and a sentinel prompt match the reference, forward passes grow;
+2. probes: an unseen prompt and a sentinel prompt match the reference, forward passes grow (for a
+   speech setting: unseen audio, every partial against the reference, encoder frames grow);
 3. the harness's own oracle for the setting (`pytest scenarios/test_<name>.py -k accuracy`), on the
    YAML's held-out accuracy seed; its details are withheld from the implementer so that it never
    tunes on the held-out prompts;
@@ -14,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from agent import integrity
+from agent.audio_probes import run_audio_probes
 from agent.harness_run import HarnessRun, run_scenario
 from agent.probes import ProbeResult, run_probes
 from agent.workspace import Workspace
@@ -21,6 +23,7 @@ from harness.assets import ensure_model
 from harness.errors import HarnessError
 from harness.scenario import ScenarioSpec
 from harness.stack import load_spec
+from harness.transports import transport
 
 
 @dataclass
@@ -54,8 +57,9 @@ class Judge:
         except HarnessError as exc:
             return Judgement(False, f"invalid stack: {str(exc).splitlines()[0]}", f"The stack spec is invalid: {exc}")
         cfg = self.scenario.profile(profile)
-        probes = run_probes(spec, self.scenario, profile, model_dir, ws.path(f"logs/{run_id}"),
-                            startup_timeout_s=cfg.get("stack_startup_timeout_s"))
+        probe = run_audio_probes if transport(cfg["load"]["endpoint"]).unit == "audio_s" else run_probes
+        probes = probe(spec, self.scenario, profile, model_dir, ws.path(f"logs/{run_id}"),
+                       startup_timeout_s=cfg.get("stack_startup_timeout_s"))
         changed = integrity.check(self.snapshot)
         if changed:
             return _tampered(changed)

@@ -24,11 +24,17 @@ import numpy as np
 from harness.assets import cache_root, weights_checksum
 from harness.atomic import atomic_write_json
 from harness.generation import Generation
+from harness.oracle import PromptVerdict, compare_text
 
 RATE = 16000
 FRAME = 320
 TOKENS_PER_SECOND_X2 = 13  # 6.5 tokens per second, in integers
 TOP_K = 5
+EOS = {"</s>"}
+# A near-tie's alternative must be within this many nats of the reference's token. Without a bound
+# (the text settings' top-k rule) a partial of a neighbouring audio prefix, which shares its likely
+# tokens, passes as a near-tie. fp32 engines flip only at gaps of ~1e-5; bf16 ones well under this.
+MAX_GAP = 0.5
 
 
 def usable(n: int) -> int:
@@ -116,3 +122,18 @@ def transcribe(model_dir: Path, samples: np.ndarray, top_k: int = TOP_K) -> Gene
             tokens.append(grown[len(text):])
             text = grown
     return Generation(tokens=tokens, top=top, finish_reason="stop" if stopped else "length", text=text)
+
+
+def judge_transcripts(model_dir: Path, name: str, audio: bytes, ends: list[int], texts: list[str],
+                      top_k: int = TOP_K) -> list[PromptVerdict]:
+    """Each streamed text against the reference transcript of `audio` cut at the matching end
+    (`{name}/{label}` per verdict: chunk-i for the partials, the last one `final` when `ends`
+    repeats the whole length for it)."""
+    refs = transcripts(model_dir, audio, ends, top_k)
+    return [compare_text(f"{name}/{label}", ref, text, frozenset(), EOS, max_gap=MAX_GAP)
+            for label, ref, text in zip(_labels(len(texts), ends), refs, texts, strict=True)]
+
+
+def _labels(n: int, ends: list[int]) -> list[str]:
+    final = n >= 2 and ends[-1] == ends[-2]
+    return [f"chunk-{i}" for i in range(n - final)] + (["final"] if final else [])

@@ -34,16 +34,11 @@ from harness.metrics import stats
 from harness.oracle import PromptVerdict, Verdict, compare_text
 from harness.records import RequestRecord
 from harness.speech import FRAME, RATE, clips
-from harness.transcription import TOP_K, transcripts, usable
+from harness.transcription import EOS, MAX_GAP, TOP_K, judge_transcripts, transcripts, usable
 
 FEATURE = "encoder_cache"
 REUSED = ("asr_encoder_frames_reused_total", "encoder_frames_reused")
 COMPUTED = ("asr_encoder_frames_computed_total", "encoder_frames_computed")
-EOS = {"</s>"}
-# A near-tie's alternative must be within this many nats of the reference's token. Without a bound
-# (the text settings' top-k rule) a partial of a neighbouring audio prefix, which shares its likely
-# tokens, passes as a near-tie. fp32 engines flip only at gaps of ~1e-5; bf16 ones well under this.
-MAX_GAP = 0.5
 DITHER = 2  # +- this many LSB of salted noise on every sample
 
 
@@ -121,12 +116,9 @@ def judge_stream(model_dir: Path, stream: Stream, record: RequestRecord, top_k: 
         return [PromptVerdict(f"{stream.id}/order", False, 0, 0,
                               f"partials answered chunks {order[:12]}{'...' if len(order) > 12 else ''}; "
                               f"expected 0..{len(ends) - 1}, each once, in order")]
-    refs = transcripts(model_dir, stream.audio, ends, top_k)
-    out = [compare_text(f"{stream.id}/chunk-{i}", ref, p.get("text", ""), frozenset(), EOS, max_gap=MAX_GAP)
-           for i, (ref, p) in enumerate(zip(refs, got))]
-    out.append(compare_text(f"{stream.id}/final", refs[-1], record.final if isinstance(record.final, str) else "",
-                            frozenset(), EOS, max_gap=MAX_GAP))
-    return out
+    final = record.final if isinstance(record.final, str) else ""
+    return judge_transcripts(model_dir, stream.id, stream.audio, [*ends, ends[-1]],
+                             [p.get("text", "") for p in got] + [final], top_k)
 
 
 @dataclass(frozen=True)
