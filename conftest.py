@@ -214,7 +214,7 @@ def bench(request, stack_spec, scenario, profile, model_dir):
 
 
 def _accuracy_selected(request) -> bool:
-    """Whether this module's accuracy test runs in this session (with `-k rate-8.0` it does not,
+    """Whether this module's accuracy test runs in this session (with `-k rate-inf` it does not,
     and its references, fresh each run as prompts are salted, need not be computed)."""
     return any(getattr(item, "module", None) is request.module and getattr(item, "originalname", "") == "test_accuracy"
                for item in request.session.items)

@@ -37,6 +37,9 @@ class Prompt:
         return Prompt(self.id, self.text, self.chat, self.max_tokens, {}, self.template_kwargs, self.ignore_eos, self.ids)
 
 
+INCOMPLETE = "\ufffd"  # what a tokenizer prints for bytes that do not yet make a whole UTF-8 character
+
+
 @dataclass
 class Generation:
     """Greedy output for one prompt.
@@ -53,10 +56,15 @@ class Generation:
     text: str = ""
     usage_tokens: int | None = None  # what the server's usage said, when it came from a server
     usage_details: dict = field(default_factory=dict)  # usage's prompt_ and completion_tokens_details, when given
+    # Where each token's text ends in `text` (the reference's; empty where unknown). A token that is
+    # a few bytes of a multi-byte character decodes alone to U+FFFD, so `tokens` alone cannot place
+    # the characters of an emoji or of CJK text.
+    ends: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"tokens": self.tokens, "top": self.top, "finish_reason": self.finish_reason,
-                "text": self.text, "usage_tokens": self.usage_tokens, "usage_details": self.usage_details}
+                "text": self.text, "usage_tokens": self.usage_tokens, "usage_details": self.usage_details,
+                "ends": self.ends}
 
     @classmethod
     def from_json(cls, data: dict) -> "Generation":

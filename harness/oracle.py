@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness.generation import Generation
+from harness.generation import INCOMPLETE, Generation
 
 END = "<end-of-sequence>"  # stands for whatever string the model's EOS token decodes to
 
@@ -178,6 +178,8 @@ def compare_text(prompt_id: str, ref: Generation, text: str, silent: frozenset[s
     full, shown = ref.text, text
     for token in silent:
         full, shown = full.replace(token, ""), shown.replace(token, "")
+    if len(ref.ends) == len(ref.tokens) and full == ref.text:  # where each token's characters are known
+        hidden = [full[a:b] for a, b in zip([0, *ref.ends], ref.ends)]
     verdict = _walk(prompt_id, ref, hidden, full, shown, silent, eos, usage_tokens, may_end, unseen=shown == text,
                     max_gap=max_gap)
     if not verdict.ok and shown != text:  # the stack printed special tokens: compare them too
@@ -198,25 +200,27 @@ def _walk(prompt_id: str, ref: Generation, pieces: list[str], full: str, text: s
             break
         same += 1
     n = len(ref.tokens)
-    if same == len(full) == len(text):
+    if same == len(full) == len(text) or full.rstrip(INCOMPLETE) == text.rstrip(INCOMPLETE):
+        # (a stream may hold back, or print as U+FFFD, the bytes of a character cut by max_tokens)
         allowed = {n, n + 1} if ref.finish_reason == "stop" else {n}
         if usage_tokens is not None and usage_tokens not in allowed:
             return PromptVerdict(prompt_id, False, n, None, f"usage says {usage_tokens} tokens; the text is the "
                                                             f"reference's {n} tokens")
         return PromptVerdict(prompt_id, True, n)
-    start, i = 0, 0  # the token holding character `same`, and where it starts in the text
-    while i < n and start + len(pieces[i]) <= same:
-        start += len(pieces[i])
+    starts = [0]  # where each token's text starts
+    for piece in pieces:
+        starts.append(starts[-1] + len(piece))
+    i = 0  # the token holding character `same`
+    while i < n and starts[i + 1] <= same:
         i += 1
-    rest = text[start:]
-    own = {ref.tokens[i]} if i < n else (set(eos) if ref.finish_reason == "stop" else set())
-    top = ref.top[i] if i < len(ref.top) else {}
-    best = max(top.values(), default=0.0)
-    alternatives = [a for a in top if a not in own and (max_gap is None or best - top[a] <= max_gap)]
-    if may_end and any(a in eos for a in alternatives) and not rest:
-        return PromptVerdict(prompt_id, True, i, i, f"near-tie at token {i}: the stack ended, the reference went on")
-    if any(a and a not in silent and rest.startswith(a) for a in alternatives):
-        return PromptVerdict(prompt_id, True, i, i, f"near-tie at token {i}")
+    start, rest = starts[i], text[starts[i]:]
+    for j in _deciding(ref, i) if same == start else [i]:
+        alternatives, after = _runners_up(ref, j, eos, max_gap), text[starts[j]:]
+        if may_end and any(a in eos for a in alternatives) and not after:
+            return PromptVerdict(prompt_id, True, j, j, f"near-tie at token {j}: the stack ended, the reference went on")
+        if any(a and a not in silent and _spells(after, a) for a in alternatives):
+            return PromptVerdict(prompt_id, True, j, j, f"near-tie at token {j}")
+    alternatives = _runners_up(ref, i, eos, max_gap)
     unprinted = [a for a in alternatives if a in silent]
     if unprinted and (rest or may_end):  # the stack may have taken it there, which its text cannot show
         return PromptVerdict(prompt_id, True, i, i, f"near-tie at token {i}: the reference's runner-up "
@@ -232,6 +236,33 @@ def _walk(prompt_id: str, ref: Generation, pieces: list[str], full: str, text: s
     return PromptVerdict(prompt_id, False, i, i, f"text differs at token {i} of {n}, after {full[max(0, start - 40):start]!r}: "
                                                  f"reference {expected}, stack {got}; not in the reference's top-"
                                                  f"{len(ref.top[i]) if i < len(ref.top) else 0}")
+
+
+def _runners_up(ref: Generation, i: int, eos: set[str], max_gap: float | None) -> list[str]:
+    """The reference's top-k at token i other than its own choice (within max_gap of the best)."""
+    own = {ref.tokens[i]} if i < len(ref.tokens) else (set(eos) if ref.finish_reason == "stop" else set())
+    top = ref.top[i] if i < len(ref.top) else {}
+    best = max(top.values(), default=0.0)
+    return [a for a in top if a not in own and (max_gap is None or best - top[a] <= max_gap)]
+
+
+def _deciding(ref: Generation, i: int) -> list[int]:
+    """The tokens where the first character of token i's text was chosen, for a divergence there:
+    token i, and those just before it that end in that character's first bytes (printed alone,
+    those end in U+FFFD)."""
+    chosen = [i]
+    while chosen[-1] > 0 and ref.tokens[chosen[-1] - 1].endswith(INCOMPLETE):
+        chosen.append(chosen[-1] - 1)
+    return chosen
+
+
+def _spells(rest: str, token: str) -> bool:
+    """Whether the text goes on with this token. A token of a few bytes of a multi-byte character
+    (printed alone as U+FFFD) is taken to spell any such character: its bytes are not kept."""
+    if INCOMPLETE not in token:
+        return rest.startswith(token)
+    head = token[:token.index(INCOMPLETE)]
+    return rest.startswith(head) and len(rest) > len(head) and not rest[len(head)].isascii()
 
 
 # How far before a visible divergence a special token the stack took unseen may lie: after an

@@ -12,7 +12,7 @@ from pathlib import Path
 from harness.assets import cache_root, weights_checksum
 from harness.atomic import atomic_write_json
 from harness.errors import HarnessError
-from harness.generation import Generation, Prompt
+from harness.generation import INCOMPLETE, Generation, Prompt
 
 TOP_K = 5
 # Prompts decoded together. On 2 cores 8 to 16 are 2.5x to 3x faster than one at a time; memory
@@ -30,6 +30,7 @@ def cache_key(model_dir: Path, prompts: list[Prompt], top_k: int) -> str:
         "prompts": [p.reference_key() for p in prompts],
         "top_k": top_k,
         "compute": "float32",
+        "format": 2,  # a Generation with its tokens' ends
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }, sort_keys=True)
@@ -167,11 +168,29 @@ def _cache_arg(model) -> str:
 
 
 def _generation(tok, row: _Row, eos: frozenset[int], ignore_eos: bool) -> Generation:
-    top = [{tok.decode([i]): float(v) for i, v in step} for step in row.top]
+    top = [_by_text(tok, step) for step in row.top]
     stopped = bool(row.tokens) and row.tokens[-1] in eos and not ignore_eos
     kept = row.tokens[:-1] if stopped else row.tokens
     return Generation(tokens=[tok.decode([i]) for i in kept], top=top, finish_reason="stop" if stopped else "length",
-                      text=tok.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+                      text=_text(tok, kept), ends=[len(_text(tok, kept[:j + 1]).rstrip(INCOMPLETE))
+                                                   for j in range(len(kept))])
+
+
+def _by_text(tok, step: list[tuple[int, float]]) -> dict[str, float]:
+    """One step's top-k by printed string, best first. Ids that print alike (bytes of different
+    multi-byte characters all print U+FFFD) keep an entry each: a later one gets one more U+FFFD,
+    so a byte the reference passed over still counts as its runner-up."""
+    top: dict[str, float] = {}
+    for i, logprob in step:
+        text = tok.decode([i])
+        while text in top and INCOMPLETE in text:
+            text += INCOMPLETE
+        top.setdefault(text, float(logprob))
+    return top
+
+
+def _text(tok, ids: list[int]) -> str:
+    return tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
 # Per cache file: the sha256 of its bytes and what they hold, as this process first read or wrote

@@ -128,3 +128,57 @@ def test_a_stack_that_prints_special_tokens_is_compared_with_them_too():
     assert not compare_text("p", tied, " the\n<|im_start|>y", SILENT, {EOS}, 3, may_end=False).ok
     assert not compare_text("p", ref([" the", " cat", " sat"]), " the<|im_end|><|im_start|> dog", SILENT, {EOS}, 3,
                             may_end=False).ok
+
+
+def emoji_reference() -> Generation:
+    """'Answer: 🌟 ok' as SmolLM2 spells it: the star is three byte tokens, each printed alone as U+FFFD."""
+    tokens = ["Answer", ":", " ", "\ufffd", "\ufffd", "\ufffd", " ok", "!"]
+    top = [{t: -0.1, " maybe": -0.3} for t in tokens]
+    top[4] = {"\ufffd": -0.6, "\ufffd\ufffd": -0.8, " maybe": -0.9}  # the star's second byte, and another
+    return Generation(tokens=tokens, top=top, finish_reason="length", text="Answer: 🌟 ok!",
+                      ends=[6, 7, 8, 8, 8, 9, 12, 13])
+
+
+@pytest.mark.parametrize("text, ok, says", [
+    ("Answer: 🌟 ok!", True, ""),
+    ("Answer: 🌟 ok", False, "text differs at token 7"),     # the last token is plain text: not held back
+    ("Answer: 🌈 and so on", True, "near-tie at token 4"),   # another character from the star's second byte
+    ("Answer: 🌟 maybe", True, "near-tie at token 6"),       # placed by the ends, not by U+FFFD's one char each
+    ("Answer: 🌟 no", False, "text differs at token 6"),
+    ("Answer: x", False, "text differs at token 5"),         # an ASCII letter is no byte of a character
+])
+def test_multibyte_characters_are_placed_by_the_reference_s_ends(text, ok, says):
+    verdict = compare_text("p", emoji_reference(), text, SILENT, {EOS}, 8, may_end=False)
+    assert verdict.ok == ok and says in verdict.reason, verdict
+
+
+def test_a_character_cut_by_max_tokens_may_be_held_back_or_printed():
+    tokens = ["Answer", ":", " ", "\ufffd", "\ufffd"]  # max_tokens ended inside the star
+    gen = Generation(tokens=tokens, top=[{t: -0.1} for t in tokens], finish_reason="length", text="Answer: \ufffd",
+                     ends=[6, 7, 8, 8, 8])
+    assert compare_text("p", gen, "Answer: ", SILENT, {EOS}, 5, may_end=False).ok
+    assert compare_text("p", gen, "Answer: \ufffd", SILENT, {EOS}, 5, may_end=False).ok
+    assert not compare_text("p", gen, "Answer: 🌟", SILENT, {EOS}, 5, may_end=False).ok
+
+
+def test_the_reference_records_where_each_token_s_text_ends():
+    from transformers import AutoTokenizer
+
+    from harness.assets import ensure_model
+
+    tok = AutoTokenizer.from_pretrained(ensure_model("smollm2-135m-instruct"))
+    ids = tok.encode("Answer: 🌟 ok")  # Answer, :, " " and the star's first byte, its second, its third, " ok"
+    gen = reference._generation(tok, reference._Row([], len(ids), frozenset(), tokens=ids), frozenset(), False)
+    assert gen.text == "Answer: 🌟 ok" and gen.tokens[2:5] == [" \ufffd", "\ufffd", "\ufffd"]
+    assert [gen.text[a:b] for a, b in zip([0, *gen.ends], gen.ends)] == ["Answer", ":", " ", "", "🌟", " ok"]
+    # The star's first byte came with the space: a stack that took another character there is judged
+    # from that token's start.
+    gen.top = [{t: -0.1} for t in gen.tokens]
+    gen.top[2][" \ufffd\ufffd"], gen.top[2][" maybe"] = -0.5, -0.7
+    verdict = compare_text("p", gen, "Answer: 🎉!", SILENT, {EOS}, len(ids), may_end=False)
+    assert verdict.ok and "near-tie at token 2" in verdict.reason, verdict
+    assert not compare_text("p", gen, "Answer:🎉!", SILENT, {EOS}, len(ids), may_end=False).ok
+    del gen.top[2][" \ufffd\ufffd"]  # no other byte there: the star's own byte is no runner-up of itself
+    assert not compare_text("p", gen, "Answer: 🎉!", SILENT, {EOS}, len(ids), may_end=False).ok
+    step = [(ids[2], -0.1), (tok.encode(" ✨")[0], -0.2), (tok.encode(" ok")[0], -0.3)]  # two print " \ufffd"
+    assert list(reference._by_text(tok, step)) == [" \ufffd", " \ufffd\ufffd", " ok"]
