@@ -49,6 +49,8 @@ fi
 .venv/bin/python -m pip install -q --no-deps useful-moonshine-onnx==20251121 moonshine-voice==0.1.5
 echo "== preparing tiny-profile models (offline, cached)"
 .venv/bin/python -m harness assets --profile tiny
+echo "== building the shipped engines' C++ kernels (once per environment; a stack's first start would)"
+.venv/bin/python -c "import skills.cpu_kernels as a, skills.hybrid_engine.kernels as c; a.native(); c.native()"
 if [ "$#" -gt 0 ]; then
     echo "== installing engines: $*"
     .venv/bin/python -m baselines install "$@"

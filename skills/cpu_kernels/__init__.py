@@ -1,7 +1,7 @@
 """Fused CPU kernels for the decode step (norms, rope, SwiGLU, decode attention): see NOTE.md.
 
-`native()` builds the C++ extension once per machine (torch's extension cache; about a minute
-the first time) and returns it, or None, with the reason logged, where it cannot be built (no
+`native()` builds the C++ extension once per environment (build.py; about a minute the first
+time, done by scripts/setup.sh) and returns it, or None, with the reason logged, where it cannot be built (no
 C++ compiler or Python headers). Callers keep the eager torch path for that case.
 """
 
@@ -21,10 +21,9 @@ def native():
     if os.environ.get("SERVEBENCH_NO_NATIVE_KERNELS"):
         return None
     try:
-        from torch.utils import cpp_extension
+        from skills.cpu_kernels.build import load
 
-        return cpp_extension.load("servebench_cpu_kernels", [str(s) for s in SOURCES], extra_cflags=["-O3", "-march=native", "-fopenmp"],
-                                     extra_ldflags=["-fopenmp"])
+        return load("servebench_cpu_kernels", SOURCES)
     except Exception as exc:  # no compiler or headers: the eager path still runs
         log.warning("cpu_kernels: could not build the native kernels (%s); using eager torch",
                     str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__)

@@ -29,10 +29,9 @@ def native():
     if os.environ.get("SERVEBENCH_NO_NATIVE_KERNELS"):
         return None
     try:
-        from torch.utils import cpp_extension
+        from skills.cpu_kernels.build import load
 
-        return cpp_extension.load("servebench_hybrid_kernels", [str(SOURCE)],
-                                  extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
+        return load("servebench_hybrid_kernels", [SOURCE])
     except Exception as exc:  # no compiler or headers: the torch path still runs
         text = str(exc).strip()
         log.warning("hybrid kernels: could not build the C++ kernels (%s); using torch",

@@ -149,10 +149,18 @@ def _parse_messages(body: dict, server: str) -> list[ChatMessage]:
     return [_parse_message(m, i, server) for i, m in enumerate(messages)]
 
 
+# OpenAI's chat roles ("function" is its deprecated name for "tool"); a chat template renders
+# whatever role it is given, so an unknown one would reach the model as text.
+ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
 def _parse_message(message: Any, index: int, server: str) -> ChatMessage:
     param = f"messages[{index}]"
     if not isinstance(message, dict) or not isinstance(message.get("role"), str):
         raise RequestError(f"{param} must be an object with a string role", param)
+    if message["role"] not in ROLES:
+        raise RequestError(f"{param}.role must be one of {', '.join(ROLES)}, not {message['role'][:40]!r}",
+                           f"{param}.role")
     return ChatMessage(message["role"], _message_text(message.get("content"), f"{param}.content", server))
 
 

@@ -184,6 +184,20 @@ def test_bad_requests(client, body, param) -> None:
     assert response.json()["error"]["param"] == param and response.json()["error"]["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize("messages,param", [
+    ([{"role": "wizard", "content": "x"}], "messages[0].role"),
+    ([{"role": "user", "content": "x"}, {"role": "", "content": "y"}], "messages[1].role"),
+    ([{"role": 3, "content": "x"}], "messages[0]"),
+    ([], "messages"),
+])
+def test_bad_chat_messages_are_a_400_and_the_server_still_serves(client, messages, param) -> None:
+    response = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 2})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    ok = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], "max_tokens": 2})
+    assert ok.status_code == 200, ok.text
+
+
 def test_unsupported_feature_names_the_server(client) -> None:
     error = client.post("/v1/completions", json={"prompt": "x", "echo": True}).json()["error"]
     assert "not supported by fake" in error["message"]
