@@ -18,8 +18,8 @@ def pcm16_samples(data: bytes) -> np.ndarray:
         with wave.open(io.BytesIO(data)) as w:
             channels, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
             pcm = w.readframes(w.getnframes())
-    except (wave.Error, EOFError) as exc:
-        raise WavError(f"file: not a PCM WAV file ({exc or 'empty'})") from None
+    except Exception as exc:  # noqa: BLE001 - the wave module raises what it meets (RuntimeError on a bad chunk)
+        raise WavError(f"file: not a readable PCM WAV file ({type(exc).__name__}: {exc or 'empty'})") from None
     wrong = [f"{channels} channels" if channels != 1 else "",
              f"{8 * width}-bit samples" if width != 2 else "",
              f"{rate} Hz" if rate != SAMPLE_RATE else ""]

@@ -213,7 +213,7 @@ def test_transcriptions_answers_a_16k_mono_pcm16_wav() -> None:
 
 
 @pytest.mark.parametrize("upload,says", [
-    ({"files": {"file": ("a.wav", b"RIFF, but not really", "audio/wav")}}, "not a PCM WAV"),
+    ({"files": {"file": ("a.wav", b"RIFF, but not really", "audio/wav")}}, "not a readable PCM WAV"),
     ({"files": {"file": ("a.wav", wav(audio(800), channels=2), "audio/wav")}}, "2 channels"),
     ({"files": {"file": ("a.wav", wav(audio(800), rate=8000), "audio/wav")}}, "8000 Hz"),
     ({"files": {"file": ("a.wav", wav(audio(800), width=1), "audio/wav")}}, "8-bit"),
