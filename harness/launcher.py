@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from harness import ledger
 from harness.errors import StackError
 from harness.placeholders import Placeholders
 from harness.stack import REPO_ROOT, StackSpec
@@ -65,6 +66,7 @@ class RunningStack:
     process: subprocess.Popen | None = None
     started_s: float = 0.0  # seconds from launch to healthy
     engines: dict[str, dict] = field(default_factory=dict)  # engine environments used, with versions
+    record: Path | None = None  # its entry in harness.ledger while it runs
     _closed: bool = field(default=False, repr=False)
 
     def death(self, wait_s: float = 0.0) -> str | None:
@@ -100,6 +102,7 @@ class RunningStack:
                 self.process.wait(timeout=grace_s)
         # Children the stack left behind (engine workers) share its process group.
         _signal_group(self.process, signal.SIGKILL)
+        ledger.forget(self.record)
 
     def __enter__(self) -> "RunningStack":
         return self
@@ -143,6 +146,7 @@ def launch(spec: StackSpec, model: Path | str, log_dir: Path, scenario: str = ""
     log_path = log_dir / f"{spec.name}.log"
     env = {**os.environ, **fields.env, **{k: fields.fill(v) for k, v in spec.env.items()}}
     env["PYTHONUNBUFFERED"] = "1"
+    ledger.reap()  # stacks a killed harness left running
     with log_path.open("w") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
@@ -152,7 +156,7 @@ def launch(spec: StackSpec, model: Path | str, log_dir: Path, scenario: str = ""
         except OSError as exc:
             raise StackError(f"stack {spec.name}: cannot start {command[0]}: {exc.strerror}") from None
     stack = RunningStack(spec=spec, base_url=f"http://127.0.0.1:{port}", log_path=log_path, process=process,
-                         engines=fields.engines)
+                         engines=fields.engines, record=ledger.record(spec.name, process))
     try:
         _wait_healthy(stack, startup_timeout_s or spec.startup_timeout_s)
     except BaseException:

@@ -1,0 +1,73 @@
+"""The stacks this machine's harnesses launched, each on record until it is stopped.
+
+A launched stack runs in a session of its own (so that stopping it stops its workers too), which
+means a harness killed with SIGKILL cannot take it down: the stack keeps its port, cores and
+memory. Every launch first stops the stacks whose harness is gone. A process is known by its
+pid and its start time (/proc), so a pid the system has handed to another process is left alone
+(where there is no /proc, nothing is stopped: records are only dropped).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from harness.assets import cache_root
+from harness.atomic import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+def folder() -> Path:
+    return cache_root() / "launched"
+
+
+def started_ticks(pid: int) -> int | None:
+    """When the process started (clock ticks after boot), or None where there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22 of proc(5), counted after the name
+
+
+def record(name: str, process: subprocess.Popen) -> Path:
+    """Put a stack just launched on record; returns the record to `forget` once it is stopped."""
+    path = folder() / f"{process.pid}.json"
+    atomic_write_json(path, {"name": name, "pid": process.pid, "started": started_ticks(process.pid),
+                             "harness": os.getpid(), "harness_started": started_ticks(os.getpid())})
+    return path
+
+
+def forget(path: Path | None) -> None:
+    if path is not None:
+        path.unlink(missing_ok=True)
+
+
+def reap() -> list[str]:
+    """Stop every stack on record whose harness is gone; one line per stack stopped."""
+    stopped = []
+    for path in sorted(folder().glob("*.json")):
+        try:
+            entry = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # being written, or already reaped by another harness
+        if _alive(entry["harness"], entry["harness_started"]):
+            continue
+        if _alive(entry["pid"], entry["started"]):
+            try:
+                os.killpg(entry["pid"], signal.SIGKILL)  # the stack's session: itself and its workers
+            except (ProcessLookupError, PermissionError):
+                pass
+            stopped.append(f"stopped stack {entry['name']} (pid {entry['pid']}), left running by a harness "
+                           f"(pid {entry['harness']}) that was killed")
+            log.warning(stopped[-1])
+        path.unlink(missing_ok=True)
+    return stopped
+
+
+def _alive(pid: int, started: int | None) -> bool:
+    return started is not None and started_ticks(pid) == started
