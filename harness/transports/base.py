@@ -27,6 +27,9 @@ class Transport:
         record.unit, record.unit_source = self.unit, self.unit_source
         try:
             await self.exchange(client, base_url, payload, record, time.perf_counter())
+        except TimeoutError:  # the session's per-request deadline (aiohttp's read timeouts are ones too)
+            when = f"after {len(record.events)} message(s)" if record.events else "before any output"
+            record.error = f"timed out {when}: no answer within the request's {client.timeout.total:g} s deadline"
         except REQUEST_ERRORS as exc:
             record.error = failure(exc)
         if record.error is None:

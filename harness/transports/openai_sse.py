@@ -154,6 +154,19 @@ class OpenAIStream(Transport, unit="tokens", unit_source="one_per_chunk"):
                         record.finish_reason = choice.get("finish_reason") or record.finish_reason
         finally:
             record.final = "".join(text_parts)
+        record.error = record.error or _over_limit(payload, record)
 
     def missing(self, record: RequestRecord) -> str | None:
         return None if record.unit_events else "no chunk carried a token"
+
+
+def _over_limit(payload: dict, record: RequestRecord) -> str | None:
+    """A count past the request's max_tokens: the stack's usage (which the counts come from) overstates
+    its output, and its throughput with it."""
+    limit = payload.get("max_tokens", payload.get("max_completion_tokens"))
+    if not isinstance(limit, int):
+        return None
+    counted = max(sum(e.units for e in record.events), record.reported_units or 0)
+    if counted > limit:
+        return f"the stack counted {counted:g} tokens for a request of max_tokens {limit}: its usage overstates its output"
+    return None

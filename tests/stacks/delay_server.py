@@ -5,6 +5,11 @@ arrival, the first chunk (one token) is sent at ttft_ms; token k (k >= 1) is pro
 ttft_ms + k * token_ms, and tokens are emitted in chunks of tokens_per_chunk, each chunk sent when
 its last token is produced. Deadlines are absolute (arrival + offset) so no drift builds up.
 
+`--fault` puts one fault in (tests/test_faulty_stacks.py): `hang-after-headers` (a stream's
+headers, then nothing), `hang-before-health` (/health never answers), `error-500` (every second
+request), `close-early` (a stream's connection dropped after its first chunk), `bad-usage` (usage
+counts 7 tokens more than it sent), `late-port` (binds its port 3 s late), `ignore-sigterm`.
+
 `--prefix-cache` gives it a prefix cache over prompt words (the timings stay as they are), its
 hits counted on /metrics as `prefix_cache_hit_tokens`: `honest` empties it on POST
 /reset_prefix_cache, `sticky` answers that route 200 all the same and keeps it (a reset claimed,
@@ -13,7 +18,7 @@ drops the route (404).
 
     python tests/stacks/delay_server.py --port P [--ttft-ms 200] [--token-ms 20]
         [--tokens-per-chunk 3] [--crash-after N] [--die-after-s S]
-        [--prefix-cache none|honest|sticky] [--no-reset-route]
+        [--prefix-cache none|honest|sticky] [--no-reset-route] [--fault F]
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ DEFAULT_MAX_TOKENS = 16
 CHOSEN_LOGPROB = -0.1
 CRASH_EXIT_CODE = 3
 CRASH_SIGNAL: list[int] = []  # --crash-by-signal: die as a native fault does
+FAULTS = ("hang-after-headers", "hang-before-health", "error-500", "close-early", "bad-usage", "late-port",
+          "ignore-sigterm")
+FAULT: list[str] = []  # --fault
 PROCESS_START = time.monotonic()
 
 
@@ -229,6 +237,8 @@ def logprobs_for(job: Job, tokens: list[str], start: int) -> dict | None:
 
 
 def usage(job: Job, completion_tokens: int) -> dict:
+    if "bad-usage" in FAULT:
+        completion_tokens += 7
     return {
         "prompt_tokens": job.prompt_tokens,
         "completion_tokens": completion_tokens,
@@ -316,6 +326,8 @@ async def stream_events(job: Job, state: State):
         finish = "length" if i == len(schedule) - 1 else None
         running = usage(job, chunk.end) if job.continuous_usage else None
         yield sse(envelope(job, [stream_choice(job, chunk, finish)], running))
+        if "close-early" in FAULT:
+            raise ConnectionAbortedError("close-early: dropping the connection mid-stream")
         if job.crash:
             # The generator resumes only after the first chunk went out, so the client has it.
             await asyncio.sleep(state.timing.token_ms / 2000)
@@ -344,6 +356,10 @@ async def handle(kind: str, request: Request, state: State):
     job = parse_job(kind, body, state, arrival)
     if job.n_tokens < 1:
         return JSONResponse({"error": {"message": "max_tokens must be >= 1"}}, status_code=400)
+    if "error-500" in FAULT and state.requests_total % 2 == 0:
+        return JSONResponse({"error": {"message": "error-500: failing every second request"}}, status_code=500)
+    if "hang-after-headers" in FAULT and job.stream:
+        return StreamingResponse(forever(), media_type="text/event-stream")
     if state.prefix_cache != "none":
         state.look_up(prompt_words(kind, body))
     if job.stream:
@@ -351,11 +367,18 @@ async def handle(kind: str, request: Request, state: State):
     return JSONResponse(await complete(job, state))
 
 
+async def forever():
+    await asyncio.Event().wait()
+    yield ""
+
+
 def build_app(state: State, reset_route: bool = True) -> FastAPI:
     app = FastAPI()
 
     @app.get("/health")
     async def health():
+        if "hang-before-health" in FAULT:
+            await asyncio.Event().wait()
         return {"status": "ok"}
 
     @app.get("/metrics")
@@ -401,7 +424,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prefix-cache", choices=("none", "honest", "sticky"), default="none",
                    help="a prefix cache whose hits /metrics counts; sticky: POST /reset_prefix_cache keeps it")
     p.add_argument("--no-reset-route", action="store_true", help="no POST /reset_prefix_cache (404)")
+    p.add_argument("--fault", choices=FAULTS, default=None, help="one fault put in on purpose")
     args = p.parse_args(argv)
+    if args.fault:
+        FAULT.append(args.fault)
     if args.crash_by_signal:
         CRASH_SIGNAL.append(signal.SIGSEGV)
     if args.tokens_per_chunk < 1:
@@ -411,6 +437,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace) -> None:
     timing = Timing(args.ttft_ms, args.token_ms, args.tokens_per_chunk)
+    if "late-port" in FAULT:
+        await asyncio.sleep(3)
     app = build_app(State(timing, args.crash_after, args.prefix_cache), reset_route=not args.no_reset_route)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", loop="asyncio", workers=1)
     server = uvicorn.Server(config)
@@ -422,6 +450,9 @@ async def serve(args: argparse.Namespace) -> None:
     if args.die_after_s is not None:
         remaining = args.die_after_s - (time.monotonic() - PROCESS_START)
         asyncio.get_running_loop().call_later(max(remaining, 0), die, "dying on purpose")
+    if "ignore-sigterm" in FAULT:  # after uvicorn's own handlers are in
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
     print(f"delay_server ready on port {args.port}", file=sys.stderr, flush=True)
     await task
 
