@@ -1,4 +1,4 @@
-"""python -m harness {assets,leaderboard,stacks,compare}: the harness's command line."""
+"""python -m harness {assets,leaderboard,stacks,compare,capacity}: the harness's command line."""
 from __future__ import annotations
 
 import argparse
@@ -49,6 +49,15 @@ def cmd_compare(args) -> None:
         raise HarnessError(f"pytest exited with code {summary['pytest_exit_code']}")
 
 
+def cmd_capacity(args) -> None:
+    from harness.capacity import measure
+
+    m = measure(args.requests, args.concurrency)
+    print(f"load generator: {m['req_per_s']:.0f} req/s ({m['completed']} of {m['requests']} streamed requests at "
+          f"concurrency {m['concurrency']}, {m['failed']} failed), latency p50 {m['latency_p50_ms']:.2f} ms, "
+          f"p99 {m['latency_p99_ms']:.2f} ms; {m['cpus']} CPUs ({m['cpu']}), load {m['load_before']} -> {m['load_after']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     parser.add_argument("--scenarios", type=Path, default=REPO_ROOT / "scenarios", help="scenario YAML folder")
@@ -71,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-id", default=None)
     p.add_argument("pytest_args", nargs="*", help="passed to pytest after --, e.g. -- -k 'conc-1 or rate-inf'")
     p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("capacity", help="the load generator's own ceiling: req/s against a server that answers at once")
+    p.add_argument("--requests", type=int, default=3000)
+    p.add_argument("--concurrency", type=int, default=64)
+    p.set_defaults(func=cmd_capacity)
     args = parser.parse_args(argv)
     try:
         args.func(args)
