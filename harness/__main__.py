@@ -1,4 +1,4 @@
-"""python -m harness {assets,leaderboard,stacks,compare,capacity}: the harness's command line."""
+"""python -m harness {assets,leaderboard,stacks,compare,capacity,soak}: the harness's command line."""
 from __future__ import annotations
 
 import argparse
@@ -58,6 +58,13 @@ def cmd_capacity(args) -> None:
           f"p99 {m['latency_p99_ms']:.2f} ms; {m['cpus']} CPUs ({m['cpu']}), load {m['load_before']} -> {m['load_after']}")
 
 
+def cmd_soak(args) -> None:
+    from harness.soak import run
+
+    run(args.stack, args.scenario, args.profile, args.scenarios, args.results_dir, args.rounds, args.per_round,
+        args.concurrency)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     parser.add_argument("--scenarios", type=Path, default=REPO_ROOT / "scenarios", help="scenario YAML folder")
@@ -84,6 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=3000)
     p.add_argument("--concurrency", type=int, default=64)
     p.set_defaults(func=cmd_capacity)
+    p = sub.add_parser("soak", help="rounds of mixed, cancelled and abandoned streams against a stack: errors, RSS, p99")
+    p.add_argument("--stack", required=True)
+    p.add_argument("--scenario", default="standard_serving", help="whose profile names the model to serve")
+    p.add_argument("--profile", default="tiny")
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--per-round", type=int, default=250)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
+    p.set_defaults(func=cmd_soak)
     args = parser.parse_args(argv)
     try:
         args.func(args)
