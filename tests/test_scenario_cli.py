@@ -1,5 +1,6 @@
 """`pytest scenarios/` as a user runs it: a server started by hand, a wrong stack, a stack that crashes."""
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -115,8 +116,9 @@ def test_a_stack_that_does_not_start_or_dies_in_accuracy_leaves_a_failed_row(tmp
     assert "`broken`" in board and "exited with code 4" in board and "`dying`" in board, board
 
 
-def test_sigterm_to_the_harness_stops_the_stack_it_launched(tmp_path):
-    marker = "--ttft-ms 77"  # this test's stack, told apart from any other delay server
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_harness_stops_the_stack_it_launched(tmp_path, sig):
+    marker = f"--ttft-ms {77 + sig}"  # this test's stack, told apart from any other delay server
     spec = tmp_path / "marked.yaml"
     spec.write_text(json.dumps({"name": "marked", "command": ["python", DELAY[1], *marker.split(), *DELAY[4:], "--port", "{port}"],
                                 "startup_timeout_s": 30, "supports": ["completions"]}))
@@ -129,7 +131,7 @@ def test_sigterm_to_the_harness_stops_the_stack_it_launched(tmp_path):
         time.sleep(0.2)
     assert running(), "the stack never started"
     time.sleep(4)  # inside the cell: rate=2.0 sends 24 requests over ~12 s
-    proc.terminate()
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
     deadline = time.monotonic() + 20
     while running() and time.monotonic() < deadline:
