@@ -10,6 +10,8 @@ import os
 import signal
 from pathlib import Path
 
+from harness import procfs
+
 LOCK = ".agent/lock"
 
 
@@ -25,10 +27,8 @@ def _ancestors() -> set[int]:
     pids, pid = set(), os.getpid()
     while pid > 1:
         pids.add(pid)
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            pid = int(stat.rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
+        pid = procfs.parent(pid)
+        if pid is None:
             break
     return pids
 
@@ -64,11 +64,8 @@ def alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"  # a zombie is dead; its parent just has not reaped it
+    fields = procfs.stat_fields(pid)
+    return fields is None or fields[0] != "Z"  # a zombie is dead; its parent just has not reaped it
 
 
 def acquire(workspace: Path) -> None:

@@ -17,21 +17,13 @@ from pathlib import Path
 
 from harness.assets import cache_root
 from harness.atomic import atomic_write_json
+from harness.procfs import started_ticks
 
 log = logging.getLogger(__name__)
 
 
 def folder() -> Path:
     return cache_root() / "launched"
-
-
-def started_ticks(pid: int) -> int | None:
-    """When the process started (clock ticks after boot), or None where there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22 of proc(5), counted after the name
 
 
 def record(name: str, process: subprocess.Popen) -> Path:

@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import httpx
 
+from harness import procfs
 from harness.launcher import RunningStack
 from harness.machine import loadavg
 
@@ -41,16 +42,7 @@ class Round:
 
 def session_rss_mb(pgid: int) -> float:
     """Resident memory of every process in the stack's session (its process group), in MiB."""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) != pgid:
-                continue
-            status = (stat.parent / "status").read_text()
-        except OSError:
-            continue
-        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
-    return total / 1024
+    return procfs.rss_mib(procfs.group(pgid))
 
 
 def _payload(rng: random.Random, model: str) -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ledger
+from harness import ledger, procfs
 from harness.bench import Bench
 from harness.errors import StackError
 from harness.launcher import launch
@@ -25,19 +25,6 @@ def faulty(fault: str, startup_timeout_s: float = 30):
     spec = load_spec(DELAY)
     return spec.__class__(**{**spec.__dict__, "name": f"delay-{fault}", "command": [*spec.command, "--fault", fault],
                              "startup_timeout_s": startup_timeout_s})
-
-
-def session_members(pgid: int) -> list[int]:
-    """Live processes of the stack's session (its process group), zombies aside."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
 
 
 def measure(fault: str, tmp_path: Path):
@@ -68,7 +55,7 @@ def test_a_faulty_stack_gets_a_row_that_says_why_within_its_deadline(tmp_path, f
     assert took < TIMEOUT_S * POINT.num_prompts / POINT.concurrency + 5, took
     if status == "partial":
         assert row.metrics["completed"] == 3 and row.metrics["failed"] == 3  # what it measured is kept
-    assert session_members(pid) == []
+    assert procfs.group(pid) == []
 
 
 def test_a_stack_that_never_gets_healthy_is_reported_at_its_startup_deadline(tmp_path, monkeypatch):
@@ -79,13 +66,13 @@ def test_a_stack_that_never_gets_healthy_is_reported_at_its_startup_deadline(tmp
     with pytest.raises(StackError, match="not healthy") as caught:
         launch(faulty("hang-before-health", startup_timeout_s=5), "unused", tmp_path / "logs")
     assert time.monotonic() - started < 5 + 8 and "last lines" in str(caught.value)
-    assert len(launched) == 1 and session_members(launched[0]) == []
+    assert len(launched) == 1 and procfs.group(launched[0]) == []
 
 
 def test_a_stack_that_takes_its_port_late_is_waited_for(tmp_path):
     row, _, pid = measure("late-port", tmp_path)
     assert row.status == "ok" and row.metrics["completed"] == POINT.num_prompts, row.error
-    assert session_members(pid) == []
+    assert procfs.group(pid) == []
 
 
 def test_a_stack_that_ignores_sigterm_is_killed_at_the_end_of_its_grace(tmp_path):
@@ -95,4 +82,4 @@ def test_a_stack_that_ignores_sigterm_is_killed_at_the_end_of_its_grace(tmp_path
         stack.stop(grace_s=2)
         took = time.monotonic() - started
     assert 2 <= took < 6 and stack.process.returncode == -9, (took, stack.process.returncode)
-    assert session_members(pid) == []
+    assert procfs.group(pid) == []

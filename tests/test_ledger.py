@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ledger
+from harness import ledger, procfs
 from harness.launcher import launch
 from harness.stack import load_spec
 
@@ -39,18 +39,11 @@ def harness(tmp_path: Path) -> tuple[subprocess.Popen, int]:
     return proc, int(line.split()[1])
 
 
-def running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is gone
-    except OSError:
-        return False
-
-
 def gone(pid: int, within_s: float = 10.0) -> bool:
     deadline = time.monotonic() + within_s
-    while running(pid) and time.monotonic() < deadline:
+    while procfs.running(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return not running(pid)
+    return not procfs.running(pid)
 
 
 def test_a_killed_harness_s_stack_is_stopped_by_the_next_launch_a_live_one_s_is_not(own_ledger):
@@ -61,10 +54,10 @@ def test_a_killed_harness_s_stack_is_stopped_by_the_next_launch_a_live_one_s_is_
         killed.send_signal(signal.SIGKILL)
         killed.wait()
         time.sleep(0.5)
-        assert running(orphan)  # what a kill -9 of the harness used to leave behind
+        assert procfs.running(orphan)  # what a kill -9 of the harness used to leave behind
         with launch(load_spec(DELAY), ".", own_ledger / "logs-next") as stack:  # the next run
             assert gone(orphan), "the orphaned stack is still running"
-            assert running(alive_stack), "a live harness's stack was stopped"
+            assert procfs.running(alive_stack), "a live harness's stack was stopped"
             records = {json.loads(p.read_text())["pid"] for p in ledger.folder().glob("*.json")}
             assert records == {alive_stack, stack.process.pid}
         assert {json.loads(p.read_text())["pid"] for p in ledger.folder().glob("*.json")} == {alive_stack}
