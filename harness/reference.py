@@ -171,9 +171,9 @@ def _generation(tok, row: _Row, eos: frozenset[int], ignore_eos: bool) -> Genera
     top = [_by_text(tok, step) for step in row.top]
     stopped = bool(row.tokens) and row.tokens[-1] in eos and not ignore_eos
     kept = row.tokens[:-1] if stopped else row.tokens
+    prefixes = [_text(tok, kept[:j + 1]) for j in range(len(kept))]  # the last is the whole text
     return Generation(tokens=[tok.decode([i]) for i in kept], top=top, finish_reason="stop" if stopped else "length",
-                      text=_text(tok, kept), ends=[len(_text(tok, kept[:j + 1]).rstrip(INCOMPLETE))
-                                                   for j in range(len(kept))])
+                      text=prefixes[-1] if prefixes else "", ends=[len(p.rstrip(INCOMPLETE)) for p in prefixes])
 
 
 def _by_text(tok, step: list[tuple[int, float]]) -> dict[str, float]:
