@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_capacity)
     p = sub.add_parser("soak", help="rounds of mixed, cancelled and abandoned streams against a stack: errors, RSS, p99")
     p.add_argument("--stack", required=True)
-    p.add_argument("--scenario", default="standard_serving", help="whose profile names the model to serve")
+    p.add_argument("--scenario", required=True, help="a text setting whose profile names the model to serve")
     p.add_argument("--profile", default="tiny")
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--per-round", type=int, default=250)

@@ -454,7 +454,8 @@ class OutputsVerdict:
         return f"{len(self.judged)} of {self.measured} judged: {self.verdict.summary}" if self.judged else "none judged"
 
     def to_json(self) -> dict:
-        return {"verdict": "pass" if self.ok else "fail", "summary": self.summary, "judged": self.judged,
+        verdict = ("pass" if self.verdict.ok else "fail") if self.judged else "none"
+        return {"verdict": verdict, "summary": self.summary, "judged": self.judged,
                 "prompts": [p.__dict__ for p in self.verdict.prompts]}
 
 

@@ -4,7 +4,7 @@ Each round reports errors, the latency of the requests read to their end, and th
 of the stack's whole session; at the end the stack must have nothing running or waiting (no slot
 leaked) and still answer a request.
 
-    python -m harness soak --stack engine-a [--rounds 8] [--per-round 250] [--concurrency 8]
+    python -m harness soak --stack STACK --scenario SETTING [--rounds 8] [--per-round 250] [--concurrency 8]
 """
 from __future__ import annotations
 

@@ -154,13 +154,15 @@ def test_the_cached_double_would_fail_without_the_reset(tmp_path, monkeypatch):
     assert not verdict.lossless.ok and "' cached'" in verdict.lossless.prompts[0].reason
 
 
-@pytest.mark.parametrize("mode, reason", [("garbage", "text differs at token 0"), ("overcount", "usage says 18 tokens; the text is the reference's 9")])
+@pytest.mark.parametrize("mode, reason", [("garbage", "text differs at token 0"), ("overcount", "usage says 11 tokens; the text is the reference's 9")])
 def test_a_stack_right_only_when_judged_or_that_overcounts_fails_its_performance_cell(tmp_path, mode, reason):
     verdict, acc_row, perf_row = run(tmp_path, mode)
     if mode == "garbage":
         assert verdict.ok  # logprobs asked: the accuracy pass sees the honest reply
     assert perf_row.status == "failed" and perf_row.outputs["verdict"] == "fail", perf_row.outputs
     assert reason in perf_row.outputs["summary"], perf_row.outputs
+    if mode == "overcount":  # the other reply is cut at max_tokens 12 and counted 14: the request itself fails
+        assert perf_row.metrics["failed"] == 1 and perf_row.outputs["judged"] == [0], perf_row.outputs
 
 
 def test_accepted_tokens_without_the_forward_passes_they_save_fail_the_guard(tmp_path):

@@ -10,6 +10,10 @@ headers, then nothing), `hang-before-health` (/health never answers), `error-500
 request), `close-early` (a stream's connection dropped after its first chunk), `bad-usage` (usage
 counts 7 tokens more than it sent), `late-port` (binds its port 3 s late), `ignore-sigterm`.
 
+GET /timings gives, per prompt, when its request reached the app (before its body was read) and
+when its first token chunk was handed over, on the host's monotonic clock: the TTFT an ideal client
+would see, less the wire, against which tests/test_timing.py judges the harness's own clock.
+
 `--prefix-cache` gives it a prefix cache over prompt words (the timings stay as they are), its
 hits counted on /metrics as `prefix_cache_hit_tokens`: `honest` empties it on POST
 /reset_prefix_cache, `sticky` answers that route 200 all the same and keeps it (a reset claimed,
@@ -31,7 +35,7 @@ import signal
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -87,6 +91,7 @@ class State:
         self.prefix_cache = prefix_cache  # "none" | "honest" | "sticky"
         self.cached: list[list[str]] = []  # prompts (as words) whose K/V a later request would reuse
         self.prefix_cache_hit_tokens = 0
+        self.timings: dict[str, dict[str, float]] = {}  # prompt -> received, first_sent (monotonic s)
 
     def look_up(self, words: list[str]) -> None:
         """Count the longest cached prefix of `words` as hits, then cache them. The last word is never
@@ -120,6 +125,8 @@ class Job:
     continuous_usage: bool
     arrival: float  # loop.time() when the request arrived
     crash: bool
+    key: str = ""  # the prompt, as /timings names the request
+    received: float = 0.0  # time.monotonic() when the request reached the app
 
 
 # ---------------------------------------------------------------- request parsing
@@ -189,6 +196,7 @@ def parse_job(kind: str, body: dict, state: State, arrival: float) -> Job:
         continuous_usage=bool(options.get("continuous_usage_stats")),
         arrival=arrival,
         crash=state.crash_after is not None and state.requests_total == state.crash_after,
+        key=str(body.get("prompt") if kind == "completions" else body.get("messages")),
     )
 
 
@@ -325,7 +333,10 @@ async def stream_events(job: Job, state: State):
         state.forward_passes += chunk.end - chunk.start
         finish = "length" if i == len(schedule) - 1 else None
         running = usage(job, chunk.end) if job.continuous_usage else None
-        yield sse(envelope(job, [stream_choice(job, chunk, finish)], running))
+        event = sse(envelope(job, [stream_choice(job, chunk, finish)], running))
+        if i == 0:
+            state.timings[job.key] = {"received": job.received, "first_sent": time.monotonic()}
+        yield event
         if "close-early" in FAULT:
             raise ConnectionAbortedError("close-early: dropping the connection mid-stream")
         if job.crash:
@@ -353,7 +364,7 @@ async def handle(kind: str, request: Request, state: State):
         body = await request.json()
     except ValueError:
         return JSONResponse({"error": {"message": "body is not JSON"}}, status_code=400)
-    job = parse_job(kind, body, state, arrival)
+    job = replace(parse_job(kind, body, state, arrival), received=request.scope.get(RECEIVED, arrival))
     if job.n_tokens < 1:
         return JSONResponse({"error": {"message": "max_tokens must be >= 1"}}, status_code=400)
     if "error-500" in FAULT and state.requests_total % 2 == 0:
@@ -372,8 +383,24 @@ async def forever():
     yield ""
 
 
+RECEIVED = "delay_server.received"
+
+
+class Stamp:
+    """ASGI middleware: stamps each request with the time it reached the app, before any parsing."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            scope[RECEIVED] = time.monotonic()
+        await self.app(scope, receive, send)
+
+
 def build_app(state: State, reset_route: bool = True) -> FastAPI:
     app = FastAPI()
+    app.add_middleware(Stamp)
 
     @app.get("/health")
     async def health():
@@ -384,6 +411,10 @@ def build_app(state: State, reset_route: bool = True) -> FastAPI:
     @app.get("/metrics")
     async def metrics():
         return state.metrics()
+
+    @app.get("/timings")
+    async def timings():
+        return state.timings
 
     async def reset_prefix_cache():
         if state.prefix_cache != "sticky":

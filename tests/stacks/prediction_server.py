@@ -15,7 +15,7 @@ The reply is deterministic: the words of the last user message, in order, one to
   the reply's last token is another one unless it was started with --no-spec;
 - garbage: honest when asked for logprobs (the accuracy pass), streams fast words of its own
   otherwise (a load point's requests): the measured outputs' check must fail it;
-- overcount: honest output, but its usage counts twice the tokens it sent;
+- overcount: honest output, but its usage counts two tokens more than it sent;
 - claims: honest output and accepted counts, but a forward pass for every token (no saving).
 
 `--no-spec` (or the request field `"speculate": false`) is the stack with its optimisation off (what
@@ -87,7 +87,7 @@ def build_app(mode: str, speculate: bool = True) -> FastAPI:
         counters["forward_passes"] += len(tokens) + 1 - (0 if mode == "claims" else accepted)
         counters["spec_proposed_tokens"] += len(predicted.split()) if predicted and mode != "silent" else 0
         counters["spec_accepted_tokens"] += accepted
-        counted = 2 * len(tokens) if mode == "overcount" else len(tokens)
+        counted = len(tokens) + 2 if mode == "overcount" else len(tokens)
         usage = {"prompt_tokens": len(text.split()), "completion_tokens": counted,
                  "total_tokens": len(text.split()) + counted}
         if predicted and mode not in ("silent", "cached"):
