@@ -49,17 +49,17 @@ def test_url_stack_is_scored_and_a_wrong_stack_fails_accuracy(hand_started_serve
     assert "test_accuracy" in text and "prompts fail" in text
     rows = {r.kind: r for r in read_rows(tmp_path)}
     perf = rows["performance"]
-    assert perf.status == "failed" and perf.metrics["completed"] == 24 and "measured outputs" in perf.error
+    assert perf.status == "failed" and perf.metrics["completed"] == 16 and "measured outputs" in perf.error
     assert perf.outputs["verdict"] == "fail" and len(perf.outputs["judged"]) == 4
-    assert perf.metrics["total_output_tokens"] == 24 * 64
+    assert perf.metrics["total_output_tokens"] == 16 * 48
     assert rows["accuracy"].accuracy["verdict"] == "fail"
     assert (tmp_path / "LEADERBOARD.md").read_text().count("FAIL") == 1
 
 
 def test_a_stack_that_dies_mid_run_fails_fast_with_its_log_and_keeps_rows(tmp_path):
     spec = tmp_path / "crashing.yaml"
-    # Request 40 is inside the second load point (2 warm-up + 24 measured per point).
-    spec.write_text(json.dumps({"name": "crashing", "command": ["python", *DELAY[1:], "--port", "{port}", "--crash-after", "40"],
+    # Request 28 is inside the second load point (2 warm-up + 16 measured per point).
+    spec.write_text(json.dumps({"name": "crashing", "command": ["python", *DELAY[1:], "--port", "{port}", "--crash-after", "28"],
                                 "startup_timeout_s": 30, "supports": ["completions", "chat", "logprobs"]}))
     started = time.monotonic()
     out = score(tmp_path, "--stack", str(spec), "-k", "performance and (conc-1 or rate-2.0)")
@@ -130,7 +130,7 @@ def test_a_signal_to_the_harness_stops_the_stack_it_launched(tmp_path, sig):
     while not running() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert running(), "the stack never started"
-    time.sleep(4)  # inside the cell: rate=2.0 sends 24 requests over ~12 s
+    time.sleep(4)  # inside the cell: rate=2.0 sends 16 requests over ~8 s
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
     deadline = time.monotonic() + 20
