@@ -7,6 +7,7 @@ killed anywhere resumes from its last checkpoint with its records intact.
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +140,9 @@ class AgentLoop:
     # ================================================================== the run
 
     def run(self, resume: bool = False) -> RunResult:
+        if resume and not self.ws.started():  # killed in set-up: nothing was recorded, so set up again
+            shutil.rmtree(self.ws.root)
+            resume = False
         self.resume() if resume else self.create()
         try:
             self.ensure_baselines(self.cfg.eval_profile)

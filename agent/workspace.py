@@ -102,6 +102,10 @@ class Workspace:
         if lock.exists():
             lock.unlink()
 
+    def started(self) -> bool:
+        """Whether set-up got as far as its first commit (a run killed before has nothing to resume)."""
+        return (self.root / ".git").is_dir() and bool(self.git("rev-parse", "-q", "--verify", "HEAD", check=False))
+
     def stack_changes(self, since: str) -> list[str]:
         """Stack files that differ from `since` (memory files excluded)."""
         out = self.git("diff", "--name-only", since, "--", ".", *[f":(exclude){m}" for m in MEMORY_FILES])
