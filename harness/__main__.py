@@ -50,12 +50,19 @@ def cmd_compare(args) -> None:
 
 
 def cmd_capacity(args) -> None:
-    from harness.capacity import measure
+    from harness.capacity import clock_error, measure
 
     m = measure(args.requests, args.concurrency)
     print(f"load generator: {m['req_per_s']:.0f} req/s ({m['completed']} of {m['requests']} streamed requests at "
           f"concurrency {m['concurrency']}, {m['failed']} failed), latency p50 {m['latency_p50_ms']:.2f} ms, "
           f"p99 {m['latency_p99_ms']:.2f} ms; {m['cpus']} CPUs ({m['cpu']}), load {m['load_before']} -> {m['load_after']}")
+    for concurrency in args.clock_concurrency:
+        c = clock_error(concurrency, args.clock_requests)
+        late, sent = c["read_late_ms"], c["send_to_read_ms"]
+        print(f"clock at {concurrency} streams ({c['chunks']} chunks, {c['chunks_per_s']:.0f}/s): a chunk read "
+              f"{late['p50']:.2f} ms after the server wrote it (p50), p99 {late['p99']:.2f}, max {late['max']:.2f}; "
+              f"send to the server having read the request p50 {sent['p50']:.2f} ms, p99 {sent['p99']:.2f}; "
+              f"load {c['load_before']} -> {c['load_after']}")
 
 
 def cmd_soak(args) -> None:
@@ -90,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("capacity", help="the load generator's own ceiling: req/s against a server that answers at once")
     p.add_argument("--requests", type=int, default=3000)
     p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--clock-concurrency", type=lambda v: [int(x) for x in v.split(",") if x], default=[1, 8, 32],
+                   help="streams at once for the clock's error, comma-separated (empty: none)")
+    p.add_argument("--clock-requests", type=int, default=64, help="streamed requests per clock reading")
     p.set_defaults(func=cmd_capacity)
     p = sub.add_parser("soak", help="rounds of mixed, cancelled and abandoned streams against a stack: errors, RSS, p99")
     p.add_argument("--stack", required=True)

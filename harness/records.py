@@ -48,6 +48,7 @@ class RequestRecord:
     error: str | None = None
     warmup: bool = False
     client_queue_time: float = 0.0  # time waiting for a concurrency slot, not counted in e2el
+    clock: float | None = None  # the host's monotonic clock (perf_counter) when it went out; events are after it
     blob: bytes | None = field(default=None, repr=False)  # binary output (an image), kept in memory only
 
     @property

@@ -25,8 +25,9 @@ class Transport:
     async def send(self, client: aiohttp.ClientSession, base_url: str, payload: dict,
                    record: RequestRecord) -> RequestRecord:
         record.unit, record.unit_source = self.unit, self.unit_source
+        record.clock = time.perf_counter()
         try:
-            await self.exchange(client, base_url, payload, record, time.perf_counter())
+            await self.exchange(client, base_url, payload, record, record.clock)
         except TimeoutError:  # the session's per-request deadline (aiohttp's read timeouts are ones too)
             when = f"after {len(record.events)} message(s)" if record.events else "before any output"
             record.error = f"timed out {when}: no answer within the request's {client.timeout.total:g} s deadline"
