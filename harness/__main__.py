@@ -1,4 +1,4 @@
-"""python -m harness {assets,leaderboard,stacks,compare,capacity,soak}: the harness's command line."""
+"""python -m harness {assets,leaderboard,stacks,compare,capacity,soak,instrument}: the harness's command line."""
 from __future__ import annotations
 
 import argparse
@@ -72,6 +72,13 @@ def cmd_soak(args) -> None:
         args.concurrency)
 
 
+def cmd_instrument(args) -> None:
+    from harness.instrument import run
+
+    run(args.stack, args.scenario, args.pool, args.num_prompts, args.output_len, args.concurrency, args.repeats,
+        args.scenarios, args.results_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     parser.add_argument("--scenarios", type=Path, default=REPO_ROOT / "scenarios", help="scenario YAML folder")
@@ -110,6 +117,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
     p.set_defaults(func=cmd_soak)
+    p = sub.add_parser("instrument", help="the harness against vllm bench serve on one stack: same prompts and "
+                                          "requests, in turns; throughput, TTFT p50, TPOT p50 within 5%%")
+    p.add_argument("--stack", required=True)
+    p.add_argument("--scenario", required=True, help="a text setting whose tiny profile names the model to serve")
+    p.add_argument("--pool", type=Path, required=True, help="prompts: a JSONL file of objects with id and text")
+    p.add_argument("--num-prompts", type=int, default=16)
+    p.add_argument("--output-len", type=int, default=64)
+    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
+    p.set_defaults(func=cmd_instrument)
     args = parser.parse_args(argv)
     try:
         args.func(args)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,3 +188,19 @@ def _wait_healthy(stack: RunningStack, timeout_s: float) -> None:
                     f"last lines of {stack.log_path}:\n{last}"
                 )
             time.sleep(0.25)
+
+
+@contextmanager
+def launch_on(stack_name: str, scenario_name: str, profile: str, scenarios_dir: Path, log_dir: Path):
+    """A named stack launched on the model a scenario's profile names; yields (stack, model folder)."""
+    from harness.assets import ensure_model
+    from harness.errors import HarnessError
+    from harness.scenario import find_scenarios
+    from harness.stack import resolve_stack
+
+    scenario = next((s for s in find_scenarios(scenarios_dir) if s.name == scenario_name), None)
+    if scenario is None:
+        raise HarnessError(f"no scenario named {scenario_name!r}")
+    model = ensure_model(scenario.profile(profile)["model"])
+    with launch(resolve_stack(stack_name), model, log_dir, scenario=scenario.name) as stack:
+        yield stack, model

@@ -119,17 +119,10 @@ def run(stack_name: str, scenario_name: str, profile: str, scenarios_dir: Path, 
         per_round: int, concurrency: int) -> None:
     """The command: launch the stack on the scenario profile's model, soak it, print a verdict line;
     HarnessError where anything failed, leaked or stopped answering."""
-    from harness.assets import ensure_model
     from harness.errors import HarnessError
-    from harness.launcher import launch
-    from harness.scenario import find_scenarios
-    from harness.stack import resolve_stack
+    from harness.launcher import launch_on
 
-    scenario = next((s for s in find_scenarios(scenarios_dir) if s.name == scenario_name), None)
-    if scenario is None:
-        raise HarnessError(f"no scenario named {scenario_name!r}")
-    model = ensure_model(scenario.profile(profile)["model"])
-    with launch(resolve_stack(stack_name), model, results_dir / "soak" / "logs", scenario=scenario.name) as stack:
+    with launch_on(stack_name, scenario_name, profile, scenarios_dir, results_dir / "soak" / "logs") as (stack, _):
         before = session_rss_mb(stack.process.pid)
         served = httpx.get(stack.base_url + "/v1/models", timeout=10).json()["data"][0]["id"]
         print(f"{stack_name} up, serving {served}; RSS {before:.0f} MiB; load {loadavg()}")
