@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from agent import processes
 from agent.config import DEFAULT_SOURCE, PUBLISH_DIR, RUNS_DIR, RunConfig
 
 
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     from agent.loop import AgentLoop, IntegrityBroken
 
     cfg = resumed_config(args) if args.resume else new_config(args)
+    processes.exit_on_sigterm()
     display = Display(quiet=args.quiet)
     try:
         backend = make_backend(cfg.backend, **cfg.backend_options)

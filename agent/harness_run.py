@@ -48,5 +48,20 @@ def run_scenario(scenario: str, stacks: list[str], profile: str, results_dir: Pa
         timed_out = True
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
+    except BaseException:  # the agent stopped (Ctrl-C, SIGTERM): the harness stops too, and its stack with it
+        stop_group(proc)
+        raise
     rows = [r for r in read_rows(results_dir) if r.run_id == run_id]
     return HarnessRun(run_id, proc.returncode, rows, (out or "")[-OUTPUT_TAIL:], timed_out)
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = 30) -> None:
+    """SIGTERM to the harness's process group (it tears down the stack it launched), SIGKILL after grace_s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass

@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
 from harness import procfs
 
 LOCK = ".agent/lock"
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM as Ctrl-C: the agent unwinds, so a harness run in progress is stopped with its stack
+    (agent.harness_run), and the run resumes from its last checkpoint with --resume."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
 
 def _cmdline(pid: int) -> list[str]:

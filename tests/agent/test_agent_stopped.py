@@ -1,0 +1,62 @@
+"""SIGTERM or Ctrl-C to the agent while the harness judges a stack: the harness's run (its own
+process group) is stopped, and the stack it launched with it; nothing is left running."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness.stack import REPO_ROOT
+
+DELAY = ["python", "tests/stacks/delay_server.py", "--ttft-ms", "{ttft}", "--token-ms", "20"]
+JUDGE = """
+import sys
+from pathlib import Path
+from agent import processes
+from agent.harness_run import run_scenario
+processes.exit_on_sigterm()
+run_scenario("standard_serving", [sys.argv[1]], "smoke", Path(sys.argv[2]), "stopped", select="performance")
+"""
+
+
+def running(marker: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-af", "--", re.escape(marker)], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_agent_stops_its_harness_run_and_stack(tmp_path, sig):
+    ttft = f"{60 + sig}.{os.getpid()}"  # this test's stack, told apart from any other delay server
+    spec = tmp_path / "marked.yaml"
+    command = [c.replace("{ttft}", ttft) for c in DELAY] + ["--port", "{port}"]
+    spec.write_text(json.dumps({"name": "marked", "command": command, "startup_timeout_s": 30,
+                                "supports": ["completions"]}))
+    marker = f"delay_server.py --ttft-ms {ttft} "
+    agent = subprocess.Popen([sys.executable, "-c", JUDGE, str(spec), str(tmp_path / "results")], cwd=REPO_ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not running(marker) and time.monotonic() < deadline and agent.poll() is None:
+            time.sleep(0.2)
+        assert running(marker), "the stack never started"
+        assert running(f"--stack {spec}"), "no harness run under the agent"
+        agent.send_signal(sig)
+        out, _ = agent.communicate(timeout=60)
+        assert agent.returncode != 0
+        # The agent waits for its harness run to stop: by its exit, both are gone. (Without that the
+        # orphaned harness ran on until its next write to the dead agent's pipe, seconds later.)
+        deadline = time.monotonic() + 3
+        while (running(marker) or running(f"--stack {spec}")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not running(marker), f"the stack outlived the agent:\n{out[-2000:]}"
+        assert not running(f"--stack {spec}"), f"the harness outlived the agent:\n{out[-2000:]}"
+    finally:  # whatever failed above, nothing of this test stays behind
+        agent.kill()
+        for line in running(f"--stack {spec}") + running(marker):
+            os.kill(int(line.split()[0]), signal.SIGKILL)
