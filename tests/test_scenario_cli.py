@@ -116,6 +116,12 @@ def test_a_stack_that_does_not_start_or_dies_in_accuracy_leaves_a_failed_row(tmp
     assert "`broken`" in board and "exited with code 4" in board and "`dying`" in board, board
 
 
+def default_sigint() -> None:
+    """A shell starts background jobs with SIGINT ignored, and Python then never installs its Ctrl-C
+    handler: the harness under test gets SIGINT as a terminal would deliver it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_to_the_harness_stops_the_stack_it_launched(tmp_path, sig):
     marker = f"--ttft-ms {77 + sig}"  # this test's stack, told apart from any other delay server
@@ -125,7 +131,8 @@ def test_a_signal_to_the_harness_stops_the_stack_it_launched(tmp_path, sig):
     running = lambda: subprocess.run(["pgrep", "-f", f"delay_server.py .*{marker}"], capture_output=True).returncode == 0  # noqa: E731
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "scenarios/test_standard_serving.py", "-p", "no:cacheprovider",
                              "-q", "--results-dir", str(tmp_path), "--stack", str(spec), "-k", "rate-2.0"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=default_sigint)
     deadline = time.monotonic() + 120
     while not running() and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -39,7 +39,8 @@ def test_a_stopped_agent_stops_its_harness_run_and_stack(tmp_path, sig):
                                 "supports": ["completions"]}))
     marker = f"delay_server.py --ttft-ms {ttft} "
     agent = subprocess.Popen([sys.executable, "-c", JUDGE, str(spec), str(tmp_path / "results")], cwd=REPO_ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
     try:
         deadline = time.monotonic() + 180
         while not running(marker) and time.monotonic() < deadline and agent.poll() is None:
