@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -129,12 +130,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
     p.set_defaults(func=cmd_instrument)
     args = parser.parse_args(argv)
+    # SIGTERM as Ctrl-C: a command that launched a stack (soak, instrument) unwinds and stops it
+    previous = signal.signal(signal.SIGTERM, _interrupted)
     try:
         args.func(args)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: the stack it launched, if any, was stopped", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _interrupted(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,49 @@
+"""SIGTERM or Ctrl-C to a harness command that launched a stack itself (soak, instrument): the
+command prints one line, exits 130 and stops its stack; nothing is left running."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness.stack import REPO_ROOT
+
+
+def running(marker: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-af", "--", re.escape(marker)], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stopped_soak_stops_its_stack(tmp_path, sig):
+    ttft = f"{30 + sig}.{os.getpid()}"  # this test's stack, told apart from any other delay server
+    spec = tmp_path / "marked.yaml"
+    spec.write_text(json.dumps({"name": "marked", "command": ["python", "tests/stacks/delay_server.py", "--ttft-ms",
+                                                              ttft, "--port", "{port}"],
+                                "startup_timeout_s": 30, "supports": ["completions"]}))
+    marker = f"delay_server.py --ttft-ms {ttft} "
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "soak", "--stack", str(spec), "--scenario",
+                             "standard_serving", "--rounds", "50", "--results-dir", str(tmp_path)], cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
+    try:
+        deadline = time.monotonic() + 120
+        while not running(marker) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert running(marker), "the stack never started"
+        time.sleep(2)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 130, out[-2000:]
+        assert "interrupted" in out and "Traceback" not in out, out[-2000:]
+        assert not running(marker), "the stack outlived the command"
+    finally:
+        proc.kill()
+        for line in running(marker):
+            os.kill(int(line.split()[0]), signal.SIGKILL)
