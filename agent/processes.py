@@ -22,14 +22,6 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-
-
 def _ancestors() -> set[int]:
     pids, pid = set(), os.getpid()
     while pid > 1:
@@ -45,12 +37,11 @@ def leftovers(workspace: Path) -> list[int]:
     root = str(Path(workspace).resolve())
     mine = _ancestors()
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in mine:
+    for pid in procfs.pids():
+        if pid in mine:
             continue
-        args = _cmdline(int(entry.name))
-        if any(a == root or a.startswith(root + os.sep) for a in args):
-            found.append(int(entry.name))
+        if any(a == root or a.startswith(root + os.sep) for a in procfs.cmdline(pid)):
+            found.append(pid)
     return sorted(found)
 
 

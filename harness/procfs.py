@@ -1,7 +1,9 @@
 """Processes as Linux's /proc shows them: one reading of /proc/<pid>/stat for everyone who asks
-who a process's parent or group is, when it started, or whether it still runs (a zombie does not)."""
+who a process's parent or group is, when it started, or whether it still runs (a zombie does not);
+one of /proc/<pid>/cmdline for who asks which processes name something in their arguments."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -30,10 +32,29 @@ def started_ticks(pid: int) -> int | None:
     return int(fields[19]) if fields else None
 
 
+def pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
 def group(pgid: int) -> list[int]:
     """The running members of a process group (a launched stack's session: it and its workers)."""
-    return sorted(pid for pid in (int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit())
+    return sorted(pid for pid in pids()
                   if (fields := stat_fields(pid)) is not None and fields[0] != "Z" and int(fields[2]) == pgid)
+
+
+def cmdline(pid: int) -> list[str]:
+    """A process's arguments ([] where there is no such process, or for a kernel thread)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def naming(text: str) -> list[int]:
+    """Running processes, other than this one, whose arguments joined by spaces contain `text`."""
+    me = os.getpid()
+    return sorted(pid for pid in pids() if pid != me and text in " ".join(cmdline(pid)) and running(pid))
 
 
 def rss_mib(pids: list[int]) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -12,12 +11,8 @@ import time
 
 import pytest
 
+from harness import procfs
 from harness.stack import REPO_ROOT
-
-
-def running(marker: str) -> list[str]:
-    out = subprocess.run(["pgrep", "-af", "--", re.escape(marker)], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "pgrep" not in line]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -34,16 +29,16 @@ def test_a_stopped_soak_stops_its_stack(tmp_path, sig):
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
     try:
         deadline = time.monotonic() + 120
-        while not running(marker) and time.monotonic() < deadline and proc.poll() is None:
+        while not procfs.naming(marker) and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
-        assert running(marker), "the stack never started"
+        assert procfs.naming(marker), "the stack never started"
         time.sleep(2)
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 130, out[-2000:]
         assert "interrupted" in out and "Traceback" not in out, out[-2000:]
-        assert not running(marker), "the stack outlived the command"
+        assert not procfs.naming(marker), "the stack outlived the command"
     finally:
         proc.kill()
-        for line in running(marker):
-            os.kill(int(line.split()[0]), signal.SIGKILL)
+        for pid in procfs.naming(marker):
+            os.kill(pid, signal.SIGKILL)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import time
 
 import pytest
 
+from harness import procfs
 from harness.stack import REPO_ROOT
 
 DELAY = ["python", "tests/stacks/delay_server.py", "--ttft-ms", "{ttft}", "--token-ms", "20"]
@@ -23,11 +23,6 @@ from agent.harness_run import run_scenario
 processes.exit_on_sigterm()
 run_scenario("standard_serving", [sys.argv[1]], "smoke", Path(sys.argv[2]), "stopped", select="performance")
 """
-
-
-def running(marker: str) -> list[str]:
-    out = subprocess.run(["pgrep", "-af", "--", re.escape(marker)], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "pgrep" not in line]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -43,21 +38,21 @@ def test_a_stopped_agent_stops_its_harness_run_and_stack(tmp_path, sig):
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
     try:
         deadline = time.monotonic() + 180
-        while not running(marker) and time.monotonic() < deadline and agent.poll() is None:
+        while not procfs.naming(marker) and time.monotonic() < deadline and agent.poll() is None:
             time.sleep(0.2)
-        assert running(marker), "the stack never started"
-        assert running(f"--stack {spec}"), "no harness run under the agent"
+        assert procfs.naming(marker), "the stack never started"
+        assert procfs.naming(f"--stack {spec}"), "no harness run under the agent"
         agent.send_signal(sig)
         out, _ = agent.communicate(timeout=60)
         assert agent.returncode != 0
         # The agent waits for its harness run to stop: by its exit, both are gone. (Without that the
         # orphaned harness ran on until its next write to the dead agent's pipe, seconds later.)
         deadline = time.monotonic() + 3
-        while (running(marker) or running(f"--stack {spec}")) and time.monotonic() < deadline:
+        while (procfs.naming(marker) or procfs.naming(f"--stack {spec}")) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not running(marker), f"the stack outlived the agent:\n{out[-2000:]}"
-        assert not running(f"--stack {spec}"), f"the harness outlived the agent:\n{out[-2000:]}"
+        assert not procfs.naming(marker), f"the stack outlived the agent:\n{out[-2000:]}"
+        assert not procfs.naming(f"--stack {spec}"), f"the harness outlived the agent:\n{out[-2000:]}"
     finally:  # whatever failed above, nothing of this test stays behind
         agent.kill()
-        for line in running(f"--stack {spec}") + running(marker):
-            os.kill(int(line.split()[0]), signal.SIGKILL)
+        for pid in procfs.naming(f"--stack {spec}") + procfs.naming(marker):
+            os.kill(pid, signal.SIGKILL)
