@@ -114,25 +114,24 @@ def measure(requests: int = 3000, concurrency: int = 64) -> dict:
     done = [r for r in result.records if r.ok]
     ends = [r.sent_at + r.events[-1].t for r in done]
     window = max(ends) - min(r.sent_at for r in done) if done else 0.0
-    latency = sorted(r.events[-1].t * 1000 for r in done)
+    latency = _quantiles([r.events[-1].t * 1000 for r in done]) if done else {}
     return {"requests": requests, "concurrency": concurrency, "completed": len(done),
             "failed": len(result.records) - len(done), "req_per_s": len(done) / window if window else 0.0,
-            "latency_p50_ms": statistics.median(latency) if latency else None,
-            "latency_p99_ms": latency[int(0.99 * (len(latency) - 1))] if latency else None} | _machine(load_before)
+            "latency_p50_ms": latency.get("p50"), "latency_p99_ms": latency.get("p99")} | _machine(load_before)
 
 
 def clock_error(concurrency: int, requests: int = 64, tokens: int = 32, token_ms: float = 20.0) -> dict:
     """How late the harness's clock reads each streamed chunk, against the server's stamp of its
     write (ms: p50, p99, max over every chunk), and how long a request took from the harness's send
     stamp to the server having read it, at `concurrency` streams at once."""
+    import httpx
+
     with _server() as base:
         payloads = [{"model": "noop", "prompt": f"clock{i}", "max_tokens": tokens, "token_ms": token_ms}
                     for i in range(1 + requests)]
         load_before = loadavg()
         result = asyncio.run(run_load_point(base, "completions", payloads,
                                             LoadPoint(num_prompts=requests, concurrency=concurrency, warmup=1), 60))
-        import httpx
-
         stamps = httpx.get(base + "/stamps", timeout=10).json()
     done = [(r, stamps[p["prompt"]]) for r, p in zip(result.records, payloads[1:]) if r.ok and p["prompt"] in stamps]
     read = [(r.clock + e.t - written) * 1000 for r, s in done for e, written in zip(r.unit_events, s["chunks"])]
