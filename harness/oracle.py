@@ -222,7 +222,10 @@ def _walk(prompt_id: str, ref: Generation, pieces: list[str], full: str, text: s
             return PromptVerdict(prompt_id, True, j, j, f"near-tie at token {j}")
     alternatives = _runners_up(ref, i, eos, max_gap)
     unprinted = [a for a in alternatives if a in silent]
-    if unprinted and (rest or may_end):  # the stack may have taken it there, which its text cannot show
+    # The stack may have taken it there, which its text cannot show; with nothing after it, only
+    # where it may end, or as its last token of a full count (ignore_eos past max_tokens - 1).
+    last = i == n - 1 and usage_tokens in (None, n)
+    if unprinted and (rest or may_end or last):
         return PromptVerdict(prompt_id, True, i, i, f"near-tie at token {i}: the reference's runner-up "
                                                     f"{unprinted[0]!r} leaves no text")
     hidden = _hidden_runner_up(ref, i, silent) if unseen else None

@@ -47,6 +47,21 @@ def test_an_unprinted_special_token_where_the_reference_had_it_as_runner_up_is_a
     assert not compare_text("p", ref(TOKENS), " the dog", SILENT, {EOS}, 6, may_end=False).ok
 
 
+def test_an_unprinted_special_token_as_the_last_of_a_full_count_is_a_near_tie():
+    # Seen on hf-reference (A, ignore_eos): after " bag" the reference chose "\n" (-0.72) with
+    # <|im_end|> (-0.89) as its runner-up at the last of 48 tokens; the stack took <|im_end|>,
+    # which printed nothing, and counted 48 tokens.
+    tokens = [" a", " b", " c", "\n"]
+    tied = ref(tokens, eos_runner_up=(3,))
+    assert compare_text("p", tied, " a b c", SILENT, {EOS}, 4, may_end=False).ok
+    # It fails where the reference had no special runner-up there, where the stack counted fewer
+    # tokens (it ended), or where the silent token is not the last one.
+    assert not compare_text("p", ref(tokens), " a b c", SILENT, {EOS}, 4, may_end=False).ok
+    assert not compare_text("p", tied, " a b c", SILENT, {EOS}, 3, may_end=False).ok
+    early = ref([" a", " b", " c", "\n"], eos_runner_up=(2,))
+    assert not compare_text("p", early, " a b", SILENT, {EOS}, 4, may_end=False).ok
+
+
 def test_an_unseen_special_token_followed_by_the_same_text_is_a_near_tie_only_just_before():
     # Seen on engine-a (bf16) past EOS: the reference chose "\n" at token 3 with <|im_end|> as its
     # runner-up; the stack took <|im_end|>, then "\n" too, then went on ("<|im_start|>assistant").
