@@ -1,0 +1,146 @@
+"""Setting E's workload: JSON-schema tasks, a sentinel per run in each, and the schema judge.
+
+A task (`scenarios/data/json_schemas.jsonl`, linted by tests/test_json_schemas.py) is a schema of
+one of six kinds, an instruction with a `{sentinel}` placeholder and the JSON Pointer of the string
+field that must hold it. Per run each task gets its own sentinel, `sx-` and 8 hex digits drawn
+from the run's salt and the task's id, so no stack can have seen the answer. The prompt shows the
+schema (compact JSON) and the task; the request asks for it with
+`response_format: {"type": "json_schema", "json_schema": {"name", "schema", "strict": true}}`, on
+chat or completions, greedy, at most 256 tokens.
+
+Judged per output: JSON that parses, validates against its schema (Draft 2020-12, with the format
+checker), and was not cut at max_tokens (`finish_reason: length` is invalid whatever the text);
+apart from that, whether the sentinel is in its field. A cell passes when at least 95% of its
+outputs are valid and its sentinel rate is at least the constrained reference's.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema.exceptions import best_match
+
+from harness.errors import HarnessError
+from harness.generation import Prompt
+from harness.oracle import PromptVerdict, Verdict
+
+POOL = Path(__file__).resolve().parent.parent / "data" / "json_schemas.jsonl"
+MAX_TOKENS = 256
+VALID_RATE = 0.95
+
+
+@dataclass(frozen=True)
+class SchemaTask:
+    id: str
+    kind: str
+    task: str
+    sentinel_field: str  # JSON Pointer
+    schema: dict
+
+    def sentinel(self, salt: str | None) -> str:
+        """This task's sentinel in the run salted `salt`."""
+        return "sx-" + hashlib.sha256(f"{salt or ''}:{self.id}".encode()).hexdigest()[:8]
+
+    def text(self, salt: str | None) -> str:
+        schema = json.dumps(self.schema, separators=(",", ":"))
+        return (f"Reply with one JSON object that matches this JSON Schema, and nothing else.\n"
+                f"Schema: {schema}\nTask: {self.task.replace('{sentinel}', self.sentinel(salt))}\n")
+
+    def response_format(self) -> dict:
+        return {"type": "json_schema", "json_schema": {"name": self.id.replace("-", "_"), "schema": self.schema,
+                                                       "strict": True}}
+
+
+def load_tasks(path: Path = POOL) -> list[SchemaTask]:
+    try:
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        return [SchemaTask(r["id"], r["kind"], r["task"], r["sentinel_field"], r["schema"]) for r in rows]
+    except (OSError, ValueError, KeyError) as exc:
+        raise HarnessError(f"cannot read the schema tasks {path}: {exc}") from None
+
+
+def prompt(task: SchemaTask, salt: str | None, chat: bool) -> Prompt:
+    return Prompt(id=task.id, text=task.text(salt), chat=chat, max_tokens=MAX_TOKENS,
+                  extra={"response_format": task.response_format()})
+
+
+def payload(p: Prompt) -> dict:
+    body = {"model": "default", "max_tokens": p.max_tokens, "temperature": 0, **p.extra}
+    return body | ({"messages": [{"role": "user", "content": p.text}]} if p.chat else {"prompt": p.text})
+
+
+def pointer(value, path: str):
+    """The value at a JSON Pointer, or KeyError."""
+    for part in path.split("/")[1:]:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(path)
+        value = value[part]
+    return value
+
+
+def judge_output(task: SchemaTask, sentinel: str, text: str | None, finish_reason: str | None) -> PromptVerdict:
+    """One output: valid (parses, validates, not cut) decides `ok`; `detail` says whether the
+    sentinel is in its field as well."""
+    def verdict(valid: bool, reason: str, has_sentinel: bool = False) -> PromptVerdict:
+        return PromptVerdict(task.id, valid, int(valid), None if valid else 0, reason,
+                             {"valid": valid, "sentinel": has_sentinel})
+
+    if text is None:
+        return verdict(False, "no output")
+    if finish_reason == "length":
+        return verdict(False, f"cut at max_tokens ({len(text)} characters)")
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        return verdict(False, f"not JSON: {exc}")
+    error = best_match(Draft202012Validator(task.schema, format_checker=FormatChecker()).iter_errors(value))
+    if error is not None:
+        where = "/" + "/".join(str(p) for p in error.absolute_path)
+        return verdict(False, f"invalid at {where}: {error.message}")
+    try:
+        found = pointer(value, task.sentinel_field) == sentinel
+    except KeyError:
+        found = False
+    return verdict(True, "" if found else f"valid; sentinel not at {task.sentinel_field}", found)
+
+
+@dataclass
+class SchemaVerdict(Verdict):
+    """A set of outputs: valid rate at least VALID_RATE, and sentinel rate at least `sentinel_floor`
+    (the constrained reference's on the same model)."""
+
+    sentinel_floor: float = 0.0
+
+    @property
+    def valid_rate(self) -> float:
+        return sum(p.ok for p in self.prompts) / len(self.prompts) if self.prompts else 0.0
+
+    @property
+    def sentinel_rate(self) -> float:
+        return sum(bool(p.detail and p.detail["sentinel"]) for p in self.prompts) / len(self.prompts) if self.prompts else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.prompts) and self.valid_rate >= VALID_RATE and self.sentinel_rate >= self.sentinel_floor
+
+    @property
+    def summary(self) -> str:
+        bad = [p for p in self.prompts if not p.ok]
+        head = (f"valid {self.valid_rate:.0%} (gate {VALID_RATE:.0%}), sentinel {self.sentinel_rate:.0%} "
+                f"(gate {self.sentinel_floor:.0%}) of {len(self.prompts)}")
+        return head + (f"; first invalid: {bad[0].prompt_id}: {bad[0].reason}" if bad else "")
+
+
+    def to_json(self) -> dict:
+        return super().to_json() | {"valid_rate": self.valid_rate, "sentinel_rate": self.sentinel_rate,
+                                    "sentinel_floor": self.sentinel_floor}
+
+
+def judge_outputs(tasks: list[SchemaTask], salt: str | None, texts: list[str | None],
+                  finish_reasons: list[str | None], sentinel_floor: float = 0.0) -> SchemaVerdict:
+    return SchemaVerdict([judge_output(t, t.sentinel(salt), text, reason)
+                          for t, text, reason in zip(tasks, texts, finish_reasons, strict=True)], sentinel_floor)
