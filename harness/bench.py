@@ -323,6 +323,8 @@ class Bench:
                        "max_tokens": p.max_tokens, "temperature": 0, "logprobs": top_k}
             if p.ignore_eos:
                 payload["ignore_eos"] = True
+        if p.response_format:
+            payload["response_format"] = p.response_format
         payload |= p.extra
         try:
             response = await post_json(client, stack.base_url, "chat" if p.chat else "completions",

@@ -22,6 +22,9 @@ class Prompt:
     template_kwargs: dict = field(default_factory=dict, compare=False)
     ignore_eos: bool = False  # generate max_tokens whatever comes (a load point's fixed output length)
     ids: tuple[int, ...] | None = None  # the prompt as token ids (sent as a list, as-is); `text` is then a label
+    # OpenAI's response_format (json_schema, json_object): part of the request, so the reference
+    # decodes under it too (harness/grammar.py), unlike `extra`
+    response_format: dict | None = field(default=None, compare=False)
 
     def __post_init__(self):
         if self.ids is not None and self.chat:
@@ -31,10 +34,12 @@ class Prompt:
         """What the reference's output depends on (keys absent at their defaults, so older cache keys hold)."""
         key = {"id": self.id, "text": self.text, "chat": self.chat, "max_tokens": self.max_tokens}
         return (key | ({"template_kwargs": self.template_kwargs} if self.template_kwargs else {})
-                | ({"ignore_eos": True} if self.ignore_eos else {}) | ({"ids": list(self.ids)} if self.ids else {}))
+                | ({"ignore_eos": True} if self.ignore_eos else {}) | ({"ids": list(self.ids)} if self.ids else {})
+                | ({"response_format": self.response_format} if self.response_format else {}))
 
     def without_extra(self) -> "Prompt":
-        return Prompt(self.id, self.text, self.chat, self.max_tokens, {}, self.template_kwargs, self.ignore_eos, self.ids)
+        return Prompt(self.id, self.text, self.chat, self.max_tokens, {}, self.template_kwargs, self.ignore_eos, self.ids,
+                      self.response_format)
 
 
 INCOMPLETE = "\ufffd"  # what a tokenizer prints for bytes that do not yet make a whole UTF-8 character

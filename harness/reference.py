@@ -13,6 +13,7 @@ from harness.assets import cache_root, weights_checksum
 from harness.atomic import atomic_write_json
 from harness.errors import HarnessError
 from harness.generation import INCOMPLETE, Generation, Prompt
+from harness.grammar import GRAMMAR_OPTIONS, Constraint, GrammarError
 
 TOP_K = 5
 # Prompts decoded together. On 2 cores 8 to 16 are 2.5x to 3x faster than one at a time; memory
@@ -33,8 +34,14 @@ def cache_key(model_dir: Path, prompts: list[Prompt], top_k: int) -> str:
         "format": 2,  # a Generation with its tokens' ends
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-    }, sort_keys=True)
+    } | ({"grammar": _grammar_version()} if any(p.response_format for p in prompts) else {}), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _grammar_version() -> str:
+    import llguidance
+
+    return f"llguidance {llguidance.__version__}, {GRAMMAR_OPTIONS}"
 
 
 def input_ids(tokenizer, prompt: Prompt) -> list[int]:
@@ -77,7 +84,8 @@ def generate_reference(model_dir: Path, prompts: list[Prompt], top_k: int = TOP_
 
     tok, model = _reference_model(model_dir)
     eos = frozenset(_eos_ids(model.generation_config.eos_token_id))
-    rows = [_Row(input_ids(tok, p), p.max_tokens, frozenset() if p.ignore_eos else eos) for p in prompts]
+    rows = [_Row(input_ids(tok, p), p.max_tokens, frozenset() if p.ignore_eos else eos, _constraint(tok, p, eos))
+            for p in prompts]
     batches = _batches([len(r.ids) for r in rows], batch_size)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     for n, batch in enumerate(batches):
@@ -85,6 +93,14 @@ def generate_reference(model_dir: Path, prompts: list[Prompt], top_k: int = TOP_
         with torch.inference_mode():
             _greedy_batch(model, [rows[i] for i in batch], pad, top_k)
     return [_generation(tok, row, eos, p.ignore_eos) for row, p in zip(rows, prompts)]
+
+
+def _constraint(tok, prompt: Prompt, eos: frozenset[int]) -> Constraint | None:
+    if not prompt.response_format:
+        return None
+    if prompt.ignore_eos:
+        raise GrammarError(f"prompt {prompt.id}: a response_format ends on end-of-sequence; ignore_eos cannot go with it")
+    return Constraint(tok, prompt.response_format, tuple(sorted(eos)))
 
 
 @lru_cache(maxsize=1)  # loaded once, not per judged cell (3 s each on 2 cores); one model at a time
@@ -109,6 +125,7 @@ class _Row:
     ids: list[int]
     limit: int
     stops: frozenset[int]
+    constraint: Constraint | None = None  # the request's response_format: masked greedy decoding
     tokens: list[int] = field(default_factory=list)
     top: list[list[tuple[int, float]]] = field(default_factory=list)  # per step: (id, logprob), best first
 
@@ -143,12 +160,14 @@ def _greedy_batch(model, rows: list[_Row], pad_id: int, top_k: int) -> None:
     while True:
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                     logits_to_keep=1, **{kv_arg: kv})
-        logits = out.logits[:, -1].float()
+        logits = _masked(out.logits[:, -1].float(), live)
         chosen = logits.argmax(-1)
         values, idx = torch.log_softmax(logits, dim=-1).topk(top_k)
         for row, token, v, i in zip(live, chosen.tolist(), values.tolist(), idx.tolist()):
             row.tokens.append(token)
-            row.top.append(list(zip(i, v)))
+            row.top.append([(t, lp) for t, lp in zip(i, v) if lp != float("-inf")])  # allowed ones only
+            if row.constraint is not None:
+                row.constraint.consume(token)
         keep = [j for j, row in enumerate(live) if not row.done()]
         if not keep:
             return
@@ -159,6 +178,15 @@ def _greedy_batch(model, rows: list[_Row], pad_id: int, top_k: int) -> None:
         ids = chosen[:, None]
         mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)
         positions = positions[:, -1:] + 1
+
+
+def _masked(logits, rows: list[_Row]):
+    """Each constrained row's logits with what its grammar forbids at -inf (its top-k and argmax
+    are then over the allowed tokens, renormalised)."""
+    for j, row in enumerate(rows):
+        if row.constraint is not None:
+            logits[j] = row.constraint.mask(logits[j])
+    return logits
 
 
 def _cache_arg(model) -> str:

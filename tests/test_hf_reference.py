@@ -152,6 +152,35 @@ def test_greedy_matches_transformers_generate(base_url: str, reference) -> None:
     assert body["usage"]["prompt_tokens"] == ids.shape[1]
 
 
+ANSWER = {"type": "object", "properties": {"answer": {"type": "integer", "minimum": 0, "maximum": 99},
+                                          "unit": {"type": "string", "enum": ["apples", "pears"]}},
+          "required": ["answer", "unit"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_response_format_is_the_harness_constrained_reference(base_url: str, model_dir: Path, chat: bool) -> None:
+    # The reference server's per-token mask and the harness's masked greedy reference are two
+    # codes for one decoding: same tokens, same (masked) logprobs.
+    from jsonschema import validate
+
+    from harness.generation import Prompt
+    from harness.reference import generate_reference
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": ANSWER, "strict": True}}
+    text = "Two apples and three apples make how many? Reply in JSON."
+    ref = generate_reference(model_dir, [Prompt("q", text, chat, 40, response_format=fmt)], 3)[0]
+    body = ({"messages": [{"role": "user", "content": text}], "logprobs": True, "top_logprobs": 3} if chat
+            else {"prompt": text, "logprobs": 3})
+    reply = ok(base_url, "/v1/chat/completions" if chat else "/v1/completions",
+               body | {"max_tokens": 40, "temperature": 0, "response_format": fmt})["choices"][0]
+    got = reply["message"]["content"] if chat else reply["text"]
+    validate(json.loads(got), ANSWER)
+    assert got == ref.text and reply["finish_reason"] == "stop" == ref.finish_reason
+    first = (reply["logprobs"]["content"][0]["top_logprobs"] if chat
+             else [{"token": t, "logprob": v} for t, v in reply["logprobs"]["top_logprobs"][0].items()])
+    assert {e["token"]: round(e["logprob"], 3) for e in first} == {t: round(v, 3) for t, v in ref.top[0].items()}
+
+
 def test_completion_stream_equals_non_stream(base_url: str) -> None:
     request = {"prompt": PROMPT, "max_tokens": 10, "temperature": 0, "logprobs": 1,
                "stream_options": {"include_usage": True}}
@@ -282,7 +311,9 @@ def test_openai_client(base_url: str) -> None:
     ("/v1/completions", {"prompt": PROMPT, "echo": True}, "echo"),
     ("/v1/completions", {"prompt": PROMPT, "max_tokens": "4"}, "max_tokens"),
     ("/v1/chat/completions", {"messages": CHAT, "response_format": {
-        "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}}, "response_format"),
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}}, "response_format"),
+    ("/v1/chat/completions", {"messages": CHAT, "response_format": {"type": "json_schema"}}, "response_format"),
+    ("/v1/chat/completions", {"messages": CHAT, "response_format": {"type": "xml"}}, "response_format"),
     ("/v1/chat/completions", {"messages": []}, "messages"),
 ])
 def test_bad_request(base_url: str, path: str, body: dict, param: str) -> None:
@@ -295,8 +326,9 @@ def test_bad_request(base_url: str, path: str, body: dict, param: str) -> None:
 def test_too_long_message_says_the_lengths(base_url: str) -> None:
     error = post(base_url, "/v1/completions", {"prompt": PROMPT, "max_tokens": 9000}).json()["error"]
     assert "8192" in error["message"] and "9000" in error["message"]
-    assert "not supported by hf-reference" in post(base_url, "/v1/completions", {
-        "prompt": PROMPT, "response_format": {"type": "json_schema"}}).json()["error"]["message"]
+    assert "Invalid type: nonsense" in post(base_url, "/v1/completions", {
+        "prompt": PROMPT, "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "nonsense"}}}}
+    ).json()["error"]["message"]
 
 
 def test_malformed_json_and_unknown_route(base_url: str) -> None:

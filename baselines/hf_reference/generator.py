@@ -23,6 +23,7 @@ from transformers.generation.streamers import BaseStreamer
 from skills.openai_server.engine_api import GenerationFailed, SamplingParams, TokenLogprob, TokenOutput
 from skills.openai_server.stream import QueueStream
 
+from .grammar import GrammarMask, grammar_of
 from .loader import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,8 @@ class LogprobRecorder(LogitsProcessor):
     def entry(self, token_id: int) -> TokenLogprob:
         assert self.current is not None, "a token arrived before its scores"
         values, ids = torch.topk(self.current, self.k) if self.k else (torch.empty(0), torch.empty(0))
-        top = tuple(zip((int(i) for i in ids), (float(v) for v in values)))
+        # under a grammar fewer than k tokens may be allowed: the others are at -inf, not listed
+        top = tuple((int(i), float(v)) for i, v in zip(ids, values) if v != float("-inf"))
         return TokenLogprob(token_id, float(self.current[token_id]), top)
 
 
@@ -168,6 +170,7 @@ class Generator:
         self.counters = Counters()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
         self._current: Job | None = None
+        self._ll = None
         self.model.register_forward_pre_hook(self._count_forward)
 
     def _count_forward(self, module: torch.nn.Module, args: tuple) -> None:
@@ -185,6 +188,18 @@ class Generator:
 
     def reset_prefix_cache(self) -> bool:
         return True  # there is no prefix cache to reset
+
+    def check_response_format(self, fmt: dict) -> None:
+        """Whether a response_format's schema compiles (ValueError, said to the client, if not)."""
+        grammar_of(fmt)
+
+    def _ll_tokenizer(self):
+        """llguidance's view of the tokenizer, built on the first constrained request (seconds)."""
+        if self._ll is None:
+            from llguidance.hf import from_tokenizer
+
+            self._ll = from_tokenizer(self.tokenizer, eos_token=sorted(self.eos_ids) or None)
+        return self._ll
 
     def shutdown(self) -> None:
         """Drop queued jobs and stop the running one, so the process can exit promptly."""
@@ -226,13 +241,19 @@ class Generator:
             attention_mask=torch.ones_like(input_ids),
             generation_config=self._generation_config(sampling),
             streamer=TokenStreamer(tracker.on_token),
-            logits_processor=LogitsProcessorList([recorder] if recorder else []),
+            logits_processor=LogitsProcessorList(self._processors(sampling, recorder)),
             stopping_criteria=StoppingCriteriaList(
                 [StopWhen(lambda: tracker.finished or job.cancelled.is_set())]
             ),
         )
         tracker.finish(_end_reason(tracker, job))
         return tracker
+
+    def _processors(self, sampling: SamplingParams, recorder: LogprobRecorder | None) -> list[LogitsProcessor]:
+        """The grammar's mask first, so the logprobs recorded are those of the masked distribution
+        the token was chosen from (the harness's constrained reference reports them so too)."""
+        mask = [GrammarMask(self._ll_tokenizer(), sampling.response_format)] if sampling.response_format else []
+        return mask + ([recorder] if recorder else [])
 
     def _generation_config(self, sampling: SamplingParams) -> GenerationConfig:
         # ignore_eos as vLLM does it: EOS is not masked, it just does not end generation.

@@ -45,9 +45,12 @@ class SchemaTask:
         return "sx-" + hashlib.sha256(f"{salt or ''}:{self.id}".encode()).hexdigest()[:8]
 
     def text(self, salt: str | None) -> str:
-        schema = json.dumps(self.schema, separators=(",", ":"))
-        return (f"Reply with one JSON object that matches this JSON Schema, and nothing else.\n"
-                f"Schema: {schema}\nTask: {self.task.replace('{sentinel}', self.sentinel(salt))}\n")
+        """The task first, then the schema without its `$schema` (a small model copies that URL
+        into the first string field it writes, sentinel's included)."""
+        shown = {k: v for k, v in self.schema.items() if k != "$schema"}
+        return (f"Task: {self.task.replace('{sentinel}', self.sentinel(salt))}\n"
+                f"Reply with one JSON object that matches this JSON Schema, and nothing else.\n"
+                f"Schema: {json.dumps(shown, separators=(',', ':'))}\n")
 
     def response_format(self) -> dict:
         return {"type": "json_schema", "json_schema": {"name": self.id.replace("-", "_"), "schema": self.schema,
@@ -64,11 +67,11 @@ def load_tasks(path: Path = POOL) -> list[SchemaTask]:
 
 def prompt(task: SchemaTask, salt: str | None, chat: bool) -> Prompt:
     return Prompt(id=task.id, text=task.text(salt), chat=chat, max_tokens=MAX_TOKENS,
-                  extra={"response_format": task.response_format()})
+                  response_format=task.response_format())
 
 
 def payload(p: Prompt) -> dict:
-    body = {"model": "default", "max_tokens": p.max_tokens, "temperature": 0, **p.extra}
+    body = {"model": "default", "max_tokens": p.max_tokens, "temperature": 0, "response_format": p.response_format}
     return body | ({"messages": [{"role": "user", "content": p.text}]} if p.chat else {"prompt": p.text})
 
 

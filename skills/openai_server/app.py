@@ -69,14 +69,14 @@ def create_app(engine: ServingEngine, info: ServerInfo) -> FastAPI:
         parsed = parse_completion(await _json_body(request), info.server_name)
         prompt_ids = completion_prompt_ids(engine.tokenizer, parsed.prompt, engine.vocab_size)
         shaper = CompletionShaper(info.served_model_name, token_text)
-        return await _serve(engine, request, prompt_ids, parsed.common, shaper)
+        return await _serve(engine, request, prompt_ids, parsed.common, shaper, info.server_name)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         parsed = parse_chat(await _json_body(request), info.server_name)
         prompt_ids = chat_prompt_ids(engine.tokenizer, parsed.messages)
         shaper = ChatShaper(info.served_model_name, token_text)
-        return await _serve(engine, request, prompt_ids, parsed.common, shaper)
+        return await _serve(engine, request, prompt_ids, parsed.common, shaper, info.server_name)
 
     return app
 
@@ -99,11 +99,27 @@ def _sampling(common: Common, prompt_len: int, max_model_len: int, tokenizer) ->
         ignore_eos=common.ignore_eos,
         top_logprobs=common.top_logprobs,
         prediction=prediction_ids(tokenizer, common.prediction),
+        response_format=common.response_format,
     )
 
 
+def _check_response_format(engine: ServingEngine, fmt: dict | None, server: str) -> None:
+    """An engine honours a response_format only where it says so (`check_response_format`, which
+    raises ValueError for a schema it cannot compile); free text for a schema is never served."""
+    if fmt is None:
+        return
+    check = getattr(engine, "check_response_format", None)
+    if check is None:
+        raise RequestError(f"response_format {fmt['type']} is not supported by {server}", "response_format")
+    try:
+        check(fmt)
+    except ValueError as exc:
+        raise RequestError(f"response_format: {exc}", "response_format") from None
+
+
 async def _serve(engine: ServingEngine, request: Request, prompt_ids: list[int], common: Common,
-                 shaper: Shaper):
+                 shaper: Shaper, server: str):
+    _check_response_format(engine, common.response_format, server)
     params = _sampling(common, len(prompt_ids), engine.max_model_len, engine.tokenizer)
     if common.stream:
         # The role chunk goes out before generation starts, so it is built before submitting.

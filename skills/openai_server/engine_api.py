@@ -27,6 +27,9 @@ class SamplingParams:
     # The predicted output (OpenAI's `prediction`), tokenized without special tokens; an engine
     # may draft from it (speculative decoding) or ignore it. It never changes what is generated.
     prediction: tuple[int, ...] | None = None
+    # OpenAI's response_format (json_schema / json_object): the output must follow its grammar. Only
+    # an engine with `check_response_format` gets one; the server refuses it for the others.
+    response_format: dict | None = None
 
     @property
     def greedy(self) -> bool:

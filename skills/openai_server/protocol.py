@@ -54,6 +54,7 @@ class Common:
     stream: bool
     stream_options: StreamOptions
     prediction: str | None = None  # predicted output text (OpenAI `prediction`); None: none given
+    response_format: dict | None = None  # json_schema / json_object, shape checked; None: free text
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def parse_chat(body: Any, server: str = "this server") -> ChatRequest:
 def _parse_common(body: dict, max_tokens: int | None, top_logprobs: int | None, server: str) -> Common:
     if _opt_int(body, "n", 1, None) not in (None, 1):
         raise RequestError(f"n must be 1: {server} generates one choice per request", "n")
-    _reject_response_format(body.get("response_format"), server)
+    response_format = _parse_response_format(body.get("response_format"))
     stream = _opt_bool(body, "stream", False)
     return Common(
         max_tokens=max_tokens,
@@ -114,6 +115,7 @@ def _parse_common(body: dict, max_tokens: int | None, top_logprobs: int | None, 
         stream=stream,
         stream_options=_parse_stream_options(body.get("stream_options"), stream),
         prediction=_parse_prediction(body.get("prediction")),
+        response_format=response_format,
     )
 
 
@@ -220,15 +222,23 @@ def _parse_prediction(prediction: Any) -> str | None:
     raise RequestError("prediction.content must be a string or a list of text parts", "prediction.content")
 
 
-def _reject_response_format(fmt: Any, server: str) -> None:
+def _parse_response_format(fmt: Any) -> dict | None:
+    """OpenAI's response_format, its shape checked (whether the schema compiles is the engine's
+    to say): None for free text."""
     if fmt is None:
-        return
+        return None
     kind = fmt.get("type") if isinstance(fmt, dict) else None
     if kind == "text":
-        return
-    if kind in ("json_schema", "json_object"):
-        raise RequestError(f"response_format {kind} is not supported by {server}", "response_format")
-    raise RequestError("response_format must be an object with a type", "response_format")
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise RequestError("response_format json_schema needs json_schema.schema, an object", "response_format")
+        return {"type": "json_schema", "json_schema": spec}
+    raise RequestError("response_format must be an object with a type (text, json_object or json_schema)",
+                       "response_format")
 
 
 def _top_p(body: dict) -> float:
