@@ -364,7 +364,8 @@ class Bench:
 
     def lossless_accuracy(self, prompts: list[Prompt], request_timeout_s: float, top_k: int = TOP_K,
                           guard: Guard | None = None, report: Callable[[list[Generation]], dict] | None = None,
-                          reference_dir: Path | None = None) -> LosslessVerdict:
+                          reference_dir: Path | None = None,
+                          judge_outputs: Callable[[list[Generation]], Verdict] | None = None) -> LosslessVerdict:
         """The oracle of a lossless optimisation switched on by request fields (`Prompt.extra`).
 
         1. lossless: each prompt's output equals, token for token, its output with the optimisation
@@ -377,7 +378,10 @@ class Bench:
         2. reference: the output with them matches the transformers reference (near-tie rule);
         3. engagement: where the stack declares `guard.feature`, the mechanism ran during pass 1
            (usage counts summed over the prompts, or /metrics counters grown).
-        `report(outputs_on)` adds what is reported but not judged (e.g. similarity to gold).
+        `report(outputs_on)` adds what is reported but not judged (e.g. similarity to gold);
+        `judge_outputs(outputs_on)` is the setting's own judgement of them, which must pass too.
+        A stack that does not declare the feature, on prompts with no request fields to drop, has
+        no other side: one pass, judged on 2 (and `judge_outputs`) only.
         """
         ref_dir = reference_dir or self.model_dir
         row = self._row("accuracy", status="ok")
@@ -396,7 +400,8 @@ class Bench:
         ids = [p.id for p in prompts]
         eos = eos_strings(ref_dir)
         verdict = LosslessVerdict(lossless=judge_lossless(ids, off, on, eos) if off is not None else None,
-                                  reference=judge(ids, refs, on, eos), off=how)
+                                  reference=judge(ids, refs, on, eos), off=how,
+                                  outputs=judge_outputs(on) if judge_outputs else None)
         if claimed is not None:
             used = [g.usage_details.get(guard.usage_key) for g in on] if guard.usage_key else []
             total = sum(u for u in used if isinstance(u, (int, float))) if any(u is not None for u in used) else None
@@ -415,8 +420,10 @@ class Bench:
         """The lossless oracle's other side: outputs with the optimisation off, and how it was
         turned off (None and the reason where it cannot be)."""
         if claimed is None:
-            resets.append(self.reset_prefix_cache().status)
             fields = sorted({k for p in prompts for k in p.extra})
+            if not fields:
+                return None, "not applicable: the stack claims no such optimisation and the requests carry none"
+            resets.append(self.reset_prefix_cache().status)
             return (self.stack_outputs([p.without_extra() for p in prompts], request_timeout_s, top_k),
                     f"the same requests without {', '.join(fields) or 'extra fields'}")
         switch = self.spec.off.get(claimed)
@@ -457,8 +464,10 @@ class OutputsVerdict:
 
     def to_json(self) -> dict:
         verdict = ("pass" if self.verdict.ok else "fail") if self.judged else "none"
+        parts = getattr(self.verdict, "parts", None)  # several judgements (oracle.AllOf): each one's verdict
         return {"verdict": verdict, "summary": self.summary, "judged": self.judged,
-                "prompts": [p.__dict__ for p in self.verdict.prompts]}
+                "prompts": [p.__dict__ for p in self.verdict.prompts]} | (
+                    {"parts": {name: v.to_json() for name, v in parts.items()}} if parts else {})
 
 
 @dataclass
@@ -469,16 +478,20 @@ class LosslessVerdict:
     reference: Verdict
     off: str = ""  # what the outputs were compared with: how the optimisation was turned off
     engagement: GuardResult | None = None  # None: the stack does not claim the optimisation
+    outputs: Verdict | None = None  # the setting's own judgement of the outputs (e.g. schema validity)
 
     @property
     def ok(self) -> bool:
         lossless = self.lossless is None or self.lossless.ok
-        return lossless and self.reference.ok and (self.engagement is None or self.engagement.ok)
+        return (lossless and self.reference.ok and (self.engagement is None or self.engagement.ok)
+                and (self.outputs is None or self.outputs.ok))
 
     @property
     def summary(self) -> str:
         lossless = f"lossless ({self.off}): {self.lossless.summary}" if self.lossless else f"lossless {self.off}"
         parts = [lossless, f"reference: {self.reference.summary}"]
+        if self.outputs is not None:
+            parts.append(f"outputs: {self.outputs.summary}")
         if self.engagement is not None:
             parts.append("engagement: " + ("pass" if self.engagement.ok else self.engagement.reason))
         return "; ".join(parts)
@@ -486,6 +499,7 @@ class LosslessVerdict:
     def failures(self) -> list[str]:
         out = [f"lossless {p.prompt_id}: {p.reason}" for p in (self.lossless.prompts if self.lossless else ()) if not p.ok]
         out += [f"reference {p.prompt_id}: {p.reason}" for p in self.reference.prompts if not p.ok]
+        out += [f"outputs {p.prompt_id}: {p.reason}" for p in (self.outputs.prompts if self.outputs else ()) if not p.ok]
         if self.engagement is not None and not self.engagement.ok:
             out.append(self.engagement.reason)
         return out
@@ -494,7 +508,8 @@ class LosslessVerdict:
         lossless = self.lossless.to_json() if self.lossless else {"verdict": "not_checked", "summary": self.off}
         return {"verdict": "pass" if self.ok else "fail", "summary": self.summary,
                 "lossless": lossless | {"off": self.off}, "reference": self.reference.to_json(),
-                "engagement": self.engagement.to_json() if self.engagement else None}
+                "engagement": self.engagement.to_json() if self.engagement else None} | (
+                    {"outputs_judged": self.outputs.to_json()} if self.outputs is not None else {})
 
 
 def _fmt(x) -> str:

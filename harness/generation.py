@@ -1,6 +1,7 @@
 """A generated sequence as the oracles compare it: token strings, top-k alternatives, why it ended."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 
@@ -35,7 +36,8 @@ class Prompt:
         key = {"id": self.id, "text": self.text, "chat": self.chat, "max_tokens": self.max_tokens}
         return (key | ({"template_kwargs": self.template_kwargs} if self.template_kwargs else {})
                 | ({"ignore_eos": True} if self.ignore_eos else {}) | ({"ids": list(self.ids)} if self.ids else {})
-                | ({"response_format": self.response_format} if self.response_format else {}))
+                # as a string: the cache key's JSON sorts keys, and a schema's property order is its grammar's
+                | ({"response_format": json.dumps(self.response_format)} if self.response_format else {}))
 
     def without_extra(self) -> "Prompt":
         return Prompt(self.id, self.text, self.chat, self.max_tokens, {}, self.template_kwargs, self.ignore_eos, self.ids,

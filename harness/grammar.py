@@ -9,7 +9,6 @@ This module is the oracle's own and shares no code with the stacks' skills.
 """
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 
 from harness.errors import HarnessError
@@ -84,8 +83,3 @@ class Constraint:
             return
         if not self._matcher.consume_token(token):
             raise GrammarError(f"the grammar rejected token {token}: {self._matcher.get_error()}")
-
-
-def canonical(response_format: dict) -> str:
-    """The response_format as the reference's cache key holds it."""
-    return json.dumps(response_format, sort_keys=True, separators=(",", ":"))

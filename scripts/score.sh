@@ -12,10 +12,12 @@ bash scripts/setup.sh "${ENGINES[@]}"
 # Setting C's model (olmo_hybrid) runs on its own stacks: engine-c, engine-c with its cache off, vLLM's
 # hybrid configuration (CUDA only: see its spec) and mlx-lm behind a token-id prompt shim. Setting D's
 # (moonshine_streaming) on engine-d, engine-d re-encoding every chunk's whole buffer, hf-reference (the
-# study's full recompute) and vLLM's row saying why it does not serve it.
+# study's full recompute) and vLLM's row saying why it does not serve it. Setting E's (JSON schemas) on
+# hf-reference (a per-token grammar mask), mlx-lm as shipped (it ignores response_format) and mlx-lm with
+# a per-token llguidance logits processor (baselines/mlx_constrained.py).
 STACKS=(--stack engine-a@A+B --stack engine-b@A+B --stack engine-c@C --stack engine-c.prefix_caching-off@C
         --stack engine-d@D --stack engine-d.encoder_cache-off@D
         --stack hf-reference --stack vllm@A+B+D --stack vllm-ngram@A+B --stack vllm-hybrid@C --stack llamacpp@A+B
-        --stack mlx-lm@A+B --stack mlx-lm-hybrid@C --stack sglang@A+B)
+        --stack mlx-lm@A+B+E --stack mlx-lm-constrained@E --stack mlx-lm-hybrid@C --stack sglang@A+B)
 for arg in "$@"; do [[ "$arg" == --stack* ]] && STACKS=(); done
 exec .venv/bin/python -m pytest scenarios/ --profile tiny "${STACKS[@]}" -p no:cacheprovider -rA "$@"

@@ -62,6 +62,20 @@ def test_an_unprinted_special_token_as_the_last_of_a_full_count_is_a_near_tie():
     assert not compare_text("p", early, " a b", SILENT, {EOS}, 4, may_end=False).ok
 
 
+def test_a_count_off_by_the_near_tied_cuts_of_the_same_text_passes_and_no_more():
+    # Seen on hf-reference under a JSON grammar: the reference cut '": "' as one token where its
+    # runner-up was '"' (the same text in two tokens); the stack took that and counted one more.
+    tokens = ['{"', "a", '":', '"x', '"}']
+    top = [{t: -0.1, " no": -6.0} for t in tokens]
+    top[2]['"'] = -0.2
+    cut = Generation(tokens=tokens, top=top, finish_reason="length", text="".join(tokens))
+    assert compare_text("p", cut, cut.text, SILENT, {EOS}, 6, may_end=False).ok
+    assert compare_text("p", cut, cut.text, SILENT, {EOS}, 4, may_end=False).ok
+    assert not compare_text("p", cut, cut.text, SILENT, {EOS}, 7, may_end=False).ok  # two more: one cut only
+    plain = ref([" a", " b", " c"])  # no runner-up that cuts the same text: the count is exact
+    assert not compare_text("p", plain, " a b c", SILENT, {EOS}, 4, may_end=False).ok
+
+
 def test_an_unseen_special_token_followed_by_the_same_text_is_a_near_tie_only_just_before():
     # Seen on engine-a (bf16) past EOS: the reference chose "\n" at token 3 with <|im_end|> as its
     # runner-up; the stack took <|im_end|>, then "\n" too, then went on ("<|im_start|>assistant").

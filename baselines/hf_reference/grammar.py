@@ -33,7 +33,7 @@ def _grammar(canonical: str) -> str:
 def grammar_of(fmt: dict) -> str:
     """llguidance's grammar for a response_format (compiled once per schema); ValueError if it
     cannot be compiled."""
-    return _grammar(json.dumps(fmt, sort_keys=True))
+    return _grammar(json.dumps(fmt))  # key order kept: the grammar writes properties in the schema's order
 
 
 class GrammarMask(LogitsProcessor):

@@ -17,15 +17,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import best_match
 
+from harness.bench import OutputCheck, OutputsVerdict
+from harness.engagement import Guard
 from harness.errors import HarnessError
 from harness.generation import Prompt
-from harness.oracle import PromptVerdict, Verdict
+from harness.oracle import AllOf, PromptVerdict, Verdict
+from harness.reference import TOP_K, reference_outputs
 
 POOL = Path(__file__).resolve().parent.parent / "data" / "json_schemas.jsonl"
 MAX_TOKENS = 256
@@ -63,6 +67,21 @@ def load_tasks(path: Path = POOL) -> list[SchemaTask]:
         return [SchemaTask(r["id"], r["kind"], r["task"], r["sentinel_field"], r["schema"]) for r in rows]
     except (OSError, ValueError, KeyError) as exc:
         raise HarnessError(f"cannot read the schema tasks {path}: {exc}") from None
+
+
+def draw_tasks(tasks: list[SchemaTask], n: int, seed: int, skip: int = 0) -> list[SchemaTask]:
+    """`n` tasks taking the kinds in turn (each kind's order shuffled by `seed`), after the first
+    `skip` of that order (a warm-up's tasks, never scored)."""
+    rng = random.Random(seed)
+    kinds: dict[str, list[SchemaTask]] = {}
+    for task in tasks:
+        kinds.setdefault(task.kind, []).append(task)
+    for group in kinds.values():
+        rng.shuffle(group)
+    order = [group[i] for i in range(max(map(len, kinds.values()))) for group in kinds.values() if i < len(group)]
+    if skip + n > len(order):
+        raise HarnessError(f"{skip + n} schema tasks asked for; the pool has {len(order)}")
+    return order[skip:skip + n]
 
 
 def prompt(task: SchemaTask, salt: str | None, chat: bool) -> Prompt:
@@ -147,3 +166,43 @@ def judge_outputs(tasks: list[SchemaTask], salt: str | None, texts: list[str | N
                   finish_reasons: list[str | None], sentinel_floor: float = 0.0) -> SchemaVerdict:
     return SchemaVerdict([judge_output(t, t.sentinel(salt), text, reason)
                           for t, text, reason in zip(tasks, texts, finish_reasons, strict=True)], sentinel_floor)
+
+
+# A stack that skips work the grammar decides (tokens it forces, drafts from the schema's fixed
+# strings) declares `jump_forward`: it is judged against itself with that off, and its /metrics
+# must show tokens it did not decode one forward at a time.
+JUMP_FORWARD = Guard("jump_forward", counters=("jump_forward_tokens",))
+
+
+def outputs_judge(tasks: list[SchemaTask], salt: str | None, model_dir: Path, prompts: list[Prompt], top_k: int):
+    """The accuracy pass's own judgement (Bench.lossless_accuracy's `judge_outputs`): the schema
+    judge, its sentinel gate at the reference's rate on the same prompts."""
+    floor = reference_sentinel_rate(tasks, salt, model_dir, prompts, top_k)
+    return lambda outputs: judge_outputs(tasks, salt, [g.text for g in outputs], [g.finish_reason for g in outputs],
+                                         floor)
+
+
+def reference_sentinel_rate(tasks: list[SchemaTask], salt: str | None, model_dir: Path, prompts: list[Prompt],
+                            top_k: int = TOP_K) -> float:
+    refs = reference_outputs(model_dir, prompts, top_k)
+    return judge_outputs(tasks, salt, [r.text for r in refs], [r.finish_reason for r in refs]).sentinel_rate
+
+
+@dataclass(frozen=True)
+class SchemaCheck:
+    """A performance cell's outputs, every one judged twice: by the schema (valid rate, sentinel
+    rate at least the reference's on these prompts) and against the constrained reference, by its
+    text (the near-tie rule): valid JSON that is not what the model says is caught there."""
+
+    tasks: list[SchemaTask]
+    prompts: list[Prompt]  # measured request i's, as the reference decodes it
+    salt: str | None
+    top_k: int = TOP_K
+
+    def judge(self, bench, records, cell: str) -> OutputsVerdict:
+        text = OutputCheck(self.prompts, top_k=self.top_k).judge(bench, records, cell)
+        done = text.judged
+        floor = reference_sentinel_rate(self.tasks, self.salt, bench.model_dir, self.prompts, self.top_k)
+        schema = judge_outputs([self.tasks[i] for i in done], self.salt, [records[i].text for i in done],
+                               [records[i].finish_reason for i in done], floor)
+        return OutputsVerdict(AllOf.of({"schema": schema, "reference": text.verdict}), done, len(records))
