@@ -85,11 +85,13 @@ ENGINES: dict[str, Engine] = {
         check="import mlx.core as mx, mlx_lm; mx.eval(mx.ones((64, 64)) @ mx.ones((64, 64)))",
         install_time="about 1 minute",
         recipes={
-            "mac": Recipe(requirements=("mlx-lm==0.32.2",)),
+            # llguidance: the JSON-schema logits processor of baselines/mlx_constrained.py (the
+            # mlx-lm-constrained spec); plain mlx-lm never imports it.
+            "mac": Recipe(requirements=("mlx-lm==0.32.2", "llguidance==1.9.1")),
             # On Linux mlx-lm does not pull mlx itself; mlx[cpu] is the CPU backend. Its matmuls
             # are ~16x slower unless Debian's threaded OpenBLAS is preloaded.
-            "cpu": Recipe(requirements=("mlx[cpu]==0.32.4", "mlx-lm==0.32.2"), apt=("libopenblas0-pthread",),
-                          version_of="mlx-lm"),
+            "cpu": Recipe(requirements=("mlx[cpu]==0.32.4", "mlx-lm==0.32.2", "llguidance==1.9.1"),
+                          apt=("libopenblas0-pthread",), version_of="mlx-lm"),
         },
     ),
     "sglang": Engine(
