@@ -38,6 +38,23 @@ class EngineConfig:
     threads: int | None = None  # BLAS threads (None: the library's default)
 
 
+def rope_overrides(model_dir: Path) -> dict:
+    """mlx-lm 0.32.2 reads `rope_theta` at the config's top level, while transformers 5 writes it
+    inside `rope_parameters` (SmolLM2: 100000): unread, mlx-lm's Llama runs RoPE with its default
+    10000 and the model drifts from the reference on prompts of a few hundred tokens. Pass the
+    config's own value (and scaling) through `model_config`."""
+    import json
+
+    config = json.loads((model_dir / "config.json").read_text())
+    params = config.get("rope_parameters") or {}
+    out = {}
+    if "rope_theta" not in config and "rope_theta" in params:
+        out["rope_theta"] = float(params["rope_theta"])
+    if config.get("rope_scaling") is None and params.get("rope_type", "default") != "default":
+        out["rope_scaling"] = {k: v for k, v in params.items() if k != "rope_theta"}
+    return out
+
+
 class MlxEngine:
     """skills/openai_server's ServingEngine over an MLX model. Build it with `MlxEngine.load`."""
 
@@ -62,7 +79,7 @@ class MlxEngine:
         from .forward import InvariantLlama
 
         started = time.perf_counter()
-        model, wrapper = load(str(model_dir))
+        model, wrapper = load(str(model_dir), model_config=rope_overrides(model_dir))
         if self.config.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}")
         model.set_dtype(getattr(mx, self.config.dtype))
