@@ -14,6 +14,10 @@ _NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 _LLAMACPP_ISA = ({"CMAKE_ARGS": f'-DCMAKE_C_FLAGS="{_NO_AMX}" -DCMAKE_CXX_FLAGS="{_NO_AMX}"'}
                  if platform.machine() in ("x86_64", "AMD64") else {})
 
+# What skills/openai_server imports beyond the standard library and pydantic (engines whose stacks
+# serve through it need these in their own environment).
+_OPENAI_SERVER = ("fastapi==0.165.0", "uvicorn==0.55.0")
+
 
 @dataclass(frozen=True)
 class Platform:
@@ -86,11 +90,14 @@ ENGINES: dict[str, Engine] = {
         install_time="about 1 minute",
         recipes={
             # llguidance: the JSON-schema logits processor of baselines/mlx_constrained.py (the
-            # mlx-lm-constrained spec); plain mlx-lm never imports it.
-            "mac": Recipe(requirements=("mlx-lm==0.32.2", "llguidance==1.9.1")),
+            # mlx-lm-constrained spec); plain mlx-lm never imports it. fastapi + uvicorn: the
+            # shared OpenAI layer (skills/openai_server) that engine-e serves from this
+            # environment (skills/mlx_runtime); mlx-lm's own server needs neither.
+            "mac": Recipe(requirements=("mlx-lm==0.32.2", "llguidance==1.9.1", *_OPENAI_SERVER),
+                          version_of="mlx-lm"),
             # On Linux mlx-lm does not pull mlx itself; mlx[cpu] is the CPU backend. Its matmuls
             # are ~16x slower unless Debian's threaded OpenBLAS is preloaded.
-            "cpu": Recipe(requirements=("mlx[cpu]==0.32.4", "mlx-lm==0.32.2", "llguidance==1.9.1"),
+            "cpu": Recipe(requirements=("mlx[cpu]==0.32.4", "mlx-lm==0.32.2", "llguidance==1.9.1", *_OPENAI_SERVER),
                           apt=("libopenblas0-pthread",), version_of="mlx-lm"),
         },
     ),
