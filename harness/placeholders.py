@@ -10,6 +10,8 @@
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -74,7 +76,9 @@ class Placeholders:
         command = self.spec.prepare.get(key)
         if not command:
             raise StackError(f"stack {self.spec.name}: {{prepared:{key}}} has no `prepare: {{{key}: [...]}}` command")
-        out = cache_root() / "prepared" / f"{self.spec.name}-{key}" / weights_checksum(Path(self.model))
+        # the command's hash in the name: a changed recipe never serves a folder the old one built
+        recipe = hashlib.sha256(json.dumps(command).encode()).hexdigest()[:8]
+        out = cache_root() / "prepared" / f"{self.spec.name}-{key}-{recipe}" / weights_checksum(Path(self.model))
         if (out / ".done").is_file():
             return out
         tmp = out.with_name(out.name + f".building-{os.getpid()}")
