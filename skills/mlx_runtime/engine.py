@@ -16,13 +16,13 @@ BLAS pool are not shared with the event loop).
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from skills.openai_server.serial import SerialEngine
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +55,15 @@ def rope_overrides(model_dir: Path) -> dict:
     return out
 
 
-class MlxEngine:
+class MlxEngine(SerialEngine):
     """skills/openai_server's ServingEngine over an MLX model. Build it with `MlxEngine.load`."""
 
     def __init__(self, model_dir: Path, config: EngineConfig = EngineConfig()) -> None:
+        # the lock guards the counters and the grammar cache (event loop + worker)
+        super().__init__(("forward_passes", "generation_tokens_total", "jump_forward_tokens", "grammar_compiles",
+                          "grammar_cache_hits", "mask_us_total", "prefill_ms_total", "decode_ms_total"),
+                         "mlx-engine", log)
         self.config = config
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlx-engine")
-        self._lock = threading.Lock()  # counters and the grammar cache (event loop + worker)
-        self._counters = {"forward_passes": 0, "requests_total": 0, "prompt_tokens_total": 0,
-                          "generation_tokens_total": 0, "jump_forward_tokens": 0, "grammar_compiles": 0,
-                          "grammar_cache_hits": 0, "mask_us_total": 0, "prefill_ms_total": 0, "decode_ms_total": 0}
         # Load and calibrate on the worker: every MLX call of this engine runs on that thread.
         self._executor.submit(self._load, Path(model_dir)).result()
 
@@ -111,33 +110,10 @@ class MlxEngine:
         """Compile the schema now (cached), so a bad one is a 400 before anything is queued."""
         self._compiled(fmt)
 
-    def submit(self, prompt_ids: list[int], params):
-        from skills.openai_server.protocol import RequestError
-        from skills.openai_server.stream import QueueStream
-
-        if not params.greedy:
-            raise RequestError("this engine decodes greedily only: temperature must be 0", "temperature")
-        stream = QueueStream.on_running_loop()
-        self._count(requests_total=1, prompt_tokens_total=len(prompt_ids))
-        self._executor.submit(self._run, list(prompt_ids), params, stream)
-        return stream
-
-    def metrics(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._counters)
-
     def reset_prefix_cache(self) -> bool:
         return True  # no prefix cache: every request prefills its prompt
 
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
     # --- helpers ---
-
-    def _count(self, **deltas: int) -> None:
-        with self._lock:
-            for name, value in deltas.items():
-                self._counters[name] += int(value)
 
     def _compiled(self, fmt: dict | None):
         """The compiled grammar for a response_format (None for text); SchemaError is a ValueError."""
@@ -151,18 +127,6 @@ class MlxEngine:
         return compiled
 
     # --- worker thread ---
-
-    def _run(self, prompt: list[int], params, stream) -> None:
-        from skills.openai_server.engine_api import GenerationFailed
-
-        started = time.perf_counter()
-        try:
-            n_out, reason = self._generate(prompt, params, stream)
-            log.info("request: %d prompt tokens, %d generated, %s, %.2fs", len(prompt), n_out, reason,
-                     time.perf_counter() - started)
-        except Exception as exc:  # the client gets a 500; the worker keeps serving
-            log.exception("generation failed")
-            stream.send(GenerationFailed(f"{type(exc).__name__}: {exc}"))
 
     def _prefill(self, prompt: list[int]):
         """A fresh KV cache holding the prompt, and the last position's logits (mlx-lm's forward:
@@ -188,7 +152,7 @@ class MlxEngine:
             self._count(forward_passes=1)
         return logits
 
-    def _generate(self, prompt: list[int], params, stream) -> tuple[int, str]:
+    def _generate(self, prompt: list[int], params, stream) -> str:
         from skills.openai_server.engine_api import TokenOutput
         from skills.structured_output import Constraint, jump_forward
 
@@ -204,7 +168,7 @@ class MlxEngine:
             while True:
                 if stream.cancelled.is_set():
                     stream.send(TokenOutput(None, None, "abort"))
-                    return n_out, "abort"
+                    return f"{n_out} generated, abort"
                 scores = self._masked(logits, constraint)
                 token = int(np.argmax(scores))
                 outputs = [(token, self._logprobs(scores, token, params.top_logprobs))]
@@ -217,7 +181,7 @@ class MlxEngine:
                 sent, reason = self._emit(outputs, stop_ids, n_out, params.max_tokens, stream)
                 n_out += sent
                 if reason is not None:
-                    return n_out, reason
+                    return f"{n_out} generated, {reason}"
                 logits = self._extend([t for t, _ in outputs], cache)
         finally:
             self._count(decode_ms_total=1e3 * (time.perf_counter() - t1))

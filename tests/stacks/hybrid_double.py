@@ -46,9 +46,10 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from skills.openai_server.serial import SerialEngine
 
 MODES = ("honest", "stale", "inplace", "fake-hits", "ignores-reset")
 
@@ -109,7 +110,7 @@ class SnapshotCache:
             self._entries.clear()
 
 
-class HybridEngine:
+class HybridEngine(SerialEngine):
     """A `ServingEngine` (skills/openai_server/engine_api.py) over an olmo_hybrid model, with the
     snapshot prefix cache and the misbehaviour `mode` asks for."""
 
@@ -118,6 +119,8 @@ class HybridEngine:
 
         from baselines.hf_reference.loader import load_model
 
+        super().__init__(("forward_passes", "generation_tokens_total", "prefix_cache_hit_tokens",
+                          "prefix_cache_query_tokens"), "hybrid", log)
         loaded = load_model(model_dir, "float32", "cpu")
         self.torch = torch
         self.model = loaded.model
@@ -130,30 +133,9 @@ class HybridEngine:
         self.chunk = chunk
         self.snapshots = SnapshotCache(max_snapshots)
         self.runtime = {"mode": mode, "prefix_cache": prefix_cache, "chunk": chunk}
-        self._counters = {name: 0 for name in ("forward_passes", "requests_total", "prompt_tokens_total",
-                                                "generation_tokens_total", "prefix_cache_hit_tokens",
-                                                "prefix_cache_query_tokens")}
-        self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hybrid")
-        self._current = None
         self.model.register_forward_pre_hook(lambda *_: self._count(forward_passes=1))
 
     # --- ServingEngine, called from the event loop ---
-
-    def submit(self, prompt_ids: list[int], params):
-        from skills.openai_server.protocol import RequestError
-        from skills.openai_server.stream import QueueStream
-
-        if not params.greedy:
-            raise RequestError("this server decodes greedily only: temperature must be 0", "temperature")
-        stream = QueueStream.on_running_loop()
-        self._count(requests_total=1)
-        self._executor.submit(self._run, list(prompt_ids), params, stream)
-        return stream
-
-    def metrics(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._counters)
 
     def reset_prefix_cache(self) -> bool:
         if self.mode != "ignores-reset":
@@ -161,33 +143,7 @@ class HybridEngine:
         log.info("prefix cache reset%s", " (ignored)" if self.mode == "ignores-reset" else "")
         return True
 
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        if self._current is not None:
-            self._current.cancel()
-
     # --- worker thread ---
-
-    def _count(self, **deltas: int) -> None:
-        with self._lock:
-            for name, value in deltas.items():
-                self._counters[name] += value
-
-    def _run(self, prompt: list[int], params, stream) -> None:
-        from skills.openai_server.engine_api import GenerationFailed
-
-        self._current = stream
-        started = time.perf_counter()
-        try:
-            with self.torch.inference_mode():
-                hit, n_out, reason = self._generate(prompt, params, stream)
-            log.info("request: %d prompt tokens (%d restored), %d generated, %s, %.2fs", len(prompt), hit, n_out,
-                     reason, time.perf_counter() - started)
-        except Exception as exc:  # the client gets a 500, the worker keeps serving
-            log.exception("generation failed")
-            stream.send(GenerationFailed(f"{type(exc).__name__}: {exc}"))
-        finally:
-            self._current = None
 
     def _restore(self, prompt: list[int]) -> tuple[int, object | None]:
         """(prompt tokens reported as cached, the cache to continue from or None for a cold start)."""
@@ -208,16 +164,19 @@ class HybridEngine:
             snapshot = self.snapshots.latest_other(key) or snapshot
         return hit, copy.deepcopy(snapshot.cache)
 
-    def _generate(self, prompt: list[int], params, stream) -> tuple[int, int, str]:
+    def _generate(self, prompt: list[int], params, stream) -> str:
+        with self.torch.inference_mode():
+            return self._decode(prompt, params, stream)
+
+    def _decode(self, prompt: list[int], params, stream) -> str:
         from transformers import DynamicCache
 
         from skills.openai_server.engine_api import TokenOutput
 
         torch = self.torch
-        self._count(prompt_tokens_total=len(prompt))
         if stream.cancelled.is_set():
             stream.send(TokenOutput(None, None, "abort"))
-            return 0, 0, "abort"
+            return "not started, abort"
         hit, cache = self._restore(prompt)
         position = hit if cache is not None else 0
         if cache is None:
@@ -237,18 +196,18 @@ class HybridEngine:
         while True:
             if stream.cancelled.is_set():
                 stream.send(TokenOutput(None, None, "abort", **extra))
-                return hit, n_out, "abort"
+                return f"{hit} restored, {n_out} generated, abort"
             token = int(torch.argmax(logits))
             if token in eos:
                 stream.send(TokenOutput(None, None, "stop", **extra))
-                return hit, n_out, "stop"
+                return f"{hit} restored, {n_out} generated, stop"
             logprobs = self._logprobs(logits, token, params.top_logprobs)
             n_out += 1
             self._count(generation_tokens_total=1)
             finish = "length" if n_out >= params.max_tokens else None
             stream.send(TokenOutput(token, logprobs, finish, **extra))
             if finish:
-                return hit, n_out, finish
+                return f"{hit} restored, {n_out} generated, {finish}"
             ids = torch.tensor([[token]], dtype=torch.long)
             logits = self.model(input_ids=ids, cache=cache, use_cache=True).logits[0, -1]
 

@@ -28,10 +28,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse
 import logging
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from skills.openai_server.serial import SerialEngine
 
 MODES = ("honest", "other-valid", "ignores", "fast-path")
 OTHER_PROMPT = "Reply with a JSON object."
@@ -40,7 +40,7 @@ FLIPPED_CHOICE = 5  # fast-path: which free choice (counted from 1) takes the ru
 log = logging.getLogger("schema-double")
 
 
-class SchemaEngine:
+class SchemaEngine(SerialEngine):
     """A `ServingEngine` (skills/openai_server/engine_api.py) decoding greedily under a grammar."""
 
     def __init__(self, model_dir: Path, mode: str, jump_forward: bool) -> None:
@@ -48,6 +48,7 @@ class SchemaEngine:
 
         from baselines.hf_reference.loader import load_model
 
+        super().__init__(("forward_passes", "generation_tokens_total", "jump_forward_tokens"), "schema", log)
         loaded = load_model(model_dir, "float32", "cpu")
         self.torch = torch
         self.model = loaded.model
@@ -58,13 +59,7 @@ class SchemaEngine:
         self.mode = mode
         self.jump_forward = jump_forward
         self.runtime = {"mode": mode, "jump_forward": jump_forward}
-        self._counters = {"forward_passes": 0, "requests_total": 0, "generation_tokens_total": 0,
-                          "jump_forward_tokens": 0}
-        self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="schema")
         self.model.register_forward_pre_hook(lambda *_: self._count(forward_passes=1))
-
-    # --- ServingEngine, called from the event loop ---
 
     def check_response_format(self, fmt: dict) -> None:
         from harness.grammar import GrammarError, grammar_of
@@ -74,46 +69,8 @@ class SchemaEngine:
         except GrammarError as exc:
             raise ValueError(str(exc)) from None
 
-    def submit(self, prompt_ids: list[int], params):
-        from skills.openai_server.protocol import RequestError
-        from skills.openai_server.stream import QueueStream
-
-        if not params.greedy:
-            raise RequestError("this server decodes greedily only: temperature must be 0", "temperature")
-        stream = QueueStream.on_running_loop()
-        self._count(requests_total=1)
-        self._executor.submit(self._run, list(prompt_ids), params, stream)
-        return stream
-
-    def metrics(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._counters)
-
     def reset_prefix_cache(self) -> bool:
         return True  # no prefix cache
-
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-    # --- worker thread ---
-
-    def _count(self, **deltas: int) -> None:
-        with self._lock:
-            for name, value in deltas.items():
-                self._counters[name] += value
-
-    def _run(self, prompt: list[int], params, stream) -> None:
-        from skills.openai_server.engine_api import GenerationFailed
-
-        started = time.perf_counter()
-        try:
-            with self.torch.inference_mode():
-                n_out, reason = self._generate(prompt, params, stream)
-            log.info("request: %d prompt tokens, %d generated, %s, %.2fs", len(prompt), n_out, reason,
-                     time.perf_counter() - started)
-        except Exception as exc:  # the client gets a 500, the worker keeps serving
-            log.exception("generation failed")
-            stream.send(GenerationFailed(f"{type(exc).__name__}: {exc}"))
 
     def _constraint(self, params):
         from harness.grammar import Constraint
@@ -122,7 +79,11 @@ class SchemaEngine:
             return None
         return Constraint(self.tokenizer, params.response_format, tuple(sorted(self.eos_ids)))
 
-    def _generate(self, prompt: list[int], params, stream) -> tuple[int, str]:
+    def _generate(self, prompt: list[int], params, stream) -> str:
+        with self.torch.inference_mode():
+            return self._decode(prompt, params, stream)
+
+    def _decode(self, prompt: list[int], params, stream) -> str:
         from transformers import DynamicCache
 
         from skills.openai_server.engine_api import TokenOutput
@@ -139,7 +100,7 @@ class SchemaEngine:
         while True:
             if stream.cancelled.is_set():
                 stream.send(TokenOutput(None, None, "abort"))
-                return n_out, "abort"
+                return f"{n_out} generated, abort"
             masked = constraint.mask(logits.float()) if constraint is not None else logits.float()
             allowed = int(torch.isfinite(masked).sum())
             token = int(torch.argmax(masked))
@@ -153,13 +114,13 @@ class SchemaEngine:
                 constraint.consume(token)
             if token in eos:
                 stream.send(TokenOutput(None, None, "stop"))
-                return n_out, "stop"
+                return f"{n_out} generated, stop"
             n_out += 1
             self._count(generation_tokens_total=1)
             finish = "length" if n_out >= params.max_tokens else None
             stream.send(TokenOutput(token, self._logprobs(masked, token, params.top_logprobs), finish))
             if finish:
-                return n_out, finish
+                return f"{n_out} generated, {finish}"
             step = torch.tensor([[token]], dtype=torch.long)
             logits = self.model(input_ids=step, cache=cache, use_cache=True).logits[0, -1]
 
