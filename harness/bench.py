@@ -331,7 +331,8 @@ class Bench:
                                        self.spec.adapt(payload))
         except (HTTPStatusError, MalformedStream, aiohttp.ClientError, TimeoutError) as exc:
             dead = stack.death(wait_s=2.0)
-            raise StackError(dead or f"stack {stack.spec.name} failed on prompt {p.id}: {exc}") from None
+            detail = str(exc) or type(exc).__name__  # a timeout's message is empty
+            raise StackError(dead or f"stack {stack.spec.name} failed on prompt {p.id}: {detail}") from None
         try:
             return from_openai(response, p.chat)
         except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
