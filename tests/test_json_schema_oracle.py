@@ -36,7 +36,7 @@ def scored(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
         stacks += ["--stack", str(path)]
     out = subprocess.run([sys.executable, "-m", "pytest", MODULE, "-p", "no:cacheprovider", "-q", "--profile", "smoke",
                           "--results-dir", str(tmp), "--no-leaderboard", *stacks],
-                         cwd=REPO, capture_output=True, text=True, timeout=1500)
+                         cwd=REPO, capture_output=True, text=True, timeout=2400)
     rows = {}
     for row in read_rows(tmp):
         rows.setdefault(row.stack, {})[row.kind] = row
