@@ -53,8 +53,10 @@ class Constraint:
 
     def __init__(self, tokenizer, response_format: dict, eos_ids: tuple[int, ...]):
         from llguidance import LLMatcher
+        from llguidance.torch import allocate_token_bitmask
 
         self._ll = _ll_tokenizer(tokenizer, eos_ids)
+        self._bitmask = allocate_token_bitmask(1, self._ll.vocab_size)  # refilled whole at every step
         self._matcher = LLMatcher(self._ll, grammar_of(response_format))
         self._eos = eos_ids
         if self._matcher.is_error():
@@ -70,9 +72,8 @@ class Constraint:
             masked[:] = float("-inf")
             masked[:, list(self._eos)] = keep
             return masked[0]
-        bitmask = lt.allocate_token_bitmask(1, self._ll.vocab_size)
-        lt.fill_next_token_bitmask(self._matcher, bitmask, 0)
-        lt.apply_token_bitmask_inplace(masked, bitmask)
+        lt.fill_next_token_bitmask(self._matcher, self._bitmask, 0)
+        lt.apply_token_bitmask_inplace(masked, self._bitmask)
         masked[:, self._ll.vocab_size:] = float("-inf")  # ids the tokenizer does not have
         if not masked.isfinite().any():
             raise GrammarError(f"the grammar allows no token: {self._matcher.get_error() or 'no continuation'}")
