@@ -4,8 +4,10 @@ text that ignores the schema, an answer cut at max_tokens, another run's sentine
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 from test_json_schemas import example
 
 from scenarios.workloads.json_schema import judge_output, judge_outputs, load_tasks
@@ -72,3 +74,26 @@ def test_the_cell_gates():
     stale = [right(t, salt="run-0") for t in tasks[:4]] + texts[4:]
     v = judge_outputs(tasks, SALT, stale, reasons, sentinel_floor=0.9)
     assert v.valid_rate == 1.0 and v.sentinel_rate == 0.8 and not v.ok and "sentinel 80%" in v.summary
+
+
+def test_grammar_metrics_read_the_stacks_counters_per_output_token_and_are_empty_without_them():
+    from harness.metrics import resolve, summarize
+    from harness.records import Event, RequestRecord
+    from scenarios.workloads.json_schema import forced_token_share, grammar_compiles, mask_ms_per_token
+
+    def done(n: int) -> RequestRecord:
+        return RequestRecord(index=0, sent_at=0.0, events=[Event(0.1 * (i + 1), 1) for i in range(n)], reported_units=n)
+
+    failed = RequestRecord(index=1, sent_at=0.0, error="boom")
+    records = [done(30), done(10), failed]  # 40 output tokens; the failed one counts none
+    moved = {"mask_us_total": 20_000.0, "jump_forward_tokens": 10.0, "grammar_compiles": 2.0}
+    assert mask_ms_per_token(records, moved) == pytest.approx(0.5)
+    assert forced_token_share(records, moved) == pytest.approx(0.25)
+    assert grammar_compiles(records, moved) == 2.0
+    for fn in (mask_ms_per_token, forced_token_share, grammar_compiles):
+        assert fn(records, None) is None and fn(records, {"forward_passes": 9.0}) is None
+    assert mask_ms_per_token([failed], moved) is None
+    # through the YAML, as a cell's row gets them
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "scenarios" / "json_schema_decoding.yaml").read_text())
+    row = summarize(records, {}, resolve(spec["metrics"]), moved)
+    assert row["mask_ms_per_token"] == pytest.approx(0.5) and row["forced_token_share"] == pytest.approx(0.25)

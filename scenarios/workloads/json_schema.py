@@ -24,6 +24,7 @@ from pathlib import Path
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import best_match
 
+from harness import counters
 from harness.bench import OutputCheck, OutputsVerdict
 from harness.engagement import Guard
 from harness.errors import HarnessError
@@ -206,3 +207,30 @@ class SchemaCheck:
         schema = judge_outputs([self.tasks[i] for i in done], self.salt, [records[i].text for i in done],
                                [records[i].finish_reason for i in done], floor)
         return OutputsVerdict(AllOf.of({"schema": schema, "reference": text.verdict}), done, len(records))
+
+
+# --- the setting's own metrics (its YAML's `metrics`): where a constrained decoder's time goes,
+# from the /metrics counters a stack may serve (None where it serves none) ---
+
+
+def _per_output_token(records, moved: dict | None, names: tuple[str, ...]) -> float | None:
+    value = counters.first(moved, names)
+    tokens = sum(r.output_units for r in records if r.ok)
+    return value / tokens if value is not None and tokens else None
+
+
+def mask_ms_per_token(records, moved: dict | None) -> float | None:
+    """Grammar mask time (fill + apply) per output token over the cell, ms (`mask_us_total`)."""
+    us = _per_output_token(records, moved, ("mask_us_total",))
+    return us / 1000 if us is not None else None
+
+
+def forced_token_share(records, moved: dict | None) -> float | None:
+    """Share of output tokens the grammar forced and the stack took without a free choice
+    (`jump_forward_tokens`)."""
+    return _per_output_token(records, moved, ("jump_forward_tokens",))
+
+
+def grammar_compiles(records, moved: dict | None) -> float | None:
+    """Grammars compiled during the cell (a stack caching per schema compiles each schema once)."""
+    return counters.first(moved, ("grammar_compiles",))
