@@ -40,7 +40,8 @@ def reference_prompts(profile: dict, salt: str | None) -> tuple[list[Prompt], in
 
 def test_accuracy(live_bench, profile, salt):
     prompts = accuracy_prompts(profile, salt)
-    judge = outputs_judge(scored_tasks(profile), salt, live_bench.model_dir, prompts, profile["top_logprobs"])
+    judge = outputs_judge(scored_tasks(profile), salt, live_bench.model_dir, prompts, profile["top_logprobs"],
+                          profile.get("sentinel_gate"))
     verdict = live_bench.lossless_accuracy(prompts, profile["request_timeout_s"], top_k=profile["top_logprobs"],
                                            guard=JUMP_FORWARD, judge_outputs=judge)
     failures = "\n".join(f"  {line}" for line in verdict.failures())
@@ -56,7 +57,7 @@ def test_performance(cell_bench, profile, load_point, repeat, salt):
     point = load_point.__class__(**{**load_point.__dict__, "num_prompts": len(prompts)})
     row = cell_bench.measure(load["endpoint"], [payload(p) for p in warmup + prompts], point,
                              profile["request_timeout_s"], repeat=repeat, guard=JUMP_FORWARD,
-                             check=SchemaCheck(tasks, prompts, salt, profile["top_logprobs"]))
+                             check=SchemaCheck(tasks, prompts, salt, profile["top_logprobs"], profile.get("sentinel_gate")))
     m = row.metrics
     assert m["completed"] == len(prompts), f"{m['failed']} of {len(prompts)} requests failed: {row.error}"
     assert row.status == "ok", row.error

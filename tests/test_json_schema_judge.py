@@ -76,6 +76,20 @@ def test_the_cell_gates():
     assert v.valid_rate == 1.0 and v.sentinel_rate == 0.8 and not v.ok and "sentinel 80%" in v.summary
 
 
+
+def test_a_profiles_fixed_sentinel_gate_replaces_the_references_rate():
+    """paper: 0.9, the study's gate, whatever the reference's rate; no reference is decoded for it."""
+    from scenarios.workloads.json_schema import sentinel_floor
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "scenarios" / "json_schema_decoding.yaml").read_text())
+    gate = spec["profiles"]["paper"]["sentinel_gate"]
+    assert gate == 0.9 and spec["profiles"]["tiny"]["sentinel_gate"] is None
+    assert sentinel_floor(TASKS[:20], SALT, model_dir=None, prompts=[], top_k=5, gate=gate) == 0.9
+    tasks = TASKS[:20]
+    eighty_five = [right(t, salt="run-0") for t in tasks[:3]] + [right(t) for t in tasks[3:]]
+    v = judge_outputs(tasks, SALT, eighty_five, ["stop"] * 20, sentinel_floor=gate)
+    assert v.valid_rate == 1.0 and v.sentinel_rate == 0.85 and not v.ok
+
 def test_grammar_metrics_read_the_stacks_counters_per_output_token_and_are_empty_without_them():
     from harness.metrics import resolve, summarize
     from harness.records import Event, RequestRecord

@@ -175,10 +175,19 @@ def judge_outputs(tasks: list[SchemaTask], salt: str | None, texts: list[str | N
 JUMP_FORWARD = Guard("jump_forward", counters=("jump_forward_tokens",))
 
 
-def outputs_judge(tasks: list[SchemaTask], salt: str | None, model_dir: Path, prompts: list[Prompt], top_k: int):
+def sentinel_floor(tasks: list[SchemaTask], salt: str | None, model_dir: Path, prompts: list[Prompt], top_k: int,
+                   gate: float | None = None) -> float:
+    """The sentinel rate a stack must reach: the profile's fixed `sentinel_gate` where it has one
+    (paper: 0.9, the study's, for a model that follows the task), else the constrained
+    reference's rate on the same prompts (a small model may put it nowhere)."""
+    return gate if gate is not None else reference_sentinel_rate(tasks, salt, model_dir, prompts, top_k)
+
+
+def outputs_judge(tasks: list[SchemaTask], salt: str | None, model_dir: Path, prompts: list[Prompt], top_k: int,
+                  gate: float | None = None):
     """The accuracy pass's own judgement (Bench.lossless_accuracy's `judge_outputs`): the schema
-    judge, its sentinel gate at the reference's rate on the same prompts."""
-    floor = reference_sentinel_rate(tasks, salt, model_dir, prompts, top_k)
+    judge with its sentinel gate (`sentinel_floor`)."""
+    floor = sentinel_floor(tasks, salt, model_dir, prompts, top_k, gate)
     return lambda outputs: judge_outputs(tasks, salt, [g.text for g in outputs], [g.finish_reason for g in outputs],
                                          floor)
 
@@ -199,11 +208,12 @@ class SchemaCheck:
     prompts: list[Prompt]  # measured request i's, as the reference decodes it
     salt: str | None
     top_k: int = TOP_K
+    sentinel_gate: float | None = None  # the profile's fixed gate, else the reference's rate
 
     def judge(self, bench, records, cell: str) -> OutputsVerdict:
         text = OutputCheck(self.prompts, top_k=self.top_k).judge(bench, records, cell)
         done = text.judged
-        floor = reference_sentinel_rate(self.tasks, self.salt, bench.model_dir, self.prompts, self.top_k)
+        floor = sentinel_floor(self.tasks, self.salt, bench.model_dir, self.prompts, self.top_k, self.sentinel_gate)
         schema = judge_outputs([self.tasks[i] for i in done], self.salt, [records[i].text for i in done],
                                [records[i].finish_reason for i in done], floor)
         return OutputsVerdict(AllOf.of({"schema": schema, "reference": text.verdict}), done, len(records))
