@@ -199,9 +199,12 @@ def test_concurrent_streams_do_not_drift(server):
 
 
 def test_non_streaming_waits_for_last_token(client):
-    t0 = time.perf_counter()
-    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "a b c"}], "max_tokens": 7})
-    elapsed_ms = (time.perf_counter() - t0) * 1000
+    def timed() -> tuple[float, httpx.Response]:
+        t0 = time.perf_counter()
+        r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "a b c"}], "max_tokens": 7})
+        return (time.perf_counter() - t0) * 1000, r
+
+    elapsed_ms, r = min((timed() for _ in range(3)), key=lambda run: run[0])  # least late of three, as least_late
     out = r.json()
     assert out["choices"][0]["message"]["content"] == "".join(f" tok{k}" for k in range(7))
     assert out["choices"][0]["finish_reason"] == "length"
