@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: set up, score the shipped stacks (engine-a, engine-b, engine-c, engine-d) and the baselines on every
+# The main job: set up, score the shipped stacks (engine-a, engine-b, engine-c, engine-d, engine-e) and the baselines on every
 # setting (tiny profile), write the leaderboard.
 # Extra arguments go to pytest, e.g. `bash scripts/score.sh --stack url=http://127.0.0.1:8000`.
 set -euo pipefail
@@ -13,11 +13,12 @@ bash scripts/setup.sh "${ENGINES[@]}"
 # hybrid configuration (CUDA only: see its spec) and mlx-lm behind a token-id prompt shim. Setting D's
 # (moonshine_streaming) on engine-d, engine-d re-encoding every chunk's whole buffer, hf-reference (the
 # study's full recompute) and vLLM's row saying why it does not serve it. Setting E's (JSON schemas) on
-# hf-reference (a per-token grammar mask), mlx-lm as shipped (it ignores response_format) and mlx-lm with
-# a per-token llguidance logits processor (baselines/mlx_constrained.py).
+# engine-e (MLX), hf-reference (a per-token grammar mask), mlx-lm as shipped (it ignores response_format),
+# mlx-lm with a per-token llguidance logits processor (baselines/mlx_constrained.py), vLLM's structured
+# outputs and llama.cpp's grammar (baselines/llamacpp_json.py).
 STACKS=(--stack engine-a@A+B --stack engine-b@A+B --stack engine-c@C --stack engine-c.prefix_caching-off@C
-        --stack engine-d@D --stack engine-d.encoder_cache-off@D
-        --stack hf-reference --stack vllm@A+B+D --stack vllm-ngram@A+B --stack vllm-hybrid@C --stack llamacpp@A+B
+        --stack engine-d@D --stack engine-d.encoder_cache-off@D --stack engine-e@E
+        --stack hf-reference --stack vllm@A+B+D+E --stack vllm-ngram@A+B --stack vllm-hybrid@C --stack llamacpp@A+B+E
         --stack mlx-lm@A+B+E --stack mlx-lm-constrained@E --stack mlx-lm-hybrid@C --stack sglang@A+B)
 for arg in "$@"; do [[ "$arg" == --stack* ]] && STACKS=(); done
 exec .venv/bin/python -m pytest scenarios/ --profile tiny "${STACKS[@]}" -p no:cacheprovider -rA "$@"
