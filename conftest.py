@@ -12,6 +12,7 @@ from harness.assets import ensure_model
 from harness.bench import Bench, new_run_id
 from harness.errors import HarnessError, StackError
 from harness.launcher import launch
+from harness.prompts import repeat_salt
 from harness.reference import reference_outputs
 from harness.scenario import find_scenarios, load_scenario, vocabulary
 from harness.stack import REPO_ROOT, resolve_stack
@@ -190,11 +191,15 @@ def bench(request, stack_spec, scenario, profile, model_dir):
     usable = any(not stack_spec.missing(needs) for needs in scenario.needs.values()) or not scenario.needs
     running, failed = None, None
     if not unmet and usable:
+        # every repeat's salt: each repeat sends its own prompts (harness.prompts.repeat_salt)
+        salts = [repeat_salt(config.servebench_salt, r) for r in range(config.getoption("repeats"))]
         if _accuracy_selected(request):
-            _reference_first(request.module, profile, model_dir, config.servebench_salt)
+            for salt in salts:
+                _reference_first(request.module, profile, model_dir, salt)
         held = getattr(request.module, "hold_references", None)
         if held is not None and model_dir is not None:
-            held(profile, model_dir, config.servebench_salt, _lines.append)
+            for salt in salts:
+                held(profile, model_dir, salt, _lines.append)
         log_dir = results_dir / "runs" / config.servebench_run_id / "logs"
         try:
             running = launch(stack_spec, model_dir or Path.cwd(), log_dir, scenario=scenario.name,
@@ -261,10 +266,13 @@ def cell_bench(live_bench, benchmark):
     live_bench.benchmark = None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def salt(request) -> str | None:
-    """This run's workload salt: scenarios put it into every prompt (see --salt; None: unsalted)."""
-    return request.config.servebench_salt
+    """This run's workload salt: scenarios put it into every prompt (see --salt; None: unsalted).
+    A performance cell's repeat after the first gets its own (`repeat_salt`), so no repeat is
+    served from a prompt cache the one before it filled."""
+    callspec = getattr(request.node, "callspec", None)
+    return repeat_salt(request.config.servebench_salt, callspec.params.get("repeat", 0) if callspec else 0)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -31,6 +31,7 @@ from harness.metrics import metric_label, summarize
 from harness.metrics import resolve as resolve_metrics
 from harness.oracle import Verdict, judge, judge_equal, judge_lossless, judge_texts
 from harness.prefix_cache import ResetOutcome
+from harness.prompts import repeat_salt
 from harness.records import RequestRecord, write_records
 from harness.reference import TOP_K, eos_strings, reference_outputs, special_strings
 from harness.row import ResultRow
@@ -120,7 +121,7 @@ class Bench:
     unmet: list[str] = field(default_factory=list)  # hardware the stack needs and this machine lacks
     startup_timeout_s: float | None = None  # for launches of the stack's variants (None: its spec's)
     benchmark: object | None = None  # pytest-benchmark's fixture, where the test asked for it
-    salt: str | None = None  # the run's workload salt, recorded in every row
+    salt: str | None = None  # the run's workload salt, recorded in every row (a repeat's: harness.prompts.repeat_salt)
     rows: list[ResultRow] = field(default_factory=list)
     _model_card: dict | None = field(default=None, repr=False)
 
@@ -151,7 +152,7 @@ class Bench:
         return ResultRow(run_id=self.run_id, stack=self.spec.name, setting=self.scenario.setting,
                          scenario=self.scenario.name, profile=self.profile, kind=kind, stack_info=info,
                          machine=host.machine() | {"loadavg_before": host.loadavg()}, commit=host.commit(),
-                         versions=host.versions(), started_at=now_iso(), salt=self.salt, **fields)
+                         versions=host.versions(), started_at=now_iso(), **({"salt": self.salt} | fields))
 
     def _finish(self, row: ResultRow, records: list[RequestRecord] | None = None) -> ResultRow:
         row.machine["loadavg_after"] = host.loadavg()
@@ -203,7 +204,8 @@ class Bench:
         if unit != self.scenario.unit:
             raise HarnessError(f"setting {self.scenario.setting} counts {self.scenario.unit}, and the transport "
                                f"{endpoint!r} counts {unit}")
-        row = self._row("performance", status="ok", load_point=point.describe(), repeat=repeat)
+        row = self._row("performance", status="ok", load_point=point.describe(), repeat=repeat,
+                        salt=repeat_salt(self.salt, repeat))
         payloads = [self.spec.adapt({**p, "model": self.served_model}) for p in payloads]
         reset = self.reset_prefix_cache(payloads, endpoint)
         row.stack_info["prefix_cache_reset"] = reset.status

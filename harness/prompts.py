@@ -33,6 +33,13 @@ def spread(n: int, low: int, high: int) -> list[int]:
     return [round(low + (high - low) * i / (n - 1)) for i in range(n)]
 
 
+def repeat_salt(salt: str | None, repeat: int) -> str | None:
+    """The salt of a load point's `repeat`-th measurement: the run's for the first, a derived one
+    after it, so a repeat sends prompts no earlier repeat sent (a stack's prompt cache, where it
+    has no reset endpoint, would otherwise serve repeats 2.. warm). None stays None (unsalted)."""
+    return salt if salt is None or repeat == 0 else f"{salt}.r{repeat}"
+
+
 def salted(text: str, salt: str | None) -> str:
     """`text` carrying the run's salt at its head: a fresh salt per run makes every prompt new, so an
     answer table built at start-up or kept from an earlier run matches nothing."""

@@ -17,28 +17,28 @@ SETTINGS = ["tests/settings/echo_audio.py", "tests/settings/echo_images.py"]
 pytestmark = pytest.mark.slow
 
 
-def score(tmp_path: Path, mode: str) -> tuple[subprocess.CompletedProcess, dict]:
+def score(tmp_path: Path, mode: str, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
     spec = tmp_path / f"media-{mode}.yaml"
     spec.write_text(json.dumps({"name": f"media-{mode}", "startup_timeout_s": 30, "supports": ["audio_stream", "images"],
                                 "command": ["python", "tests/stacks/media_server.py", "--port", "{port}", "--mode", mode]}))
     out = subprocess.run([sys.executable, "-m", "pytest", *SETTINGS, "-p", "no:cacheprovider", "-q",
-                          "--results-dir", str(tmp_path), "--stack", str(spec)],
+                          "--results-dir", str(tmp_path), "--stack", str(spec), *extra],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    rows = {(r.setting, r.kind, (r.load_point or {}).get("label")): r for r in read_rows(tmp_path)}
+    rows = {(r.setting, r.kind, (r.load_point or {}).get("label"), r.repeat): r for r in read_rows(tmp_path)}
     return out, rows
 
 
 def test_an_honest_stack_passes_both_and_its_rows_count_their_own_units(tmp_path):
     out, rows = score(tmp_path, "honest")
     assert out.returncode == 0 and "6 passed" in out.stdout, (out.stdout + out.stderr)[-3000:]
-    audio = rows[("X", "performance", "conc=4")]
+    audio = rows[("X", "performance", "conc=4", 0)]
     assert audio.status == "ok" and audio.metrics["unit"] == "audio_s"
     assert audio.metrics["total_output_audio_s"] == pytest.approx(4 * 1.0)  # 4 clips of 1 s, every second covered
     assert audio.metrics["p90_chunk_latency_ms"] >= 20  # the double works 20 ms per chunk: the scenario's own metric
     assert audio.outputs["verdict"] == "pass" and len(audio.outputs["judged"]) == 4
-    image = rows[("Y", "performance", "rate=20.0")]
+    image = rows[("Y", "performance", "rate=20.0", 0)]
     assert image.status == "ok" and image.metrics["total_output_images"] == 6 and image.metrics["median_e2el_ms"] >= 50
-    assert rows[("X", "accuracy", None)].accuracy["verdict"] == "pass"
+    assert rows[("X", "accuracy", None, 0)].accuracy["verdict"] == "pass"
     salts = {r.salt for r in rows.values()}
     assert len(salts) == 1 and re.fullmatch(r"[0-9a-f]{8}", salts.pop())  # one fresh salt for the run, in every row
     board = (tmp_path / "LEADERBOARD.md").read_text()
@@ -50,8 +50,8 @@ def test_an_honest_stack_passes_both_and_its_rows_count_their_own_units(tmp_path
 def test_a_wrong_stack_fails_its_accuracy_and_every_cell(tmp_path, mode, setting):
     out, rows = score(tmp_path, mode)
     assert out.returncode == 1 and "Traceback" not in out.stdout, out.stdout[-3000:]
-    assert rows[(setting, "accuracy", None)].accuracy["verdict"] == "fail"
-    cells = [r for (s, kind, _), r in rows.items() if s == setting and kind == "performance"]
+    assert rows[(setting, "accuracy", None, 0)].accuracy["verdict"] == "fail"
+    cells = [r for (s, kind, _, _), r in rows.items() if s == setting and kind == "performance"]
     assert cells and all(r.status == "failed" and "measured outputs" in r.error for r in cells), [r.error for r in cells]
     assert "FAIL" in (tmp_path / "LEADERBOARD.md").read_text()
 
@@ -59,7 +59,7 @@ def test_a_wrong_stack_fails_its_accuracy_and_every_cell(tmp_path, mode, setting
 def test_a_stack_that_answers_garbage_fails_its_requests_with_a_reason_not_the_cell(tmp_path):
     out, rows = score(tmp_path, "garbage")
     assert out.returncode == 1 and "Traceback" not in out.stdout, out.stdout[-3000:]
-    audio, image = rows[("X", "performance", "conc=1")], rows[("Y", "performance", "conc=1")]
+    audio, image = rows[("X", "performance", "conc=1", 0)], rows[("Y", "performance", "conc=1", 0)]
     assert audio.status == "failed" and audio.metrics["failed"] == 4 and "not JSON" in audio.error, audio.error
     assert image.status == "failed" and "not a PNG" in image.error, image.error
 
@@ -72,3 +72,13 @@ def test_the_harness_names_no_setting():
     found = [f"{path.relative_to(REPO)}: {word}" for path in sorted((REPO / "harness").rglob("*.py"))
              for word in words if re.search(rf"\b{re.escape(word)}\b", path.read_text())]
     assert not found, found
+
+
+def test_each_repeat_of_a_cell_sends_prompts_of_its_own_salt_and_is_judged_on_them(tmp_path):
+    """A repeat after the first is salted anew (harness.prompts.repeat_salt): no repeat is served
+    from a prompt cache the one before it filled. Each is still judged on what it sent."""
+    out, rows = score(tmp_path, "honest", "--repeats", "2", "-k", "Y")
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    first, second = rows[("Y", "performance", "rate=20.0", 0)], rows[("Y", "performance", "rate=20.0", 1)]
+    assert first.status == second.status == "ok" and first.outputs["verdict"] == second.outputs["verdict"] == "pass"
+    assert second.salt == f"{first.salt}.r1" and rows[("Y", "accuracy", None, 0)].salt == first.salt

@@ -33,3 +33,13 @@ def test_two_runs_share_no_prompt_and_one_salt_repeats_them(texts):
     assert not set(first) & set(second)
     assert texts("3f9a0c11") == first
     assert all("3f9a0c11" in t for t in first)
+
+
+@pytest.mark.parametrize("texts", [texts_a, texts_b], ids=["A", "B"])
+def test_each_repeat_sends_new_prompts_and_the_first_is_the_runs(texts):
+    from harness.prompts import repeat_salt
+
+    assert repeat_salt("3f9a0c11", 0) == "3f9a0c11" and repeat_salt(None, 3) is None  # unsalted stays unsalted
+    runs = [texts(repeat_salt("3f9a0c11", r)) for r in range(3)]
+    assert runs[0] == texts("3f9a0c11")
+    assert all(not set(a) & set(b) for i, a in enumerate(runs) for b in runs[i + 1:])
