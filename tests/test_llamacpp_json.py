@@ -48,6 +48,9 @@ def test_a_json_schema_format_becomes_the_servers_grammar(converter):
     with pytest.raises(llamacpp_json.BadFormat, match="cannot be converted") as err:
         llamacpp_json.grammar_for({"prompt": "x", "response_format": {**FMT, "json_schema": {"schema": {"bad": 1}}}})
     assert "\n" not in str(err.value)
+    with pytest.raises(llamacpp_json.BadFormat, match="cannot parse the grammar"):  # as llama.cpp's parser says
+        llamacpp_json.grammar_for({"prompt": "x", "response_format": FMT}, parses=lambda gbnf: False)
+    assert llamacpp_json.grammar_for({"prompt": "x", "response_format": FMT}, parses=lambda gbnf: True)["grammar"]
 
 
 async def echo(scope, receive, send):
