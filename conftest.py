@@ -14,7 +14,7 @@ from harness.errors import HarnessError, StackError
 from harness.launcher import launch
 from harness.prompts import repeat_salt
 from harness.reference import reference_outputs
-from harness.scenario import find_scenarios, load_scenario, vocabulary
+from harness.scenario import find_scenarios, load_points, load_scenario, vocabulary
 from harness.stack import REPO_ROOT, resolve_stack
 
 SCENARIOS_DIR = REPO_ROOT / "scenarios"
@@ -118,26 +118,17 @@ def pytest_generate_tests(metafunc):
         specs = [s for s in specs if (only := config.servebench_settings.get(s.name)) is None or setting in only]
         metafunc.parametrize("stack_spec", specs, ids=[s.name for s in specs], scope="module")
     if "load_point" in metafunc.fixturenames:
-        from harness.loadgen import LoadPoint
-
         scenario = load_scenario(_scenario_of(metafunc.module))
         if config.getoption("profile") not in scenario.profiles:
             metafunc.parametrize("load_point,repeat", [])  # collected as skipped: see the `profile` fixture
             return
-        load = scenario.profile(config.getoption("profile"))["load"]
-        points = [LoadPoint(num_prompts=load["num_prompts"] or 0, request_rate=p.get("request_rate"),
-                            concurrency=p.get("concurrency"), max_concurrency=p.get("max_concurrency", load.get("max_concurrency")),
-                            burstiness=load.get("burstiness", 1.0), warmup=load.get("warmup", 0),
-                            seed=load.get("seed", 0) + i, params={k: v for k, v in p.items() if k not in _POINT_KEYS})
-                  for i, p in enumerate(load["points"])]
+        points = load_points(scenario.profile(config.getoption("profile"))["load"])
         repeats = range(config.getoption("repeats"))
         cells = [(p, r) for p in points for r in repeats]
         # Test ids avoid "=" so that `-k "rate-1.0"` selects a cell.
         ids = [p.label.replace("=", "-").replace(",", "-") + (f"-r{r}" if len(repeats) > 1 else "") for p, r in cells]
         metafunc.parametrize("load_point,repeat", cells, ids=ids)
 
-
-_POINT_KEYS = ("request_rate", "concurrency", "max_concurrency")
 
 
 def pytest_collection_modifyitems(session, config, items):

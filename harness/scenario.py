@@ -106,7 +106,38 @@ def load_scenario(path: Path) -> ScenarioSpec:
     if not profiles:
         raise HarnessError(f"{path}: no profiles")
     _check_profiles_share_keys(path, profiles)
+    _check_load_point_named(path, spec)
     return spec
+
+
+POINT_KEYS = ("request_rate", "concurrency", "max_concurrency")
+
+
+def load_points(load: dict) -> list:
+    """A profile's `load` section as LoadPoints, in its order (keys other than the harness's are
+    the point's own `params`)."""
+    from harness.loadgen import LoadPoint
+
+    return [LoadPoint(num_prompts=load.get("num_prompts") or 0, request_rate=p.get("request_rate"),
+                      concurrency=p.get("concurrency"), max_concurrency=p.get("max_concurrency", load.get("max_concurrency")),
+                      burstiness=load.get("burstiness", 1.0), warmup=load.get("warmup", 0),
+                      seed=load.get("seed", 0) + i, params={k: v for k, v in p.items() if k not in POINT_KEYS})
+            for i, p in enumerate(load.get("points") or [])]
+
+
+def _check_load_point_named(path: Path, spec: ScenarioSpec) -> None:
+    """`leaderboard.load_point` must name a point of every profile ("last", a label such as
+    "conc=1", or parts of one such as "tail=128"): a name that matches none empties the table."""
+    from harness.leaderboard import names_point
+
+    choice = spec.leaderboard.load_point
+    if choice == "last":
+        return
+    for name, profile in spec.profiles.items():
+        labels = [p.label for p in load_points((profile or {}).get("load") or {})]
+        if labels and not any(names_point(label, choice) for label in labels):
+            raise HarnessError(f"{path}: leaderboard.load_point {choice!r} names no load point of profile "
+                               f"{name!r} ({', '.join(labels)})")
 
 
 def find_scenarios(directory: Path) -> list[ScenarioSpec]:

@@ -81,3 +81,26 @@ def test_the_agent_starts_from_the_stack_the_setting_names():
     assert _starting_stack("standard_serving").endswith("results/stacks/engine-a")
     with pytest.raises(SystemExit, match="unknown scenario"):
         _starting_stack("nope")
+
+
+def test_a_leaderboard_load_point_that_names_no_point_is_refused(tmp_path):
+    """`load_point: conc-1` (a test id, not a label) matched no row of setting E and emptied its
+    table; a YAML naming no point of a profile is now refused when it is read."""
+    from pathlib import Path
+
+    import yaml
+
+    from harness.scenario import find_scenarios, load_scenario
+
+    shipped = Path(__file__).resolve().parents[1] / "scenarios"
+    assert find_scenarios(shipped)  # every shipped setting names a point it has
+    data = yaml.safe_load((shipped / "json_schema_decoding.yaml").read_text())
+    data["leaderboard"]["load_point"] = "conc-1"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(HarnessError, match="names no load point of profile 'tiny' \\(conc=1, conc=4\\)"):
+        load_scenario(bad)
+    data["leaderboard"]["load_point"] = "tail=128"  # parts of a label: only where a point has them
+    bad.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(HarnessError, match="names no load point"):
+        load_scenario(bad)
