@@ -52,9 +52,13 @@ def calibrate_group(weight: mx.array, max_rows: int, seed: int = 0) -> int:
     or only up to a few rows (its gemv / small-matrix kernel), never beyond a first failure."""
     rng = np.random.default_rng(seed)
     x = mx.array(rng.standard_normal((max_rows, weight.shape[1])).astype(np.float32)).astype(weight.dtype)
-    alone = [np.array(x[i:i + 1] @ weight.T)[0] for i in range(max_rows)]
+
+    def host(y: mx.array) -> np.ndarray:  # numpy has no bfloat16; widening to float32 is exact
+        return np.array(y.astype(mx.float32))
+
+    alone = [host(x[i:i + 1] @ weight.T)[0] for i in range(max_rows)]
     for rows in range(2, max_rows + 1):
-        together = np.array(x[:rows] @ weight.T)
+        together = host(x[:rows] @ weight.T)
         if any(not np.array_equal(together[i], alone[i]) for i in range(rows)):
             return rows - 1
     return max_rows

@@ -86,3 +86,18 @@ def test_multi_token_extend_is_bit_identical_to_one_token_steps(report):
     for result in out["tasks"]:
         assert result["probe"]["rows"] > 1
         assert result["probe"]["identical"], result["probe"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_calibration_runs_in_every_dtype_the_knobs_offer(dtype):
+    """engine-e's `dtype` knob offers bfloat16 (its naive start): calibration read bf16 results into
+    numpy, which has no bfloat16, and the stack did not start (found by the agent on setting E)."""
+    if engine_info("mlx-lm") is None:
+        pytest.skip("mlx-lm is not installed: python -m baselines install mlx-lm")
+    code = ("import mlx.core as mx; from skills.mlx_runtime.forward import calibrate_group; "
+            f"w = mx.random.normal((192, 576)).astype(mx.{dtype}); g = calibrate_group(w, 8); "
+            "assert 1 <= g <= 8, g; print(g)")
+    env = {**os.environ, **(engine_info("mlx-lm").get("launch_env") or {}), "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([str(engine_python("mlx-lm")), "-c", code], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
