@@ -4,9 +4,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from harness.leaderboard import names_point
 from harness.row import ResultRow
-from harness.scenario import ScenarioSpec
+from harness.scenario import ScenarioSpec, names_point
 
 LATENCY_SUFFIXES = ("_ms", "_s")
 

@@ -19,7 +19,7 @@ from harness.atomic import atomic_write_text
 from harness.metrics import metric_label
 from harness.plots import PlotPoint, PlotSeries, PlotSpec, write_plot
 from harness.row import RUNS_DIR, SALTED_SCHEMA, ResultRow, read_rows
-from harness.scenario import LeaderboardSpec, ScenarioSpec, find_scenarios
+from harness.scenario import LeaderboardSpec, ScenarioSpec, find_scenarios, names_point
 
 LEADERBOARD_FILE = "LEADERBOARD.md"
 PLOTS_DIR = "plots"
@@ -186,11 +186,6 @@ def _median(rows: list[ResultRow], key: str) -> float | None:
         if isinstance(v := r.metrics.get(key), (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     ]
     return float(np.median(values)) if values else None
-
-
-def names_point(label: str, choice: str) -> bool:
-    """Whether a load point's label is the one `choice` names: the label, or some of its comma-separated parts."""
-    return set(choice.split(",")) <= set(label.split(","))
 
 
 def _pick_label(ok_rows: list[ResultRow], choice: str) -> str | None:

@@ -76,7 +76,6 @@ def test_the_cell_gates():
     assert v.valid_rate == 1.0 and v.sentinel_rate == 0.8 and not v.ok and "sentinel 80%" in v.summary
 
 
-
 def test_a_profiles_fixed_sentinel_gate_replaces_the_references_rate():
     """paper: 0.9, the study's gate, whatever the reference's rate; no reference is decoded for it."""
     from scenarios.workloads.json_schema import sentinel_floor
