@@ -17,6 +17,7 @@ _LLAMACPP_ISA = ({"CMAKE_ARGS": f'-DCMAKE_C_FLAGS="{_NO_AMX}" -DCMAKE_CXX_FLAGS=
 # What skills/openai_server imports beyond the standard library and pydantic (engines whose stacks
 # serve through it need these in their own environment).
 _OPENAI_SERVER = ("fastapi==0.165.0", "uvicorn==0.55.0")
+_PILLOW = "pillow==13.0.0"
 
 
 @dataclass(frozen=True)
@@ -92,12 +93,14 @@ ENGINES: dict[str, Engine] = {
             # llguidance: the JSON-schema logits processor of baselines/mlx_constrained.py (the
             # mlx-lm-constrained spec); plain mlx-lm never imports it. fastapi + uvicorn: the
             # shared OpenAI layer (skills/openai_server) that engine-e serves from this
-            # environment (skills/mlx_runtime); mlx-lm's own server needs neither.
-            "mac": Recipe(requirements=("mlx-lm==0.32.2", "llguidance==1.9.1", *_OPENAI_SERVER),
+            # environment (skills/mlx_runtime); mlx-lm's own server needs neither. pillow: the
+            # PNGs of skills/image_server, which engine-g (skills/mlx_image) serves from here.
+            "mac": Recipe(requirements=("mlx-lm==0.32.2", "llguidance==1.9.1", *_OPENAI_SERVER, _PILLOW),
                           version_of="mlx-lm"),
             # On Linux mlx-lm does not pull mlx itself; mlx[cpu] is the CPU backend. Its matmuls
             # are ~16x slower unless Debian's threaded OpenBLAS is preloaded.
-            "cpu": Recipe(requirements=("mlx[cpu]==0.32.4", "mlx-lm==0.32.2", "llguidance==1.9.1", *_OPENAI_SERVER),
+            "cpu": Recipe(requirements=("mlx[cpu]==0.32.4", "mlx-lm==0.32.2", "llguidance==1.9.1", *_OPENAI_SERVER,
+                                        _PILLOW),
                           apt=("libopenblas0-pthread",), version_of="mlx-lm"),
         },
     ),

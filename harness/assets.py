@@ -197,6 +197,24 @@ def _build_moonshine_tiny(out: Path) -> dict:
                       "Moonshine tokenizer from PyPI useful-moonshine-onnx", "dtype": "float32"}
 
 
+# A tiny Show-o2-style text-to-image model (skills/image_model): 4 body layers at hidden 256,
+# 64 text tokens and 64 image tokens (128x128 pixels, 16x16 latents, 2x2 patches), 2 refiner
+# blocks, a 4-stage VAE decoder. Seeded random weights (no Show-o2 weights exist outside a model hub).
+SHOWO2_SEED = 20261204
+
+
+def _build_showo2_tiny(out: Path) -> dict:
+    from transformers import AutoTokenizer
+
+    from skills.image_model import ImageModelConfig, save, seeded
+
+    tokenizer = AutoTokenizer.from_pretrained(ensure_model("smollm2-135m-instruct"))
+    cfg = ImageModelConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    save(seeded(cfg, SHOWO2_SEED), out)
+    tokenizer.save_pretrained(out / "tokenizer")
+    return {"source": f"seeded random init (seed {SHOWO2_SEED}), SmolLM2 tokenizer", "dtype": "float32"}
+
+
 RECIPES: dict[str, Recipe] = {
     "olmo-hybrid-tiny": Recipe(
         name="olmo-hybrid-tiny",
@@ -217,6 +235,13 @@ RECIPES: dict[str, Recipe] = {
         version=1,
         build=lambda out: __import__("harness.speech", fromlist=["build_clips"]).build_clips(out),
         describe="real speech from PyPI moonshine-voice's wavs and espeak-ng sentences of known text, 16 kHz mono PCM16",
+    ),
+    "showo2-tiny": Recipe(
+        name="showo2-tiny",
+        version=2,
+        build=_build_showo2_tiny,
+        describe="Show-o2-style text-to-image (Qwen2.5-style body 4 x 256, flow head 2 blocks, VAE decoder), "
+                 "128x128, seeded random fp32 weights, SmolLM2 tokenizer",
     ),
     "smollm2-135m-instruct": Recipe(
         name="smollm2-135m-instruct",

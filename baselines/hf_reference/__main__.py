@@ -1,7 +1,8 @@
 """python -m baselines.hf_reference --model DIR --port P [--host H] [--dtype D] [--device D] [--threads N]
 [--served-model-name NAME]: a server over plain transformers generate, chosen by the model folder's
 config.json model_type: a speech model (moonshine_streaming) gets the streaming ASR server
-(skills/asr_server, a full recompute per chunk), any other the OpenAI-compatible one."""
+(skills/asr_server, a full recompute per chunk), the text-to-image model (showo2) the image server
+(skills/image_server, the plain sampling loop), any other the OpenAI-compatible one."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 SPEECH_MODEL_TYPES = ("moonshine_streaming",)
+IMAGE_MODEL_TYPES = ("showo2",)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     name = args.served_model_name or args.model.resolve().name
     if _model_type(args.model) in SPEECH_MODEL_TYPES:
         _serve_speech(args, name)
+    elif _model_type(args.model) in IMAGE_MODEL_TYPES:
+        _serve_images(args, name)
     else:
         _serve_text(args, name)
 
@@ -62,6 +66,14 @@ def _serve_speech(args: argparse.Namespace, name: str) -> None:
     from .asr import FullRecompute, load_speech_model
 
     serve(FullRecompute(load_speech_model(args.model, args.dtype, args.device)), name, args.host, args.port)
+
+
+def _serve_images(args: argparse.Namespace, name: str) -> None:
+    from skills.image_server import serve
+
+    from .image import PlainLoop
+
+    serve(lambda: PlainLoop(args.model, args.threads), name, args.host, args.port)
 
 
 def _serve_text(args: argparse.Namespace, name: str) -> None:
