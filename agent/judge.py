@@ -2,7 +2,8 @@
 
 1. integrity: the harness, scenarios, conftest.py and baselines are as they were at the run's start;
 2. probes: an unseen prompt and a sentinel prompt match the reference, forward passes grow (for a
-   speech setting: unseen audio, every partial against the reference, encoder frames grow);
+   speech setting: unseen audio, every partial against the reference, encoder frames grow; for an
+   image setting: an unseen prompt and seed, the image within the bounds, denoise steps grow);
 3. the harness's own oracle for the setting (`pytest scenarios/test_<name>.py -k accuracy`), on the
    YAML's held-out accuracy seed; its details are withheld from the implementer so that it never
    tunes on the held-out prompts;
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from agent import integrity
 from agent.audio_probes import run_audio_probes
 from agent.harness_run import HarnessRun, run_scenario
+from agent.image_probes import run_image_probes
 from agent.probes import ProbeResult, run_probes
 from agent.workspace import Workspace
 from harness.assets import ensure_model
@@ -57,7 +59,8 @@ class Judge:
         except HarnessError as exc:
             return Judgement(False, f"invalid stack: {str(exc).splitlines()[0]}", f"The stack spec is invalid: {exc}")
         cfg = self.scenario.profile(profile)
-        probe = run_audio_probes if transport(cfg["load"]["endpoint"]).unit == "audio_s" else run_probes
+        probe = {"audio_s": run_audio_probes, "images": run_image_probes}.get(
+            transport(cfg["load"]["endpoint"]).unit, run_probes)
         probes = probe(spec, self.scenario, profile, model_dir, ws.path(f"logs/{run_id}"),
                        startup_timeout_s=cfg.get("stack_startup_timeout_s"))
         changed = integrity.check(self.snapshot)
