@@ -4,19 +4,14 @@ the transformers reference of the audio so far, and the stack's `/metrics` encod
 grow: a stack that answers from a table, or from anything but the model, fails here."""
 from __future__ import annotations
 
-import asyncio
 import secrets
 
-import aiohttp
 import numpy as np
 
-from agent.probes import ProbeResult
+from agent.probes import ProbeResult, probe_once
 from harness import counters
 from harness.errors import HarnessError
-from harness.launcher import launch
-from harness.records import RequestRecord
 from harness.transcription import RATE, judge_transcripts
-from harness.transports import transport
 
 SECONDS, CHUNK_S = 2.5, 0.5
 ENCODER_COUNTERS = ("asr_encoder_frames_computed_total", "encoder_frames_computed")
@@ -27,27 +22,19 @@ def fresh_audio() -> bytes:
     return rng.normal(0, 3000, int(SECONDS * RATE)).clip(-32768, 32767).astype("<i2").tobytes()
 
 
-async def _send(base_url: str, payload: dict, timeout_s: float) -> RequestRecord:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
-        return await transport("audio_stream").send(session, base_url, payload, RequestRecord(index=0))
-
-
 def run_audio_probes(spec, scenario, profile: str, model_dir, log_dir, startup_timeout_s: float | None = None,
                      request_timeout_s: float = 120) -> ProbeResult:
     audio = fresh_audio()
     payload = {"audio": audio, "sample_rate": RATE, "chunk_s": CHUNK_S, "realtime": False}
     try:
-        running = launch(spec, model_dir, log_dir, scenario=scenario.name, startup_timeout_s=startup_timeout_s)
+        record, moved = probe_once(spec, scenario, model_dir, log_dir, "audio_stream", payload, request_timeout_s,
+                                   startup_timeout_s)
     except HarnessError as exc:
         return ProbeResult(False, "the stack did not start", [str(exc)[-1500:]])
-    with running:
-        before = counters.read(running.base_url)
-        record = asyncio.run(_send(running.base_url, payload, request_timeout_s))
-        after = counters.read(running.base_url)
     if record.error:
         return ProbeResult(False, "probe-audio: the stack failed", [record.error[:1500]])
     details = []
-    grew = counters.first(counters.delta(before, after), ENCODER_COUNTERS)
+    grew = counters.first(moved, ENCODER_COUNTERS)
     if grew is None or grew <= 0:
         details.append(f"/metrics encoder_frames_computed did not grow ({grew}): the answers did not come from the model")
     chunk = int(CHUNK_S * RATE)

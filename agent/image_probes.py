@@ -5,17 +5,11 @@ the steps asked: a stack that answers from a table of images, or from anything b
 fails here."""
 from __future__ import annotations
 
-import asyncio
 import secrets
 
-import aiohttp
-
-from agent.probes import WORDS, ProbeResult
+from agent.probes import WORDS, ProbeResult, probe_once
 from harness import counters
 from harness.errors import HarnessError
-from harness.launcher import launch
-from harness.records import RequestRecord
-from harness.transports import transport
 from scenarios.workloads.text_to_image import Bounds, ImageTask, compare_image, image_size, reference_image
 
 
@@ -26,27 +20,19 @@ def unseen_task(profile: dict, rng: secrets.SystemRandom | None = None) -> Image
     return ImageTask("probe-image", prompt, rng.randrange(2**31), profile["steps"], profile["guidance"])
 
 
-async def _send(base_url: str, payload: dict, timeout_s: float) -> RequestRecord:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
-        return await transport("images").send(session, base_url, payload, RequestRecord(index=0))
-
-
 def run_image_probes(spec, scenario, profile: str, model_dir, log_dir, startup_timeout_s: float | None = None,
                      request_timeout_s: float = 300) -> ProbeResult:
     cfg = scenario.profile(profile)
     task = unseen_task(cfg)
     try:
-        running = launch(spec, model_dir, log_dir, scenario=scenario.name, startup_timeout_s=startup_timeout_s)
+        record, moved = probe_once(spec, scenario, model_dir, log_dir, "images", task.payload(image_size(model_dir)),
+                                   request_timeout_s, startup_timeout_s)
     except HarnessError as exc:
         return ProbeResult(False, "the stack did not start", [str(exc)[-1500:]])
-    with running:
-        before = counters.read(running.base_url)
-        record = asyncio.run(_send(running.base_url, task.payload(image_size(model_dir)), request_timeout_s))
-        after = counters.read(running.base_url)
     if record.error:
         return ProbeResult(False, "probe-image: the stack failed", [record.error[:1500]])
     details = []
-    steps = counters.first(counters.delta(before, after), ("denoise_steps_total",))
+    steps = counters.first(moved, ("denoise_steps_total",))
     if steps is None or steps < task.steps:
         details.append(f"/metrics denoise_steps_total grew by {steps} for a {task.steps}-step image: the answer did "
                        f"not come from the model")

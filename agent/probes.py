@@ -10,22 +10,27 @@ cache of texts, or from anything but the model, fails here.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import httpx
 
 from agent.profiler import dump_under_load
+from harness import counters
 from harness.bench import Bench
 from harness.errors import HarnessError
 from harness.generation import Prompt
 from harness.launcher import launch
 from harness.oracle import judge
+from harness.records import RequestRecord
 from harness.reference import eos_strings, reference_outputs
 from harness.scenario import ScenarioSpec
 from harness.stack import REPO_ROOT, StackSpec
+from harness.transports import transport
 
 POOLS = REPO_ROOT / "scenarios" / "data"
 WORDS = ("amber lantern orchard harbor velvet comet meadow copper glacier falcon riddle tundra quartz "
@@ -39,6 +44,21 @@ class ProbeResult:
     summary: str
     details: list[str] = field(default_factory=list)  # one line per finding; safe to show the implementer
     spy: str = ""  # a py-spy dump of the stack under a short burst of load, when py-spy is installed
+
+
+def probe_once(spec: StackSpec, scenario: ScenarioSpec, model_dir, log_dir, endpoint: str, payload: dict,
+               request_timeout_s: float, startup_timeout_s: float | None = None
+               ) -> tuple[RequestRecord, counters.Counters | None]:
+    """Launch the stack, send one request over `endpoint`'s transport, and read what its /metrics
+    counters did around it. HarnessError when the stack does not start."""
+    async def send(base_url: str) -> RequestRecord:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=request_timeout_s)) as session:
+            return await transport(endpoint).send(session, base_url, payload, RequestRecord(index=0))
+
+    with launch(spec, model_dir, log_dir, scenario=scenario.name, startup_timeout_s=startup_timeout_s) as running:
+        before = counters.read(running.base_url)
+        record = asyncio.run(send(running.base_url))
+        return record, counters.delta(before, counters.read(running.base_url))
 
 
 def shipped_texts(folder: Path = POOLS) -> set[str]:
