@@ -11,7 +11,7 @@ from scenarios.workloads.json_schema import (
     SchemaCheck,
     SchemaTask,
     draw_tasks,
-    load_tasks,
+    profile_tasks,
     outputs_judge,
     payload,
     prompt,
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.setting("E")
 
 
 def scored_tasks(profile: dict) -> list[SchemaTask]:
-    return draw_tasks(load_tasks(), profile["tasks"], profile["seed"])
+    return draw_tasks(profile_tasks(profile), profile["tasks"], profile["seed"])
 
 
 def accuracy_prompts(profile: dict, salt: str | None) -> list[Prompt]:
@@ -52,7 +52,7 @@ def test_performance(cell_bench, profile, load_point, repeat, salt):
     load = profile["load"]
     tasks, prompts = scored_tasks(profile)[: load["num_prompts"]], load_prompts(profile, salt)[: load["num_prompts"]]
     chat = load["endpoint"] == "chat"
-    warmup = [prompt(t, salt, chat) for t in draw_tasks(load_tasks(), load_point.warmup, profile["seed"],
+    warmup = [prompt(t, salt, chat) for t in draw_tasks(profile_tasks(profile), load_point.warmup, profile["seed"],
                                                          skip=profile["tasks"])]
     point = load_point.__class__(**{**load_point.__dict__, "num_prompts": len(prompts)})
     row = cell_bench.measure(load["endpoint"], [payload(p) for p in warmup + prompts], point,

@@ -42,7 +42,7 @@ class SchemaTask:
     id: str
     kind: str
     task: str
-    sentinel_field: str  # JSON Pointer
+    sentinel_field: str  # JSON Pointer; "" where the schema has no plain string field: anywhere in the text
     schema: dict
 
     def sentinel(self, salt: str | None) -> str:
@@ -68,6 +68,58 @@ def load_tasks(path: Path = POOL) -> list[SchemaTask]:
         return [SchemaTask(r["id"], r["kind"], r["task"], r["sentinel_field"], r["schema"]) for r in rows]
     except (OSError, ValueError, KeyError) as exc:
         raise HarnessError(f"cannot read the schema tasks {path}: {exc}") from None
+
+
+def profile_tasks(profile: dict) -> list[SchemaTask]:
+    """The profile's pool: the repo's tasks, or (`schemas: {path, subset, split}`) JSONSchemaBench
+    from a local copy (a folder or a dataset id already in the datasets cache; never fetched)."""
+    source = profile.get("schemas")
+    return load_tasks() if not source else load_bench(source["path"], source["subset"], source["split"])
+
+
+def load_bench(path: str, subset: str, split: str) -> list[SchemaTask]:
+    """JSONSchemaBench's rows (`json_schema` a JSON string, `unique_id`) as tasks, their kind the
+    subset (or a row's own `subset`). The sentinel goes in the first required top-level string
+    property without enum, const, format or pattern; a schema without one asks for the sentinel in
+    any string value and is judged on the whole text."""
+    import os
+
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    import datasets
+
+    try:
+        rows = datasets.load_dataset(str(Path(path).expanduser()) if Path(path).expanduser().exists() else path,
+                                     subset, split=split)
+    except Exception as exc:  # noqa: BLE001 - any loading failure is one line for the user
+        raise HarnessError(f"cannot read JSONSchemaBench ({path}, subset {subset}, split {split}) from a local "
+                           f"copy: {str(exc).splitlines()[0]}") from None
+    tasks = []
+    for i, row in enumerate(rows):
+        try:
+            schema = json.loads(row["json_schema"]) if isinstance(row["json_schema"], str) else row["json_schema"]
+        except ValueError:
+            continue
+        if not isinstance(schema, dict):
+            continue
+        name = _sentinel_property(schema)
+        task = (f"Fill in the object; put the code {{sentinel}} in the field {name!r}." if name else
+                "Fill in the object; put the code {sentinel} in one of its string values.")
+        tasks.append(SchemaTask(str(row.get("unique_id") or f"{subset}-{i}"), str(row.get("subset") or subset), task,
+                                f"/{name.replace('~', '~0').replace('/', '~1')}" if name else "", schema))
+    if not tasks:
+        raise HarnessError(f"JSONSchemaBench ({path}, subset {subset}, split {split}) holds no readable schema")
+    return tasks
+
+
+def _sentinel_property(schema: dict) -> str | None:
+    props = schema.get("properties") if schema.get("type", "object") == "object" else None
+    if not isinstance(props, dict):
+        return None
+    for name in schema.get("required") or []:
+        prop = props.get(name)
+        if isinstance(prop, dict) and prop.get("type") == "string" and not ({"enum", "const", "format", "pattern"} & prop.keys()):
+            return name
+    return None
 
 
 def draw_tasks(tasks: list[SchemaTask], n: int, seed: int, skip: int = 0) -> list[SchemaTask]:
@@ -124,6 +176,9 @@ def judge_output(task: SchemaTask, sentinel: str, text: str | None, finish_reaso
     if error is not None:
         where = "/" + "/".join(str(p) for p in error.absolute_path)
         return verdict(False, f"invalid at {where}: {error.message}")
+    if not task.sentinel_field:
+        found = sentinel in text
+        return verdict(True, "" if found else "valid; sentinel not in the output", found)
     try:
         found = pointer(value, task.sentinel_field) == sentinel
     except KeyError:
