@@ -133,6 +133,15 @@ def _load_x(row: ResultRow, key: str | None = None) -> float | None:
     return None
 
 
+def _mixed_loads(rows) -> bool:
+    """Whether the performance points are sized both by request rate and by concurrency (a
+    concurrency-1 point beside a Poisson one): one numeric axis would put them on one scale, so
+    they are drawn as labelled categories instead."""
+    points = [r.load_point or {} for r in rows if r.kind == "performance"]
+    return (any(p.get("request_rate") is not None for p in points)
+            and any(p.get("request_rate") is None and p.get("concurrency") is not None for p in points))
+
+
 def _x_label(rows: tuple[ResultRow, ...]) -> str:
     points = [r.load_point or {} for r in rows if r.kind == "performance"]
     if any(p.get("request_rate") is not None for p in points):
@@ -489,15 +498,17 @@ def _plot_points(entry: StackEntry, section: Section) -> tuple[PlotPoint, ...]:
     by_label: dict[str, list[ResultRow]] = {}
     for row in ok:
         by_label.setdefault(_load_label(row), []).append(row)
-    points = [
+    points = sorted((
         PlotPoint(
             label=label,
             x=_load_x(rows[0], section.board.x),
             values=tuple(_median(rows, key) for key in _plotted(section.board)),
         )
         for label, rows in by_label.items()
-    ]
-    return tuple(sorted(points, key=lambda p: (p.x is None, p.x or 0.0, p.label)))
+    ), key=lambda p: (p.x is None, p.x or 0.0, p.label))
+    if section.board.x is None and _mixed_loads(section.rows):  # in load order, drawn as categories
+        points = [replace(p, x=None) for p in points]
+    return tuple(points)
 
 
 def _plot_spec(section: Section, order: dict[str, tuple[str, str]]) -> PlotSpec:

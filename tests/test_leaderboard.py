@@ -357,3 +357,23 @@ def test_a_run_with_unsalted_prompts_says_so(dirs):
     assert "not salted" not in write_leaderboard(results, scenarios).read_text()
     perf(results, "mine", "run2", 1.0, {"output_throughput": 1.0}, salt=None, started_at="2026-01-02T00:00:00Z")
     assert "Prompts not salted in this run" in write_leaderboard(results, scenarios).read_text()
+
+
+def test_points_sized_by_rate_and_by_concurrency_are_drawn_as_categories_in_load_order(dirs):
+    """conc=1 beside rate=0.5 on one numeric axis would read as a request rate of 1 (setting F)."""
+    from harness.leaderboard import _plot_spec, _run_order, _sections
+    from harness.scenario import LeaderboardSpec, ScenarioSpec
+
+    results, _ = dirs
+    for rate in (8.0, 0.5):
+        perf(results, "mine", "run1", rate, {"output_throughput": rate})
+    ResultRow(run_id="run1", stack="mine", setting="A", scenario="s", profile="tiny", kind="performance", status="ok",
+              load_point={"label": "conc=1", "request_rate": None, "concurrency": 1}, repeat=0,
+              metrics={"output_throughput": 1.0}, machine=MACHINE, started_at="2026-01-01T00:00:00Z",
+              salt="5a17ed00").write(results)
+    board = LeaderboardSpec(primary="output_throughput", direction="higher", columns=("output_throughput",))
+    spec = ScenarioSpec(setting="A", name="a", title="A", needs={}, leaderboard=board, profiles={"tiny": {}})
+    rows = read_rows(results)
+    points = _plot_spec(_sections(rows, [spec])[0], _run_order(rows)).series[0].points
+    assert [p.label for p in points] == ["rate=0.5", "conc=1", "rate=8.0"]  # by load, not by label
+    assert all(p.x is None for p in points)
