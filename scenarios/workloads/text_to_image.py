@@ -27,6 +27,7 @@ import numpy as np
 
 from harness.bench import OutputsVerdict
 from harness.engagement import Guard
+from harness.metrics import window_s
 from harness.oracle import PromptVerdict, Verdict
 from harness.prompts import salted
 
@@ -226,9 +227,6 @@ def reuse_guard(model_dir: Path, steps: int) -> Guard:
 
 
 def images_per_min(records, moved: dict | None) -> float | None:
-    done = [r for r in records if r.ok]
-    if not done:
-        return None
-    first = min(r.clock for r in records)
-    last = max(r.clock + r.events[-1].t for r in done)
-    return 60.0 * len(done) / (last - first) if last > first else None
+    """Images per minute over the cell's window (the harness's, as its throughputs use)."""
+    window = window_s(records)
+    return 60.0 * sum(r.output_units for r in records if r.ok) / window if window > 0 else None

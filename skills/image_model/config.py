@@ -5,6 +5,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import numpy as np
+
 MODEL_TYPE = "showo2"
 
 
@@ -55,6 +57,34 @@ class ImageModelConfig:
     def prefix_length(self) -> int:
         """Rows whose keys and values never change during sampling: the text and the begin-image marker."""
         return self.text_length + 1
+
+    @property
+    def sequence_length(self) -> int:
+        return self.prefix_length + 1 + self.image_tokens
+
+    # The sequence's layout, in numpy so that the torch model and the MLX port share one definition.
+    def text_ids(self, token_ids: list[int]) -> list[int]:
+        """A prompt's ids cut or right-padded to the fixed text length."""
+        ids = list(token_ids)[: self.text_length]
+        return ids + [self.pad_token_id] * (self.text_length - len(ids))
+
+    def null_ids(self) -> list[int]:
+        """The unconditional row of classifier-free guidance: every text token replaced by pad."""
+        return [self.pad_token_id] * self.text_length
+
+    def omni_mask(self) -> np.ndarray:
+        """(n, n) bool, True where a row may look: the prefix causal and blind to what follows it,
+        the time and image rows seeing everything."""
+        p, n = self.prefix_length, self.sequence_length
+        mask = np.ones((n, n), dtype=bool)
+        mask[:p] = np.tril(np.ones((p, n), dtype=bool))
+        return mask
+
+    def rope_angles(self) -> np.ndarray:
+        """(n, head_dim) float64 rotary angles of every position, both halves."""
+        inv = 1.0 / self.rope_theta ** (np.arange(0, self.head_dim, 2, dtype=np.float64) / self.head_dim)
+        angles = np.outer(np.arange(self.sequence_length, dtype=np.float64), inv)
+        return np.concatenate([angles, angles], axis=-1)
 
     def to_json(self) -> dict:
         return {"model_type": MODEL_TYPE, **asdict(self)}

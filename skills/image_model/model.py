@@ -30,21 +30,17 @@ class ImageModel(nn.Module):
         self.norm = RMSNorm(h, cfg.rms_norm_eps)
         self.head = FlowHead(cfg)
         self.vae = VaeDecoder(cfg)
-        length = cfg.prefix_length + 1 + cfg.image_tokens
-        cos, sin = rope_tables(cfg, length)
+        cos, sin = rope_tables(cfg)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.register_buffer("omni_mask", omni_mask(cfg), persistent=False)
+        self.register_buffer("omni_mask", torch.from_numpy(cfg.omni_mask()), persistent=False)
 
     # -- the text ------------------------------------------------------------------------------------
     def text_ids(self, token_ids: list[int]) -> list[int]:
-        """A prompt's ids cut or right-padded to the fixed text length."""
-        ids = list(token_ids)[: self.cfg.text_length]
-        return ids + [self.cfg.pad_token_id] * (self.cfg.text_length - len(ids))
+        return self.cfg.text_ids(token_ids)
 
     def null_ids(self) -> list[int]:
-        """The unconditional row of classifier-free guidance: every text token replaced by pad."""
-        return [self.cfg.pad_token_id] * self.cfg.text_length
+        return self.cfg.null_ids()
 
     def _prefix_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
         text = self.embed_tokens(ids)
@@ -100,10 +96,3 @@ class ImageModel(nn.Module):
         x = self.vae(latents)
         return ((x + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
-
-def omni_mask(cfg: ImageModelConfig) -> torch.Tensor:
-    p = cfg.prefix_length
-    n = p + 1 + cfg.image_tokens
-    mask = torch.ones(n, n, dtype=torch.bool)
-    mask[:p] = torch.tril(torch.ones(p, n, dtype=torch.bool))  # the prefix: causal, nothing after it
-    return mask

@@ -25,10 +25,8 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
-def rope_tables(cfg: ImageModelConfig, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    inv = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim)
-    angles = torch.outer(torch.arange(length, dtype=torch.float64), inv)
-    angles = torch.cat([angles, angles], dim=-1)
+def rope_tables(cfg: ImageModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    angles = torch.from_numpy(cfg.rope_angles())
     return angles.cos().float(), angles.sin().float()
 
 

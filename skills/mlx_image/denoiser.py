@@ -22,10 +22,8 @@ class MlxDenoiser:
         self.model = MlxImageModel(folder)
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(folder))
         self.reuse = reuse_text_kv
-        s = self.model.shape
-        self.image_size = s.image_size
-        self._null_ids = [s.pad_token_id] * s.text_length
-        self._null = self.model.prefix_kv(mx.array([self._null_ids])) if reuse_text_kv else None
+        self.image_size = self.model.cfg.image_size
+        self._null = self.model.prefix_kv(mx.array([self.model.cfg.null_ids()])) if reuse_text_kv else None
         self._counts = {"denoise_steps_total": 0, "body_rows_total": 0, "prefix_rows_reused_total": 0,
                         "null_prefix_reused_total": 0}
 
@@ -35,17 +33,12 @@ class MlxDenoiser:
     def counters(self) -> dict[str, float]:
         return dict(self._counts)
 
-    def text_ids(self, token_ids: list[int]) -> list[int]:
-        s = self.model.shape
-        ids = list(token_ids)[: s.text_length]
-        return ids + [s.pad_token_id] * (s.text_length - len(ids))
-
     def generate(self, token_ids: list[int], seed: int, steps: int, guidance: float) -> np.ndarray:
-        s, model = self.model.shape, self.model
+        s, model = self.model.cfg, self.model
         guided = guidance != 1.0
-        rows = [self.text_ids(token_ids)] + ([self._null_ids] if guided else [])
+        rows = [s.text_ids(token_ids)] + ([s.null_ids()] if guided else [])
         ids = mx.array(rows)
-        x = mx.array(seed_noise(seed, s.channels, s.latent_size))
+        x = mx.array(seed_noise(seed, s.latent_channels, s.latent_size))
         prefix = self._prefixes(ids, guided) if self.reuse else None
         suffix = 1 + s.image_tokens
         for t, t_next in pairwise(times(steps, s.time_shift)):

@@ -3,73 +3,26 @@ model.safetensors, read by MLX): the body over [text; begin-image; time; image p
 flow head, the VAE decoder. Runs in the mlx-lm environment (no torch there)."""
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Shape:
-    """What the functions need of config.json (skills/image_model/config.py writes it)."""
-
-    hidden: int
-    heads: int
-    kv_heads: int
-    layers: int
-    eps: float
-    rope_theta: float
-    text_length: int
-    pad_token_id: int
-    head_layers: int
-    head_heads: int
-    channels: int
-    latent_size: int
-    patch: int
-    image_size: int
-    stages: int
-    time_shift: float
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
-
-    @property
-    def prefix_length(self) -> int:
-        return self.text_length + 1
-
-    @property
-    def image_tokens(self) -> int:
-        return (self.latent_size // self.patch) ** 2
-
-    @classmethod
-    def of(cls, folder: Path) -> "Shape":
-        c = json.loads((Path(folder) / "config.json").read_text())
-        return cls(c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], c["num_hidden_layers"],
-                   c["rms_norm_eps"], c["rope_theta"], c["text_length"], c["pad_token_id"], c["head_layers"],
-                   c["head_heads"], c["latent_channels"], c["image_size"] // c["vae_stride"], c["patch_size"],
-                   c["image_size"], len(c["vae_channels"]), c["time_shift"])
+from skills.image_model.config import ImageModelConfig
 
 
 class MlxImageModel:
     def __init__(self, folder: Path):
-        self.shape = s = Shape.of(folder)
+        self.cfg = ImageModelConfig.load(folder)
         raw = mx.load(str(Path(folder) / "model.safetensors"))
         # Linear weights transposed once ((in, out): x @ w), convs as MLX wants them (out, kh, kw, in).
         self.w = {k: (v.transpose(0, 2, 3, 1) if v.ndim == 4 else v.T if v.ndim == 2 and not k.startswith("embed")
                       else v) for k, v in raw.items()}
         mx.eval(self.w)
-        inv = 1.0 / s.rope_theta ** (np.arange(0, s.head_dim, 2, dtype=np.float64) / s.head_dim)
-        angles = np.outer(np.arange(s.prefix_length + 1 + s.image_tokens, dtype=np.float64), inv)
-        angles = np.concatenate([angles, angles], axis=-1)
+        angles = self.cfg.rope_angles()
         self.cos, self.sin = mx.array(np.cos(angles).astype(np.float32)), mx.array(np.sin(angles).astype(np.float32))
-        p, n = s.prefix_length, s.prefix_length + 1 + s.image_tokens
-        mask = np.ones((n, n), dtype=bool)
-        mask[:p] = np.tril(np.ones((p, n), dtype=bool))
-        self.omni = mx.array(mask)
+        self.omni = mx.array(self.cfg.omni_mask())
 
     # -- pieces --------------------------------------------------------------------------------------
     def _linear(self, x: mx.array, name: str) -> mx.array:
@@ -83,17 +36,17 @@ class MlxImageModel:
         return x * cos + mx.concatenate([-x[..., half:], x[..., :half]], axis=-1) * sin
 
     def _layer(self, i: int, x: mx.array, cos, sin, mask, prefix=None):
-        s, w = self.shape, f"layers.{i}."
+        s, w = self.cfg, f"layers.{i}."
         b, n, _ = x.shape
-        h = mx.fast.rms_norm(x, self.w[w + "input_layernorm.weight"], s.eps)
-        q = self._linear(h, w + "self_attn.q_proj").reshape(b, n, s.heads, s.head_dim).transpose(0, 2, 1, 3)
-        k = self._linear(h, w + "self_attn.k_proj").reshape(b, n, s.kv_heads, s.head_dim).transpose(0, 2, 1, 3)
-        v = self._linear(h, w + "self_attn.v_proj").reshape(b, n, s.kv_heads, s.head_dim).transpose(0, 2, 1, 3)
+        h = mx.fast.rms_norm(x, self.w[w + "input_layernorm.weight"], s.rms_norm_eps)
+        q = self._linear(h, w + "self_attn.q_proj").reshape(b, n, s.num_attention_heads, s.head_dim).transpose(0, 2, 1, 3)
+        k = self._linear(h, w + "self_attn.k_proj").reshape(b, n, s.num_key_value_heads, s.head_dim).transpose(0, 2, 1, 3)
+        v = self._linear(h, w + "self_attn.v_proj").reshape(b, n, s.num_key_value_heads, s.head_dim).transpose(0, 2, 1, 3)
         q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
         keys, values = (k, v) if prefix is None else (mx.concatenate([prefix[0], k], 2), mx.concatenate([prefix[1], v], 2))
         out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=1.0 / math.sqrt(s.head_dim), mask=mask)
         x = x + self._linear(out.transpose(0, 2, 1, 3).reshape(b, n, -1), w + "self_attn.o_proj")
-        h = mx.fast.rms_norm(x, self.w[w + "post_attention_layernorm.weight"], s.eps)
+        h = mx.fast.rms_norm(x, self.w[w + "post_attention_layernorm.weight"], s.rms_norm_eps)
         gate, up = self._linear(h, w + "mlp.gate_proj"), self._linear(h, w + "mlp.up_proj")
         return x + self._linear(gate * mx.sigmoid(gate) * up, w + "mlp.down_proj"), (k, v)
 
@@ -107,19 +60,19 @@ class MlxImageModel:
 
     def _patchify(self, latents: mx.array) -> mx.array:
         b, c, h, w = latents.shape
-        p = self.shape.patch
+        p = self.cfg.patch_size
         x = latents.reshape(b, c, h // p, p, w // p, p).transpose(0, 2, 4, 1, 3, 5)
         return x.reshape(b, (h // p) * (w // p), c * p * p)
 
     def _unpatchify(self, tokens: mx.array) -> mx.array:
-        s = self.shape
-        n = s.latent_size // s.patch
-        x = tokens.reshape(tokens.shape[0], n, n, s.channels, s.patch, s.patch).transpose(0, 3, 1, 4, 2, 5)
-        return x.reshape(tokens.shape[0], s.channels, s.latent_size, s.latent_size)
+        s = self.cfg
+        n = s.latent_size // s.patch_size
+        x = tokens.reshape(tokens.shape[0], n, n, s.latent_channels, s.patch_size, s.patch_size).transpose(0, 3, 1, 4, 2, 5)
+        return x.reshape(tokens.shape[0], s.latent_channels, s.latent_size, s.latent_size)
 
     def _prefix_embeddings(self, ids: mx.array) -> mx.array:
         text = self.w["embed_tokens.weight"][ids]
-        marker = mx.broadcast_to(self.w["begin_image"], (ids.shape[0], 1, self.shape.hidden))
+        marker = mx.broadcast_to(self.w["begin_image"], (ids.shape[0], 1, self.cfg.hidden_size))
         return mx.concatenate([text, marker], axis=1)
 
     def _suffix_embeddings(self, latents: mx.array, t: float):
@@ -131,8 +84,8 @@ class MlxImageModel:
         return x * (1 + scale[:, None]) + shift[:, None]
 
     def _head(self, hidden: mx.array, c: mx.array) -> mx.array:
-        s = self.shape
-        x = self._linear(mx.fast.rms_norm(hidden, self.w["norm.weight"], s.eps), "head.proj_in")
+        s = self.cfg
+        x = self._linear(mx.fast.rms_norm(hidden, self.w["norm.weight"], s.rms_norm_eps), "head.proj_in")
         silu_c = c * mx.sigmoid(c)
         b, n, h = x.shape
         for j in range(s.head_layers):
@@ -154,22 +107,22 @@ class MlxImageModel:
         """The plain step: the whole sequence under the omni mask."""
         suffix, c = self._suffix_embeddings(latents, t)
         x = mx.concatenate([self._prefix_embeddings(ids), suffix], axis=1)
-        for i in range(self.shape.layers):
+        for i in range(self.cfg.num_hidden_layers):
             x, _ = self._layer(i, x, self.cos, self.sin, self.omni)
-        return self._head(x[:, self.shape.prefix_length + 1:], c)
+        return self._head(x[:, self.cfg.prefix_length + 1:], c)
 
     def prefix_kv(self, ids: mx.array) -> list:
-        p = self.shape.prefix_length
+        p = self.cfg.prefix_length
         x = self._prefix_embeddings(ids)
         out = []
-        for i in range(self.shape.layers):
+        for i in range(self.cfg.num_hidden_layers):
             x, kv = self._layer(i, x, self.cos[:p], self.sin[:p], self.omni[:p, :p])
             out.append(kv)
         mx.eval(out)
         return out
 
     def velocity_after(self, prefix: list, latents: mx.array, t: float) -> mx.array:
-        p = self.shape.prefix_length
+        p = self.cfg.prefix_length
         x, c = self._suffix_embeddings(latents, t)
         for i, kv in enumerate(prefix):
             x, _ = self._layer(i, x, self.cos[p:], self.sin[p:], None, kv)
@@ -187,12 +140,12 @@ class MlxImageModel:
     def pixels(self, latents: mx.array) -> np.ndarray:
         """Latents (B, C, h, w) -> uint8 images (B, H, W, 3), channels last all the way."""
         x = self._conv(latents.transpose(0, 2, 3, 1), "vae.conv_in")
-        for i in range(self.shape.stages):
+        for i in range(len(self.cfg.vae_channels)):
             w = f"vae.blocks.{i}."
             y = self._conv(nn_silu(self._channel_norm(x, w + "norm1")), w + "conv1")
             y = self._conv(nn_silu(self._channel_norm(y, w + "norm2")), w + "conv2")
             x = (self._conv(x, w + "shortcut") if w + "shortcut.weight" in self.w else x) + y
-            if i < self.shape.stages - 1:
+            if i < len(self.cfg.vae_channels) - 1:
                 x = self._conv(mx.repeat(mx.repeat(x, 2, axis=1), 2, axis=2), f"vae.ups.{i}")
         x = mx.tanh(self._conv(nn_silu(self._channel_norm(x, "vae.norm_out")), "vae.conv_out"))
         return np.array(mx.clip(mx.round((x + 1.0) * 127.5), 0, 255).astype(mx.uint8))

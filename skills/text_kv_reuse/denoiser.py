@@ -34,9 +34,11 @@ class Denoiser:
                         "null_prefix_reused_total": 0, "null_rows_skipped_total": 0}
         with torch.inference_mode():
             self._null = model.prefix_kv(torch.tensor([model.null_ids()])) if config.cache_null_text else None
-        self._step = self._compiled() if config.compile and config.reuse_text_kv else model.velocity_after
+        self._step = model.velocity_after
+        if config.compile and config.reuse_text_kv:
+            self._compile()
 
-    def _compiled(self):
+    def _compile(self) -> None:
         """velocity_after and the VAE decoder through inductor with static shapes (one graph per batch of rows; with
         dynamic shapes it recompiled into slower generic code), t a tensor (a float would
         recompile per step); compiled here, on the request path, so that no request pays for it."""
@@ -53,7 +55,6 @@ class Denoiser:
         for guidance in (5.0, 1.0):  # both rows, then one
             self.generate([self.model.cfg.pad_token_id], seed=0, steps=2, guidance=guidance)
         self._counts = dict.fromkeys(self._counts, 0)
-        return step
 
     def tokenize(self, prompt: str) -> list[int]:
         return self.tokenizer(prompt)["input_ids"]

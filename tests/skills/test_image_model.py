@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from skills.image_model import ImageModelConfig, ImageRequest, generate, load, save, seeded, times
-from skills.image_model.model import omni_mask
 from skills.image_model.sampling import batch_ids, guide, noise
 
 SMALL = ImageModelConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -19,7 +18,7 @@ def model():
 
 
 def test_omni_mask_keeps_the_prefix_causal_and_blind_to_what_follows():
-    mask = omni_mask(SMALL)
+    mask = torch.from_numpy(SMALL.omni_mask())
     p, n = SMALL.prefix_length, mask.shape[0]
     assert n == p + 1 + SMALL.image_tokens
     assert torch.equal(mask[:p, :p], torch.tril(torch.ones(p, p, dtype=torch.bool)))
@@ -44,7 +43,7 @@ def test_the_prefix_does_not_depend_on_the_image_or_the_time(model):
     with torch.inference_mode():
         a = model._prefix_embeddings(ids)
         for layer in model.layers:
-            a, _ = layer(a, model.rope_cos[:p], model.rope_sin[:p], omni_mask(SMALL)[:p, :p])
+            a, _ = layer(a, model.rope_cos[:p], model.rope_sin[:p], model.omni_mask[:p, :p])
         full = torch.cat([model._prefix_embeddings(ids), model._suffix_embeddings(noise(model, 3).expand(2, -1, -1, -1), 0.2)[0]], 1)
         for layer in model.layers:
             full, _ = layer(full, model.rope_cos, model.rope_sin, model.omni_mask)
