@@ -42,3 +42,35 @@ def test_a_stopped_soak_stops_its_stack(tmp_path, sig):
         proc.kill()
         for pid in procfs.naming(marker):
             os.kill(pid, signal.SIGKILL)
+
+
+SIGNAL_INSIDE_A_TASK = """
+import asyncio, os, signal
+from harness.__main__ import _interrupted
+
+async def spin(kill):
+    await asyncio.sleep(0.01)
+    if kill:
+        os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(200_000):  # the handler runs while this task's step does
+        pass
+    await asyncio.sleep(5)
+
+async def main():
+    await asyncio.gather(*(spin(i == 3) for i in range(8)))
+
+signal.signal(signal.SIGTERM, _interrupted)
+try:
+    asyncio.run(main())
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_sigterm_landing_inside_an_asyncio_task_unwinds_without_a_traceback():
+    """The race CI once lost: SIGTERM raised as KeyboardInterrupt inside a running task made asyncio log that
+    task's exception with a traceback; it must unwind as Ctrl-C does, by cancelling the main task."""
+    done = subprocess.run([sys.executable, "-c", SIGNAL_INSIDE_A_TASK], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.strip() == "interrupted", done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
