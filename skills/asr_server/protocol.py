@@ -62,7 +62,7 @@ def _chunk(data: bytes) -> Chunk | Fault:
 def _finalize(text: str) -> Finalize | Fault:
     try:
         request = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the decoder's recursion limit
         request = None
     if isinstance(request, dict) and request.get("type") == "finalize":
         return Finalize()

@@ -64,10 +64,12 @@ def create_app(engine: ImageEngine, name: str, worker: ThreadPoolExecutor | None
     async def generations(request: Request):
         try:
             params = parse(json.loads(await request.body()), engine.image_size)
-        except ValueError as exc:  # RequestError, or a body that is not JSON
+        except (ValueError, RecursionError) as exc:  # RequestError, a body that is not JSON or nests too deeply
             served["image_requests_refused_total"] += 1
             if isinstance(exc, RequestError):
                 return _error(str(exc), 400, exc.param)
+            if isinstance(exc, RecursionError):
+                return _error("the body is nested too deeply to read", 400, None)
             return _error(f"the body is not JSON: {exc}", 400, None)
         seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
         ids = engine.tokenize(params.prompt)

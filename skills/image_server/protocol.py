@@ -26,9 +26,9 @@ class GenerationParams:
 
 
 def _integer(body: dict, key: str, default: int | None, low: int, high: int) -> int | None:
-    value = body.get(key, default)
-    if value is None:
-        return None
+    value = body.get(key)
+    if value is None:  # absent or null: the default, as OpenAI's API reads a null field
+        return default
     if isinstance(value, bool) or not isinstance(value, int):
         raise RequestError(f"{key}: an integer is required, got {type(value).__name__}", key)
     if not low <= value <= high:
@@ -56,13 +56,14 @@ def parse(body: object, image_size: int) -> GenerationParams:
         raise RequestError("prompt: a non-empty string is required", "prompt")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise RequestError(f"prompt: at most {MAX_PROMPT_CHARS} characters, got {len(prompt)}", "prompt")
-    if body.get("n", 1) != 1 or isinstance(body.get("n"), bool):
-        raise RequestError(f"n: this server draws one image per request, got {str(body.get('n'))[:20]}", "n")
-    if body.get("response_format", "b64_json") != "b64_json":
+    n = body.get("n")
+    if n is not None and (n != 1 or isinstance(n, bool)):
+        raise RequestError(f"n: this server draws one image per request, got {str(n)[:20]}", "n")
+    if body.get("response_format") not in (None, "b64_json"):
         raise RequestError(f"response_format: only b64_json is served, got {str(body.get('response_format'))[:40]!r}",
                            "response_format")
     _size(body, image_size)
-    guidance = body.get("guidance_scale", 5.0)
+    guidance = 5.0 if body.get("guidance_scale") is None else body["guidance_scale"]
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 1.0 <= guidance <= MAX_GUIDANCE:
         raise RequestError(f"guidance_scale: a number from 1 to {MAX_GUIDANCE:g} is required, got "
                            f"{str(guidance)[:40]}", "guidance_scale")

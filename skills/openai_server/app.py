@@ -87,6 +87,8 @@ async def _json_body(request: Request) -> Any:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(f"the request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # json's decoder recurses once per level of nesting
+        raise RequestError("the request body is nested too deeply to read") from exc
 
 
 def _sampling(common: Common, prompt_len: int, max_model_len: int, tokenizer) -> SamplingParams:

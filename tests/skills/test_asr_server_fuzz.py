@@ -102,3 +102,10 @@ def _edited(edits: list[tuple[int, bytes]], cut: int) -> bytes:
 def test_an_upload_without_a_file_field_is_a_400(client):
     response = client.post("/v1/audio/transcriptions", data={"file": "not a file"})
     assert response.status_code == 400 and "WAV file is required" in response.json()["error"]["message"]
+
+
+@pytest.mark.timeout(60)  # without the fix the server's handler died and the client waited for ever
+def test_a_text_frame_nested_past_the_decoders_recursion_limit_is_a_protocol_error(client):
+    messages, code = converse(client, ["[" * 100_000])
+    assert code == CLOSE_PROTOCOL and messages[-1]["type"] == "error" and messages[-1]["message"], messages
+    still_serves(client)

@@ -94,3 +94,9 @@ def test_any_conversation_is_answered_without_a_5xx(served, conversation):
 def test_bytes_that_are_not_json_are_a_400(served, raw):
     post(served, "/v1/completions", raw)
     still_serves(served, "/v1/completions")
+
+
+@pytest.mark.parametrize("path", list(VALID))
+def test_a_body_nested_past_the_decoders_recursion_limit_is_a_400(served, path):
+    post(served, path, b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    still_serves(served, path)
