@@ -1,5 +1,6 @@
 """skills/mlx_image: the MLX port draws, from the same weights, prompt and seed, the image the
-torch plain loop draws, within setting G's bounds, with text K/V reuse on and off; reuse runs only
+torch plain loop draws, within setting G's bounds, with text K/V reuse on and off and with the compiled
+fused-math step (whose warm-up leaves no trace in the counters); reuse runs only
 the time and image rows. The port runs in the mlx-lm environment, in one subprocess
 (`python -m skills.mlx_image.selfcheck`); skipped where that environment is not installed."""
 import json
@@ -45,7 +46,7 @@ def _png(image: np.ndarray) -> bytes:
     return png(image)
 
 
-@pytest.mark.parametrize("mode", ["on", "off"])
+@pytest.mark.parametrize("mode", ["on", "off", "compiled"])
 def test_the_mlx_port_draws_the_torch_image_within_bounds(drawn, mode):
     images, refs = drawn
     for i, ref in enumerate(refs):
@@ -55,7 +56,16 @@ def test_the_mlx_port_draws_the_torch_image_within_bounds(drawn, mode):
 
 def test_reuse_runs_only_the_time_and_image_rows(drawn):
     images, _ = drawn
-    on, off = (json.loads(str(images[f"counters-{m}"])) for m in ("on", "off"))
+    on, off, compiled = (json.loads(str(images[f"counters-{m}"])) for m in ("on", "off", "compiled"))
+    assert on == compiled
     assert on["denoise_steps_total"] == off["denoise_steps_total"] == 28
     assert on["prefix_rows_reused_total"] == 20 * 2 * 65 + 8 * 65 and off["prefix_rows_reused_total"] == 0
     assert on["body_rows_total"] == 20 * 2 * 65 + 8 * 65 and off["body_rows_total"] == 20 * 2 * 130 + 8 * 130
+
+
+def test_the_fused_arithmetic_matches_mlx_functions(drawn):
+    images, _ = drawn
+    error = json.loads(str(images["fused-math-error"]))
+    assert error["exp"] < 2e-6, error
+    assert max(error["sigmoid"], error["tanh"], error["softmax"]) < 1e-6, error
+    assert error["silu"] < 1e-5, error  # absolute, on values up to 30

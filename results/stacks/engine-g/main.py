@@ -2,7 +2,7 @@
 values reused across denoising steps), composed from skills/mlx_image + skills/image_server. Runs
 in the mlx-lm engine environment (mlx[cpu] on Linux, OpenBLAS preloaded).
 
-python results/stacks/engine-g/main.py --model DIR --port P [--text-kv-reuse on|off]
+python results/stacks/engine-g/main.py --model DIR --port P [--text-kv-reuse on|off] [--compile on|off]
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ def arguments() -> argparse.ArgumentParser:
     p.add_argument("--served-model-name", default=None)
     p.add_argument("--text-kv-reuse", choices=["on", "off"], default="on",
                    help="off: every step runs the whole sequence (the plain loop in MLX) (default: on)")
+    p.add_argument("--compile", choices=["on", "off"], default="on",
+                   help="on: each step and the decoder one mx.compile'd graph, exp/sigmoid/tanh as fused arithmetic "
+                        "(skills/mlx_image/fused_math); built at start-up (default: on)")
     return p
 
 
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     from skills.image_server import serve
     from skills.mlx_image import MlxDenoiser
 
-    serve(lambda: MlxDenoiser(args.model, reuse_text_kv=args.text_kv_reuse == "on"),
+    serve(lambda: MlxDenoiser(args.model, reuse_text_kv=args.text_kv_reuse == "on", compiled=args.compile == "on"),
           args.served_model_name or "engine-g", args.host, args.port)
 
 
