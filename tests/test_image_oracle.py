@@ -3,40 +3,21 @@ stack and FAILS the wrong ones: a fixed image, another seed's image, noise, and 
 claims text K/V reuse without /metrics showing any. The stacks are test doubles
 (tests/stacks/image_double.py) serving the real tiny model, each with one fault put in on purpose;
 they are scored in one run, so the reference images are drawn once."""
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
-from harness.row import read_rows
+from tests.doubles import double, score
 
-REPO = Path(__file__).resolve().parent.parent
 MODULE = "scenarios/test_text_to_image.py"
 MODES = ("honest", "fixed", "other-seed", "noise", "claims-reuse")
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
-    tmp = tmp_path_factory.mktemp("image-oracle")
-    base = yaml.safe_load((REPO / "tests" / "stacks" / "image_double.yaml").read_text())
-    stacks = []
-    for mode in MODES:
-        spec = {**base, "name": f"image-{mode}", "command": [*base["command"][:-1], mode]}
-        if mode == "claims-reuse":
-            spec["supports"] = [*base["supports"], "text_kv_reuse"]
-        path = tmp / f"image-{mode}.yaml"
-        path.write_text(yaml.safe_dump(spec))
-        stacks += ["--stack", str(path)]
-    out = subprocess.run([sys.executable, "-m", "pytest", MODULE, "-p", "no:cacheprovider", "-q", "--profile", "smoke",
-                          "--results-dir", str(tmp), "--no-leaderboard", *stacks],
-                         cwd=REPO, capture_output=True, text=True, timeout=1800)
-    rows = {}
-    for row in read_rows(tmp):
-        rows.setdefault(row.stack, {})[row.kind] = row
-    return out, rows
+def scored(tmp_path_factory):
+    specs = [double("image_double.yaml", f"image-{mode}", mode) for mode in MODES]
+    specs[MODES.index("claims-reuse")]["supports"] += ["text_kv_reuse"]
+    return score(tmp_path_factory.mktemp("image-oracle"), MODULE, specs, timeout=1800)
 
 
 def _details(row, key: str) -> list:

@@ -4,16 +4,11 @@ server that ignores the schema, a jump-forward path that changes the text. The s
 doubles (tests/stacks/schema_double.py) serving the real SmolLM2-135M-Instruct through
 transformers, each with one fault put in on purpose; they are scored in one run, so the
 references are computed once."""
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
-from harness.row import read_rows
+from tests.doubles import double, score
 
-REPO = Path(__file__).resolve().parent.parent
 MODULE = "scenarios/test_json_schema_decoding.py"
 # mode -> whether the double claims jump_forward (then it is also relaunched with it off, for the
 # lossless check); the two that fail on their outputs need not
@@ -22,25 +17,15 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
-    tmp = tmp_path_factory.mktemp("schema-oracle")
-    base = yaml.safe_load((REPO / "tests" / "stacks" / "schema_double.yaml").read_text())
-    stacks = []
+def scored(tmp_path_factory):
+    specs = []
     for mode, claims in MODES.items():
-        supports = [s for s in base["supports"] if claims or s != "jump_forward"]
-        spec = {**base, "name": f"schema-{mode}", "command": [*base["command"][:-1], mode], "supports": supports}
+        spec = double("schema_double.yaml", f"schema-{mode}", mode)
+        spec["supports"] = [s for s in spec["supports"] if claims or s != "jump_forward"]
         if not claims:
             spec.pop("off_switch")  # a switch for a feature it does not declare is refused
-        path = tmp / f"schema-{mode}.yaml"
-        path.write_text(yaml.safe_dump(spec))
-        stacks += ["--stack", str(path)]
-    out = subprocess.run([sys.executable, "-m", "pytest", MODULE, "-p", "no:cacheprovider", "-q", "--profile", "smoke",
-                          "--results-dir", str(tmp), "--no-leaderboard", *stacks],
-                         cwd=REPO, capture_output=True, text=True, timeout=2400)
-    rows = {}
-    for row in read_rows(tmp):
-        rows.setdefault(row.stack, {})[row.kind] = row
-    return out, rows
+        specs.append(spec)
+    return score(tmp_path_factory.mktemp("schema-oracle"), MODULE, specs, timeout=2400)
 
 
 def _parts(row) -> dict:

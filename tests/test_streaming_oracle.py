@@ -4,16 +4,11 @@ of the audio received so far (a stale lookahead), reuse claimed but not done, ch
 of order or twice, a message after the final. The stacks are test doubles
 (tests/stacks/asr_double.py) serving the real tiny moonshine_streaming through transformers, each
 with one fault put in on purpose; they are scored in one run, so the references are computed once."""
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
-from harness.row import read_rows
+from tests.doubles import double, score
 
-REPO = Path(__file__).resolve().parent.parent
 MODULE = "scenarios/test_streaming_asr.py"
 pytestmark = pytest.mark.slow
 # mode -> whether the double claims an encoder cache (the honest double caches nothing, so it claims none)
@@ -21,23 +16,11 @@ MODES = {"honest": False, "drift": False, "fake-reuse": True, "reorder": False, 
 
 
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
-    tmp = tmp_path_factory.mktemp("streaming-oracle")
-    base = yaml.safe_load((REPO / "tests" / "stacks" / "asr_double.yaml").read_text())
-    stacks = []
-    for mode, claims in MODES.items():
-        spec = {**base, "name": f"asr-{mode}", "command": [*base["command"][:-1], mode],
-                "supports": ["audio_stream", "encoder_cache"] if claims else ["audio_stream"]}
-        path = tmp / f"asr-{mode}.yaml"
-        path.write_text(yaml.safe_dump(spec))
-        stacks += ["--stack", str(path)]
-    out = subprocess.run([sys.executable, "-m", "pytest", MODULE, "-p", "no:cacheprovider", "-q", "--profile", "smoke",
-                          "--results-dir", str(tmp), "--no-leaderboard", *stacks],
-                         cwd=REPO, capture_output=True, text=True, timeout=1200)
-    rows = {}
-    for row in read_rows(tmp):
-        rows.setdefault(row.stack, {})[row.kind] = row
-    return out, rows
+def scored(tmp_path_factory):
+    specs = [double("asr_double.yaml", f"asr-{mode}", mode,
+                    supports=["audio_stream", "encoder_cache"] if claims else ["audio_stream"])
+             for mode, claims in MODES.items()]
+    return score(tmp_path_factory.mktemp("streaming-oracle"), MODULE, specs, timeout=1200)
 
 
 def test_an_honest_server_passes(scored):
