@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from harness.errors import HarnessError
@@ -130,19 +131,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
     p.set_defaults(func=cmd_instrument)
     args = parser.parse_args(argv)
-    # SIGTERM as Ctrl-C: a command that launched a stack (soak, instrument) unwinds and stops it
-    previous = signal.signal(signal.SIGTERM, _interrupted)
     try:
-        args.func(args)
+        with stop_signals():
+            args.func(args)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: the stack it launched, if any, was stopped", file=sys.stderr)
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+@contextmanager
+def stop_signals():
+    """SIGTERM and SIGINT as Ctrl-C while a command runs: a command that launched a stack (soak, instrument)
+    unwinds and stops it. SIGINT gets Python's own handler even where the caller ignored it (a background
+    job of a non-interactive shell, as CI runs us), since asyncio.run takes SIGINT over only from that handler."""
+    previous = signal.signal(signal.SIGTERM, _interrupted), signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
 
 
 def _interrupted(signum, frame):
