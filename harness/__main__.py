@@ -157,14 +157,10 @@ def stop_signals():
 
 
 def _interrupted(signum, frame):
-    # handled as Ctrl-C is: inside asyncio.run, SIGINT's handler is the runner's, which cancels the main task and
-    # raises KeyboardInterrupt once it has unwound; raised here instead, it lands in whichever task runs and
-    # asyncio logs that task's unretrieved exception with a traceback
-    on_sigint = signal.getsignal(signal.SIGINT)
-    if callable(on_sigint):
-        on_sigint(signal.SIGINT, frame)
-        return
-    raise KeyboardInterrupt(f"signal {signum}")
+    # handled as Ctrl-C is (stop_signals installed a handler for it): inside asyncio.run, SIGINT's handler is the
+    # runner's, which cancels the main task and raises KeyboardInterrupt once it has unwound; raised here instead,
+    # it lands in whichever task runs and asyncio logs that task's unretrieved exception with a traceback
+    signal.getsignal(signal.SIGINT)(signal.SIGINT, frame)
 
 
 if __name__ == "__main__":

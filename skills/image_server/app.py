@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import json
 import logging
 import secrets
 import time
@@ -23,7 +22,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 
 from .engine_api import ImageEngine
-from .protocol import ROUTE, RequestError, parse
+from .protocol import ROUTE, RequestError, parse, read_json
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +62,10 @@ def create_app(engine: ImageEngine, name: str, worker: ThreadPoolExecutor | None
     @app.post(ROUTE)
     async def generations(request: Request):
         try:
-            params = parse(json.loads(await request.body()), engine.image_size)
-        except (ValueError, RecursionError) as exc:  # RequestError, a body that is not JSON or nests too deeply
+            params = parse(read_json(await request.body()), engine.image_size)
+        except RequestError as exc:
             served["image_requests_refused_total"] += 1
-            if isinstance(exc, RequestError):
-                return _error(str(exc), 400, exc.param)
-            if isinstance(exc, RecursionError):
-                return _error("the body is nested too deeply to read", 400, None)
-            return _error(f"the body is not JSON: {exc}", 400, None)
+            return _error(str(exc), 400, exc.param)
         seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
         ids = engine.tokenize(params.prompt)
         try:

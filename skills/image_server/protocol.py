@@ -2,6 +2,7 @@
 what a request may say, checked before any work, each refusal one line naming its field."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 ROUTE = "/v1/images/generations"
@@ -46,6 +47,15 @@ def _size(body: dict, image_size: int) -> None:
         value = body.get(key)
         if value is not None and (isinstance(value, bool) or value != image_size):
             raise RequestError(f"{key}: this model draws {want} only, got {str(value)[:40]!r}", key)
+
+
+def read_json(raw: bytes) -> object:
+    try:
+        return json.loads(raw)
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise RequestError(f"the body is not JSON: {exc}", None) from exc
+    except RecursionError as exc:  # json's decoder recurses once per level of nesting
+        raise RequestError("the body is nested too deeply to read", None) from exc
 
 
 def parse(body: object, image_size: int) -> GenerationParams:

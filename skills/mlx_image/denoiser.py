@@ -1,8 +1,8 @@
 """setting G's engine: skills/image_model's sampler on the MLX port, with the text's keys and
 values computed once per request and the null text's once at load (as skills/text_kv_reuse does
 in torch), both guidance rows one batch, each step evaluated before the next. `compiled`: each step
-is an mx.compile'd graph, and the model's exp, sigmoid and tanh skills/mlx_image/fused_math's arithmetic
-(the decoder runs uncompiled: compiled, its large broadcasting kernels ran 25% slower)."""
+is an mx.compile'd graph, and the model's exp, sigmoid and tanh are skills/mlx_image/fused_math's
+arithmetic (the decoder runs uncompiled: compiled, its large broadcasting kernels ran 25% slower)."""
 from __future__ import annotations
 
 from itertools import pairwise

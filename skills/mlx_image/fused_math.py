@@ -34,4 +34,3 @@ def tanh(x: mx.array) -> mx.array:
 def softmax(x: mx.array, axis: int = -1) -> mx.array:
     e = exp(x - mx.max(x, axis=axis, keepdims=True))
     return e / mx.sum(e, axis=axis, keepdims=True)
-

@@ -39,7 +39,7 @@ class MlxImageModel:
             a, m = f"layers.{i}.self_attn.", f"layers.{i}.mlp."
             self.w[a + "qkv.weight"] = mx.concatenate([self.w[a + p + "_proj.weight"] for p in "qkv"], axis=1)
             self.w[a + "qkv.bias"] = mx.concatenate([self.w[a + p + "_proj.bias"] for p in "qkv"])
-            self.w[m + "gate_up.weight"] = mx.concatenate([self.w[m + "gate_proj.weight"], self.w[m + "up_proj.weight"]], 1)
+            self.w[m + "gate_up.weight"] = mx.concatenate([self.w[m + p + "_proj.weight"] for p in ("gate", "up")], 1)
 
     # -- pieces --------------------------------------------------------------------------------------
     def _silu(self, x: mx.array) -> mx.array:
@@ -76,7 +76,8 @@ class MlxImageModel:
         h = mx.fast.rms_norm(x, self.w[w + "input_layernorm.weight"], s.rms_norm_eps)
         heads = (s.num_attention_heads, s.num_key_value_heads, s.num_key_value_heads)
         if w + "self_attn.qkv.weight" in self.w:
-            q, k, v = mx.split(self._linear(h, w + "self_attn.qkv"), list(accumulate(c * s.head_dim for c in heads[:2])), -1)
+            cuts = list(accumulate(count * s.head_dim for count in heads[:2]))
+            q, k, v = mx.split(self._linear(h, w + "self_attn.qkv"), cuts, axis=-1)
         else:
             q, k, v = (self._linear(h, w + f"self_attn.{p}_proj") for p in "qkv")
         q, k, v = (y.reshape(b, n, count, s.head_dim).transpose(0, 2, 1, 3) for y, count in zip((q, k, v), heads))

@@ -1,7 +1,8 @@
 """python -m skills.mlx_image.selfcheck --model DIR --requests FILE --out FILE.npz: draw each
 request ({"ids": [...], "seed": n, "steps": n, "guidance": g}) with text K/V reuse on, off, and on
-with the compiled fused-math step, and save the images (`on-i`, `off-i`, `compiled-i`), the counters and fused_math's error, for tests/skills/test_mlx_image.py to judge
-against the torch plain loop (it runs in the harness's environment, which has no MLX)."""
+with the compiled fused-math step, and save the images (`on-i`, `off-i`, `compiled-i`), the counters
+and fused_math's error, for tests/skills/test_mlx_image.py to judge against the torch plain loop (it
+runs in the harness's environment, which has no MLX)."""
 from __future__ import annotations
 
 import argparse

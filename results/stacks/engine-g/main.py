@@ -29,8 +29,8 @@ def arguments() -> argparse.ArgumentParser:
     p.add_argument("--text-kv-reuse", choices=["on", "off"], default="on",
                    help="off: every step runs the whole sequence (the plain loop in MLX) (default: on)")
     p.add_argument("--compile", choices=["on", "off"], default="on",
-                   help="on: each step and the decoder one mx.compile'd graph, exp/sigmoid/tanh as fused arithmetic "
-                        "(skills/mlx_image/fused_math); built at start-up (default: on)")
+                   help="on: each step one mx.compile'd graph, built at start-up, and exp/sigmoid/tanh as fused "
+                        "arithmetic (skills/mlx_image/fused_math) (default: on)")
     return p
 
 
