@@ -233,14 +233,16 @@ def live_bench(request, bench):
     """The bench, once it is known the stack can run this test and is still alive.
 
     What a test needs is read from the scenario's `needs` under the test's name (test_accuracy ->
-    accuracy). A stack that cannot run it gets a "not applicable" row and a skip, never a pass.
+    accuracy), with its load point's own `needs`. A stack that cannot run it gets a "not applicable" row and a skip, never a pass.
     """
     kind = request.node.originalname.removeprefix("test_")
-    missing = bench.unmet or bench.spec.lacking(bench.scenario.needs_for(kind))
+    point = getattr(request.node, "callspec", None) and request.node.callspec.params.get("load_point")
+    missing = bench.unmet or bench.spec.lacking(bench.scenario.needs_for(kind) + (point.needs if point else ()))
     if missing:
         reason = f"{bench.spec.name} {', '.join(missing)}"
-        if not any(r.kind == kind and r.status == "not_applicable" for r in bench.rows):
-            bench.not_applicable(kind, reason)
+        where = point.describe() if point and point.needs else None  # the point's needs: a row per point
+        if not any(r.kind == kind and r.status == "not_applicable" and r.load_point == where for r in bench.rows):
+            bench.not_applicable(kind, reason, point if where else None)
         pytest.skip(f"not applicable: {reason}")
     dead = bench.stack.death()
     if dead:

@@ -182,9 +182,11 @@ class Bench:
             self.log(f"{self.spec.name} accuracy: {row.status}: {exc}")
             raise
 
-    def not_applicable(self, kind: str, reason: str) -> ResultRow:
+    def not_applicable(self, kind: str, reason: str, point: LoadPoint | None = None) -> ResultRow:
+        """A row saying the stack cannot run this test (or this load point of it), and why."""
         accuracy = {"verdict": "not_applicable", "summary": reason} if kind == "accuracy" else None
-        return self._finish(self._row(kind, status="not_applicable", error=reason, accuracy=accuracy))
+        where = {"load_point": point.describe()} if point else {}
+        return self._finish(self._row(kind, status="not_applicable", error=reason, accuracy=accuracy, **where))
 
     def measure(self, endpoint: str, payloads: list[dict], point: LoadPoint, request_timeout_s: float,
                 repeat: int = 0, slos_ms: dict[str, float] | None = None, guard: Guard | None = None,

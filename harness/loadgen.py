@@ -27,6 +27,7 @@ class LoadPoint:
     # The scenario's own keys of this point in its YAML (e.g. a tail length its workload sweeps):
     # the harness only shows them in the label and the row.
     params: dict = field(default_factory=dict)
+    needs: tuple[str, ...] = ()  # `supports` words a stack must declare for this point, beyond its test's
 
     @property
     def label(self) -> str:
@@ -39,7 +40,8 @@ class LoadPoint:
     def describe(self) -> dict:
         return {"label": self.label, "request_rate": self.request_rate, "burstiness": self.burstiness,
                 "max_concurrency": self.max_concurrency, "concurrency": self.concurrency,
-                "num_prompts": self.num_prompts, "warmup": self.warmup, "seed": self.seed, **self.params}
+                "num_prompts": self.num_prompts, "warmup": self.warmup, "seed": self.seed, **self.params} | (
+                    {"needs": list(self.needs)} if self.needs else {})
 
 
 @dataclass

@@ -82,7 +82,7 @@ def generate_reference(model_dir: Path, prompts: list[Prompt], top_k: int = TOP_
     (up to float rounding: see `_greedy_batch`)."""
     import torch
 
-    tok, model = _reference_model(model_dir)
+    tok, model = reference_model(model_dir)
     eos = frozenset(_eos_ids(model.generation_config.eos_token_id))
     rows = [_Row(input_ids(tok, p), p.max_tokens, frozenset() if p.ignore_eos else eos, _constraint(tok, p, eos))
             for p in prompts]
@@ -104,7 +104,7 @@ def _constraint(tok, prompt: Prompt, eos: frozenset[int]) -> Constraint | None:
 
 
 @lru_cache(maxsize=1)  # loaded once, not per judged cell (3 s each on 2 cores); one model at a time
-def _reference_model(model_dir: Path):
+def reference_model(model_dir: Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

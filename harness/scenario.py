@@ -43,7 +43,9 @@ class ScenarioSpec:
 
     @property
     def vocabulary(self) -> frozenset[str]:
-        return frozenset(self.features).union(*self.needs.values())
+        points = [point.get("needs") or () for profile in self.profiles.values()
+                  for point in ((profile or {}).get("load") or {}).get("points") or ()]
+        return frozenset(self.features).union(*self.needs.values(), *points)
 
     def profile(self, name: str) -> dict:
         if name not in self.profiles:
@@ -110,18 +112,19 @@ def load_scenario(path: Path) -> ScenarioSpec:
     return spec
 
 
-POINT_KEYS = ("request_rate", "concurrency", "max_concurrency")
+POINT_KEYS = ("request_rate", "concurrency", "max_concurrency", "needs")
 
 
 def load_points(load: dict) -> list:
     """A profile's `load` section as LoadPoints, in its order (keys other than the harness's are
-    the point's own `params`)."""
+    the point's own `params`; `needs`: what a stack must support for this point, as a test's)."""
     from harness.loadgen import LoadPoint
 
     return [LoadPoint(num_prompts=load.get("num_prompts") or 0, request_rate=p.get("request_rate"),
                       concurrency=p.get("concurrency"), max_concurrency=p.get("max_concurrency", load.get("max_concurrency")),
                       burstiness=load.get("burstiness", 1.0), warmup=load.get("warmup", 0),
-                      seed=load.get("seed", 0) + i, params={k: v for k, v in p.items() if k not in POINT_KEYS})
+                      seed=load.get("seed", 0) + i, params={k: v for k, v in p.items() if k not in POINT_KEYS},
+                      needs=tuple(p.get("needs") or ()))
             for i, p in enumerate(load.get("points") or [])]
 
 

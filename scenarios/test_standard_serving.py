@@ -1,4 +1,5 @@
-"""Setting A: standard serving. Accuracy against the transformers reference, then a Poisson sweep."""
+"""Setting A: standard serving. Accuracy against the transformers reference, then a Poisson sweep,
+greedy and sampled."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +9,7 @@ import pytest
 from harness.bench import OutputCheck
 from harness.generation import Prompt
 from harness.prompts import draw, load_pool, salted, spread
+from harness.sampling import SampledCheck
 
 POOL = Path(__file__).parent / "data" / "instructions.jsonl"
 pytestmark = pytest.mark.setting("A")
@@ -31,9 +33,11 @@ def load_prompts(load: dict, count: int, seed: int, salt: str | None) -> list[Pr
             for item in draw(load_pool(POOL), count, seed)]
 
 
-def load_payloads(prompts: list[Prompt]) -> list[dict]:
-    return [{"model": "default", "prompt": p.text, "max_tokens": p.max_tokens, "temperature": 0,
-             "ignore_eos": p.ignore_eos} for p in prompts]
+def load_payloads(prompts: list[Prompt], sampling: dict | None = None, seed: int = 0) -> list[dict]:
+    """Greedy requests, or sampled ones (`sampling`: temperature, top_p), each with a seed of its own."""
+    greedy = {"temperature": 0}
+    return [{"model": "default", "prompt": p.text, "max_tokens": p.max_tokens, "ignore_eos": p.ignore_eos}
+            | ({**sampling, "seed": seed + i} if sampling else greedy) for i, p in enumerate(prompts)]
 
 
 def reference_prompts(profile: dict, salt: str | None) -> tuple[list[Prompt], int]:
@@ -53,10 +57,15 @@ def test_performance(cell_bench, profile, load_point, repeat, salt):
     n = load["num_prompts"] or round(load["duration_s"] * load_point.request_rate)
     point = load_point.__class__(**{**load_point.__dict__, "num_prompts": n})
     prompts = load_prompts(load, point.warmup + n, point.seed, salt)
-    # `judged` of the measured outputs, drawn after the cell, against the reference run past EOS.
-    check = OutputCheck(prompts[point.warmup:], sample=load["judged"])
-    row = cell_bench.measure(load["endpoint"], load_payloads(prompts), point, profile["request_timeout_s"],
-                             repeat=repeat, check=check)
+    sampling = {k: point.params[k] for k in ("temperature", "top_p") if k in point.params}
+    payloads = load_payloads(prompts, sampling, seed=(point.seed * 1009 + repeat * 101) % 2**30)
+    # `judged` of the measured outputs, drawn after the cell: greedy ones against the reference run
+    # past EOS, sampled ones by what can be checked of a sample (harness/sampling.py).
+    check = (SampledCheck(prompts[point.warmup:], payloads[point.warmup:], load["endpoint"],
+                          profile["request_timeout_s"], sample=load["judged"]) if sampling
+             else OutputCheck(prompts[point.warmup:], sample=load["judged"]))
+    row = cell_bench.measure(load["endpoint"], payloads, point, profile["request_timeout_s"], repeat=repeat,
+                             check=check)
     m = row.metrics
     assert m["completed"] == n, f"{m['failed']} of {n} requests failed: {row.error}"
     if load["ignore_eos"] and cell_bench.spec.ignore_eos != "unsupported":

@@ -104,3 +104,36 @@ def test_a_leaderboard_load_point_that_names_no_point_is_refused(tmp_path):
     bad.write_text(yaml.safe_dump(data, sort_keys=False))
     with pytest.raises(HarnessError, match="names no load point"):
         load_scenario(bad)
+
+
+def test_a_points_needs_are_read_and_join_the_words_a_stack_may_use():
+    from pathlib import Path
+
+    from harness.scenario import load_points, load_scenario
+
+    points = load_points({"num_prompts": 4, "points": [{"request_rate": None, "temperature": 1.0, "needs": ["sampling"]},
+                                                       {"concurrency": 1}]})
+    assert points[0].needs == ("sampling",) and points[0].params == {"temperature": 1.0}
+    assert points[0].describe()["needs"] == ["sampling"] and "needs" not in points[1].describe()
+    yaml = Path(__file__).resolve().parent.parent / "scenarios" / "standard_serving.yaml"
+    assert "sampling" in load_scenario(yaml).vocabulary
+
+
+def test_a_stack_lacking_a_points_need_gets_a_not_applicable_row_for_that_point(tmp_path):
+    """hf-reference decodes greedily only: setting A's sampled point is not applicable to it, with
+    the spec's reason, while the test's other points stay its own."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from harness.row import read_rows
+
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-m", "pytest", "scenarios/test_standard_serving.py", "-p", "no:cacheprovider",
+                          "-q", "--stack", "hf-reference", "-k", "performance and temperature", "--results-dir",
+                          str(tmp_path), "--no-leaderboard"], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert "1 skipped" in out.stdout, out.stdout[-2000:]
+    rows = [r for r in read_rows(tmp_path) if r.kind == "performance"]
+    assert len(rows) == 1 and rows[0].status == "not_applicable"
+    assert rows[0].load_point["label"] == "rate=inf,temperature=1.0,top_p=0.9"
+    assert "does not support sampling (decodes greedily only" in rows[0].error

@@ -1,4 +1,11 @@
-"""Next tokens from a step's logits: greedy rows in one argmax, sampled rows one by one.
+"""Next tokens from a step's logits: greedy rows in one argmax, sampled rows in one batch.
+
+A sampled row draws one uniform number from its own generator (seeded requests: the same tokens
+whatever else shares the step) and inverts the cumulative distribution of its temperature-scaled
+softmax, cut to the top-p nucleus. Every operation is per row, so a row's token does not depend on
+the rows beside it. Top-p looks for the nucleus among a row's 1024, then 8192, heaviest tokens, and
+sorts the whole vocabulary only where the nucleus is wider still (a sort costs what 8 partial
+selections do).
 
 Logprobs are of the raw model distribution (before temperature / top-p), as vLLM reports them.
 """
@@ -11,6 +18,10 @@ import torch
 
 from skills.openai_server.engine_api import SamplingParams, TokenLogprob
 
+_NUCLEUS_GUESSES = (1024, 8192)  # top-p's candidate counts before a whole sort
+_UNSEEDED = torch.Generator()  # requests without a seed share one stream
+_UNSEEDED.seed()
+
 
 @dataclass(frozen=True)
 class SampleRequest:
@@ -22,22 +33,65 @@ def sample(logits: torch.Tensor, requests: list[SampleRequest]) -> tuple[list[in
     """logits: [rows, vocab], one row per request."""
     logits = logits.float()
     ids = logits.argmax(dim=-1)
-    for i, req in enumerate(requests):
-        if not req.params.greedy:
-            ids[i] = _sample_row(logits[i], req.params, req.generator)
+    rows = [i for i, req in enumerate(requests) if not req.params.greedy]
+    if rows:
+        ids[rows] = _sample_rows(logits[rows], [requests[i] for i in rows])  # indexing copies
     chosen = ids.tolist()
     return chosen, _logprobs(logits, chosen, requests)
 
 
-def _sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-    probs = torch.softmax(logits / params.temperature, dim=-1)
-    if params.top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-        drop = (sorted_probs.cumsum(0) - sorted_probs) >= params.top_p
-        sorted_probs[drop] = 0.0
-        return int(order[torch.multinomial(sorted_probs, 1, generator=generator)])
-    return int(torch.multinomial(probs, 1, generator=generator))
+def _sample_rows(logits: torch.Tensor, requests: list[SampleRequest]) -> torch.Tensor:
+    """logits: a copy, one row per sampled request (changed in place: a step's few megabytes are
+    not allocated again)."""
+    weights = logits.div_(torch.tensor([r.params.temperature for r in requests]).unsqueeze(1))
+    weights.sub_(weights.amax(dim=-1, keepdim=True)).exp_()  # the softmax's numerators
+    uniform = torch.cat([torch.rand(1, generator=r.generator or _UNSEEDED) for r in requests])
+    top_p = torch.tensor([r.params.top_p for r in requests])
+    ids = torch.empty(len(requests), dtype=torch.long)
+    plain = top_p >= 1.0
+    if plain.any():
+        ids[plain] = _invert(weights[plain], uniform[plain])
+    if (~plain).any():
+        ids[~plain] = _sample_nucleus(weights[~plain], top_p[~plain], uniform[~plain])
+    return ids
+
+
+def _invert(weights: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """The token where each row's cumulative weight passes its uniform share of the row's total
+    (torch accumulates a float cumsum in double on the CPU)."""
+    cdf = weights.cumsum(dim=-1)
+    target = (uniform * cdf[:, -1]).unsqueeze(1)
+    return torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_(max=weights.shape[1] - 1)
+
+
+def _sample_nucleus(weights: torch.Tensor, top_p: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Top-p: the smallest most-likely prefix whose mass reaches top_p (the first token always
+    stays). A row looks for it among its heaviest tokens, a few first (partial selection is far
+    cheaper than a sort), the whole vocabulary only where the nucleus is wider than that."""
+    mass = top_p * weights.sum(dim=-1)
+    ids = torch.empty(len(top_p), dtype=torch.long)
+    open_rows = torch.arange(len(top_p))
+    for k in (*_NUCLEUS_GUESSES, weights.shape[1]):
+        k = min(k, weights.shape[1])
+        values, order = weights[open_rows].topk(k, dim=-1) if k < weights.shape[1] else \
+            weights[open_rows].sort(dim=-1, descending=True)
+        found = values.sum(dim=-1) >= mass[open_rows]
+        if k == weights.shape[1]:
+            found[:] = True  # rounding may leave the whole vocabulary a hair short of the mass
+        rows = open_rows[found]
+        ids[rows] = _pick_sorted(values[found], order[found], mass[rows], uniform[rows])
+        open_rows = open_rows[~found]
+        if not len(open_rows):
+            break
+    return ids
+
+
+def _pick_sorted(values: torch.Tensor, order: torch.Tensor, mass: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """values: each row's weights in descending order, `order` their token ids; keeps the prefix
+    that reaches `mass`."""
+    before = values.cumsum(dim=-1) - values
+    kept = torch.where(before < mass.unsqueeze(1), values, 0.0)
+    return order.gather(1, _invert(kept, uniform).unsqueeze(1)).squeeze(1)
 
 
 def _logprobs(logits: torch.Tensor, chosen: list[int],

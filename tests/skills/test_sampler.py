@@ -1,0 +1,95 @@
+"""engine_core's batched sampler: the distribution it draws from, the top-p cut, seeded repeatability
+and rows independent of the batch they share a step with."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from skills.engine_core.sampler import SampleRequest, sample
+from skills.openai_server.engine_api import SamplingParams
+
+VOCAB = 49152
+
+
+def _request(seed: int | None, temperature: float = 1.0, top_p: float = 1.0) -> SampleRequest:
+    params = SamplingParams(max_tokens=1, temperature=temperature, top_p=top_p, seed=seed)
+    return SampleRequest(params, torch.Generator().manual_seed(seed) if seed is not None else None)
+
+
+def _frequencies(logits: torch.Tensor, draws: int, **params) -> torch.Tensor:
+    """One row sampled `draws` times in one batch (every row its own seed)."""
+    ids, _ = sample(logits.expand(draws, -1).clone(), [_request(i, **params) for i in range(draws)])
+    return torch.bincount(torch.tensor(ids), minlength=logits.shape[1]).double() / draws
+
+
+def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    values, order = probs.sort(descending=True)
+    kept = order[(values.cumsum(0) - values) < top_p]
+    out = torch.zeros_like(probs)
+    out[kept] = probs[kept] / probs[kept].sum()
+    return out
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 1.7])
+def test_draws_follow_the_temperature_scaled_softmax(temperature):
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0, 0.0, 3.0]])
+    seen = _frequencies(logits, 40_000, temperature=temperature)
+    want = torch.softmax(logits[0].double() / temperature, dim=-1)
+    assert torch.allclose(seen, want, atol=0.01), (seen, want)
+
+
+@pytest.mark.parametrize("top_p", [0.3, 0.7, 0.95])
+def test_top_p_keeps_exactly_the_nucleus_and_renormalises_it(top_p):
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0, 0.0, 3.0]])
+    seen = _frequencies(logits, 40_000, top_p=top_p)
+    want = _nucleus(torch.softmax(logits[0].double(), dim=-1), top_p)
+    assert torch.all(seen[want == 0] == 0), "a token outside the nucleus was drawn"
+    assert torch.allclose(seen, want, atol=0.01), (seen, want)
+
+
+@pytest.mark.parametrize("spread, widths", [(0.3, (8192, VOCAB)), (3.0, (1024, 8192)), (8.0, (0, 1024))],
+                         ids=["flat: the whole sort", "wide: the second guess", "peaked: the first guess"])
+def test_every_nucleus_width_stays_inside_the_sorted_nucleus(spread, widths):
+    """Each of the three paths draws only from the nucleus a full sort finds."""
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(16, VOCAB, generator=gen) * spread
+    ids, _ = sample(logits.clone(), [_request(i, top_p=0.9) for i in range(16)])
+    for row, token in zip(logits, ids):
+        nucleus = _nucleus(torch.softmax(row.double(), dim=-1), 0.9)
+        assert widths[0] < int((nucleus > 0).sum()) <= widths[1], "the case does not take the path it names"
+        assert nucleus[token] > 0
+
+
+def test_a_seeded_row_draws_the_same_tokens_whatever_shares_its_step():
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(12, VOCAB, generator=gen) * 2
+    params = [dict(top_p=1.0), dict(top_p=0.9), dict(temperature=0.7, top_p=0.95)] * 4
+    together, _ = sample(logits.clone(), [_request(i, **p) for i, p in enumerate(params)])
+    alone = [sample(logits[i:i + 1].clone(), [_request(i, **p)])[0][0] for i, p in enumerate(params)]
+    again, _ = sample(logits.clone(), [_request(i, **p) for i, p in enumerate(params)])
+    assert together == alone == again
+
+
+def test_greedy_rows_beside_sampled_ones_take_the_argmax():
+    gen = torch.Generator().manual_seed(6)
+    logits = torch.randn(6, VOCAB, generator=gen)
+    requests = [_request(None, temperature=0.0) if i % 2 else _request(i) for i in range(6)]
+    ids, _ = sample(logits.clone(), requests)
+    assert [ids[i] for i in (1, 3, 5)] == logits[[1, 3, 5]].argmax(dim=-1).tolist()
+
+
+def test_different_seeds_draw_different_tokens_and_unseeded_requests_vary():
+    logits = torch.zeros(64, VOCAB)  # uniform: any two draws collide with probability 1/VOCAB
+    seeded, _ = sample(logits.clone(), [_request(i) for i in range(64)])
+    unseeded, _ = sample(logits.clone(), [_request(None) for _ in range(64)])
+    assert len(set(seeded)) > 60 and len(set(unseeded)) > 60
+
+
+def test_logprobs_are_of_the_raw_distribution_and_the_logits_are_left_alone():
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0]])
+    kept = logits.clone()
+    params = SamplingParams(max_tokens=1, temperature=0.5, top_p=0.5, seed=1, top_logprobs=2)
+    ids, logprobs = sample(logits, [SampleRequest(params, torch.Generator().manual_seed(1))])
+    raw = torch.log_softmax(kept[0], dim=-1)
+    assert ids == [0] and logprobs[0].logprob == pytest.approx(float(raw[0]))
+    assert torch.equal(logits, kept), "sampling changed the caller's logits"
