@@ -237,10 +237,12 @@ def live_bench(request, bench):
     """
     kind = request.node.originalname.removeprefix("test_")
     point = getattr(request.node, "callspec", None) and request.node.callspec.params.get("load_point")
-    missing = bench.unmet or bench.spec.lacking(bench.scenario.needs_for(kind) + (point.needs if point else ()))
+    missing = bench.unmet or bench.spec.lacking(bench.scenario.needs_for(kind))
+    where = None  # the whole test is out of reach: one row; only a point's own needs: a row for the point
+    if not missing and point and point.needs:
+        missing, where = bench.spec.lacking(point.needs), point.describe()
     if missing:
         reason = f"{bench.spec.name} {', '.join(missing)}"
-        where = point.describe() if point and point.needs else None  # the point's needs: a row per point
         if not any(r.kind == kind and r.status == "not_applicable" and r.load_point == where for r in bench.rows):
             bench.not_applicable(kind, reason, point if where else None)
         pytest.skip(f"not applicable: {reason}")

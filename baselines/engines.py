@@ -49,6 +49,7 @@ class Engine:
     check: str  # Python that must run in the venv once installed
     recipes: dict[str, Recipe]  # keyed by a platform tag, see `tag`
     install_time: str  # for the progress line
+    elsewhere: str = ""  # why no recipe serves the platforms it lacks (the install error says it)
 
     def tag(self, here: Platform) -> str:
         if here.cuda and "cuda" in self.recipes:
@@ -60,6 +61,11 @@ class Engine:
     def recipe(self, here: Platform) -> Recipe | None:
         return self.recipes.get(self.tag(here))
 
+
+# Checked against PyPI in December 2026 (sgl-kernel 0.3.21): repeated in sglang.yaml's requires_why.
+SGLANG_ON_CPU = ("SGLang's CPU backend needs an Intel Xeon with AMX and a CPU build of sgl-kernel, which no "
+                 "registry ships: PyPI's sgl-kernel wheels hold only CUDA kernels (sm90, sm100) and it has no "
+                 "source distribution to build one from")
 
 ENGINES: dict[str, Engine] = {
     "vllm": Engine(
@@ -108,7 +114,7 @@ ENGINES: dict[str, Engine] = {
         name="sglang",
         check="import sglang.launch_server",
         install_time="about 5 minutes",
-        # SGLang's PyPI build needs CUDA (sgl-kernel is CUDA-only); there is no CPU recipe.
         recipes={"cuda": Recipe(requirements=("sglang",))},
+        elsewhere=SGLANG_ON_CPU,
     ),
 }

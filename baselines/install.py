@@ -119,7 +119,8 @@ def install(name: str, force: bool = False, console: Console | None = None) -> d
     if recipe is None:
         needs = ", ".join(engine.recipes)
         raise HarnessError(f"{name} cannot be installed here: it needs {needs} (this machine: "
-                           f"{here.system} {here.machine}, {'a' if here.cuda else 'no'} CUDA GPU)")
+                           f"{here.system} {here.machine}, {'a' if here.cuda else 'no'} CUDA GPU)"
+                           + (f". {engine.elsewhere}" if engine.elsewhere else ""))
     if not force and _installed_matches(engine, recipe):
         console.print(f"{name}: already installed ({engine_dir(name)})")
         return _record(engine, recipe, here)

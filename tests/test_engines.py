@@ -30,8 +30,9 @@ def test_unknown_engine_is_one_line():
 
 def test_cuda_only_engine_refuses_a_cpu_machine(monkeypatch):
     monkeypatch.setattr(Platform, "here", classmethod(lambda cls: Platform(cuda=False, system="Linux", machine="x86_64")))
-    with pytest.raises(HarnessError, match="sglang cannot be installed here: it needs cuda"):
+    with pytest.raises(HarnessError, match="sglang cannot be installed here: it needs cuda") as info:
         install("sglang")
+    assert "no source distribution" in str(info.value), "the error says why no CPU build exists"
 
 
 def test_vllm_recipe_follows_the_machine():
@@ -125,7 +126,8 @@ def test_cuda_only_stack_is_not_applicable_on_a_cpu_machine(tmp_path):
     assert "skipped" in summary and "passed" not in summary and "failed" not in summary, summary
     rows = read_rows(tmp_path)
     assert sorted(r.kind for r in rows) == ["accuracy", "performance"]
-    assert all(r.status == "not_applicable" and "needs CUDA" in r.error for r in rows)
+    assert all(r.status == "not_applicable" and "needs CUDA" in r.error and "CPU build of sgl-kernel" in r.error
+               for r in rows)
 
 
 def test_mlx_token_prompts_shim_takes_token_ids_and_leaves_text_to_mlx_lm(monkeypatch):
