@@ -249,6 +249,10 @@ def _walk(prompt_id: str, ref: Generation, pieces: list[str], full: str, text: s
             return PromptVerdict(prompt_id, True, j, j, f"near-tie at token {j}: the stack ended, the reference went on")
         if any(a and a not in silent and _spells(after, a) for a in alternatives):
             return PromptVerdict(prompt_id, True, j, j, f"near-tie at token {j}")
+    longer = _longer_runner_up(ref, pieces, starts, i, same, text, silent, eos, max_gap)
+    if longer is not None:
+        return PromptVerdict(prompt_id, True, longer, longer, f"near-tie at token {longer}: the stack took a longer "
+                                                              "runner-up there, which the reference's next token began")
     alternatives = _runners_up(ref, i, eos, max_gap)
     unprinted = [a for a in alternatives if a in silent]
     # The stack may have taken it there, which its text cannot show; with nothing after it, only
@@ -298,6 +302,24 @@ def _deciding(ref: Generation, i: int) -> list[int]:
     while chosen[-1] > 0 and ref.tokens[chosen[-1] - 1].endswith(INCOMPLETE):
         chosen.append(chosen[-1] - 1)
     return chosen
+
+
+def _longer_runner_up(ref: Generation, pieces: list[str], starts: list[int], i: int, same: int, text: str,
+                      silent: frozenset[str], eos: set[str], max_gap: float | None) -> int | None:
+    """The token just before the divergence (or the one before that) where the stack took one of the
+    reference's alternatives that reaches past the common text: the reference wrote ' condition' then
+    ' of', the stack ' conditions' (a runner-up there), so the texts part only at the next token."""
+    for j in range(i - 1, max(i - 1 - LONGER_LOOKBACK, -1), -1):
+        after = text[starts[j]:]
+        if any(a and a not in silent and len(a) > same - starts[j] and _spells(after, a)
+               for a in _runners_up(ref, j, eos, max_gap)):
+            return j
+    return None
+
+
+# How many tokens before a divergence a longer runner-up may have been taken (one token of the
+# stack's spans at most this many of the reference's, in the cases seen).
+LONGER_LOOKBACK = 2
 
 
 def _spells(rest: str, token: str) -> bool:

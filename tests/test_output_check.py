@@ -39,6 +39,21 @@ def test_text_against_the_reference(text, usage, ok, says):
     assert verdict.ok == ok and says in verdict.reason, verdict
 
 
+def test_a_longer_runner_up_that_begins_like_the_reference_is_a_near_tie_at_its_own_token():
+    """Seen on engine-a: the reference wrote ' condition' then ' of', the stack ' conditions' (the
+    reference's runner-up, 0.1 nats behind); the texts part at ' of', but the choice was a token before."""
+    tokens = [" It", " is", " the", " condition", " of", " the"]
+    top = [{t: -0.1} for t in tokens]
+    top[3] = {" condition": -2.54, " conditions": -2.63, " climate": -2.8}
+    gen = Generation(tokens=tokens, top=top, finish_reason="length", text="".join(tokens))
+    verdict = compare_text("p", gen, " It is the conditions that", SILENT, {EOS}, 6, may_end=False)
+    assert verdict.ok and verdict.diverged_at == 3 and "longer runner-up" in verdict.reason, verdict
+    # a longer token that is no runner-up there is still a divergence
+    assert not compare_text("p", gen, " It is the conditional one", SILENT, {EOS}, 6, may_end=False).ok
+    top[3] = {" condition": -2.54, " climate": -2.8}
+    assert not compare_text("p", gen, " It is the conditions that", SILENT, {EOS}, 6, may_end=False).ok
+
+
 def test_an_unprinted_special_token_where_the_reference_had_it_as_runner_up_is_a_near_tie():
     # The stack took end-of-sequence at token 1 (printed or not), then went on its own way.
     tied = ref(TOKENS, eos_runner_up=(1,))

@@ -3,9 +3,9 @@
 A sampled row draws one uniform number from its own generator (seeded requests: the same tokens
 whatever else shares the step) and inverts the cumulative distribution of its temperature-scaled
 softmax, cut to the top-p nucleus. Every operation is per row, so a row's token does not depend on
-the rows beside it. Top-p looks for the nucleus among a row's 1024, then 8192, heaviest tokens, and
-sorts the whole vocabulary only where the nucleus is wider still (a sort costs what 8 partial
-selections do).
+the rows beside it. Top-p looks for the nucleus among a row's heads (its tokens within a factor
+of its heaviest: a few hundred, sorted with every row's in one sort), then among wider heads, and
+sorts the whole vocabulary (~2 ms a row) only where the nucleus is wider still.
 
 Logprobs are of the raw model distribution (before temperature / top-p), as vLLM reports them.
 """
@@ -18,7 +18,9 @@ import torch
 
 from skills.openai_server.engine_api import SamplingParams, TokenLogprob
 
-_NUCLEUS_GUESSES = (1024, 8192)  # top-p's candidate counts before a whole sort
+# Where top-p looks for the nucleus before sorting a whole row: the tokens at least this fraction
+# of the row's heaviest (SmolLM2 at temperature 1: 88% of its 0.9-nuclei within 1e-3, all within 1e-4).
+_HEADS = (1e-3, 1e-5)
 _UNSEEDED = torch.Generator()  # requests without a seed share one stream
 _UNSEEDED.seed()
 
@@ -32,28 +34,51 @@ class SampleRequest:
 def sample(logits: torch.Tensor, requests: list[SampleRequest]) -> tuple[list[int], list[TokenLogprob | None]]:
     """logits: [rows, vocab], one row per request."""
     logits = logits.float()
-    ids = logits.argmax(dim=-1)
     rows = [i for i, req in enumerate(requests) if not req.params.greedy]
-    if rows:
-        ids[rows] = _sample_rows(logits[rows], [requests[i] for i in rows])  # indexing copies
+    if len(rows) == len(requests):
+        ids = _sample_rows(logits.clone(), requests)
+    else:
+        ids = logits.argmax(dim=-1)
+        if rows:
+            ids[rows] = _sample_rows(logits.index_select(0, torch.tensor(rows)), [requests[i] for i in rows])
     chosen = ids.tolist()
     return chosen, _logprobs(logits, chosen, requests)
 
 
 def _sample_rows(logits: torch.Tensor, requests: list[SampleRequest]) -> torch.Tensor:
     """logits: a copy, one row per sampled request (changed in place: a step's few megabytes are
-    not allocated again)."""
+    not allocated again). Top-p rows go through the nucleus, the others through the whole
+    vocabulary in id order."""
     weights = logits.div_(torch.tensor([r.params.temperature for r in requests]).unsqueeze(1))
-    weights.sub_(weights.amax(dim=-1, keepdim=True)).exp_()  # the softmax's numerators
+    weights.sub_(weights.amax(dim=-1, keepdim=True)).exp_()  # the softmax's numerators, the largest 1
     uniform = torch.cat([torch.rand(1, generator=r.generator or _UNSEEDED) for r in requests])
     top_p = torch.tensor([r.params.top_p for r in requests])
-    ids = torch.empty(len(requests), dtype=torch.long)
     plain = top_p >= 1.0
-    if plain.any():
-        ids[plain] = _invert(weights[plain], uniform[plain])
-    if (~plain).any():
-        ids[~plain] = _sample_nucleus(weights[~plain], top_p[~plain], uniform[~plain])
+    if plain.all():
+        return _invert(weights, uniform)
+    if not plain.any():
+        return _sample_nucleus(weights, top_p, uniform)
+    ids = torch.empty(len(requests), dtype=torch.long)
+    ids[plain] = _invert(weights[plain], uniform[plain])
+    ids[~plain] = _sample_nucleus(weights[~plain], top_p[~plain], uniform[~plain])
     return ids
+
+
+def _heads(weights: torch.Tensor, cut: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's tokens of weight >= `cut` (its heaviest weighs 1), heaviest first (ties by token
+    id), zero-padded to the batch's longest: one sort of all of them, keyed by row."""
+    rows, cols = (weights >= cut).nonzero(as_tuple=True)
+    picked = weights[rows, cols]
+    key = rows.double() * 2 + (1 - picked.double())  # row first, then weight descending
+    by_key = key.sort(stable=True).indices
+    rows, cols, picked = rows[by_key], cols[by_key], picked[by_key]
+    counts = torch.bincount(rows, minlength=weights.shape[0])
+    place = torch.arange(len(rows)) - (counts.cumsum(0) - counts)[rows]
+    width = int(counts.max())
+    values = weights.new_zeros(weights.shape[0], width)
+    order = torch.zeros(weights.shape[0], width, dtype=torch.long)
+    values[rows, place], order[rows, place] = picked, cols
+    return values, order
 
 
 def _invert(weights: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
@@ -66,17 +91,15 @@ def _invert(weights: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
 
 def _sample_nucleus(weights: torch.Tensor, top_p: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     """Top-p: the smallest most-likely prefix whose mass reaches top_p (the first token always
-    stays). A row looks for it among its heaviest tokens, a few first (partial selection is far
-    cheaper than a sort), the whole vocabulary only where the nucleus is wider than that."""
+    stays), looked for among each row's heads, then its wider heads, then its whole vocabulary."""
     mass = top_p * weights.sum(dim=-1)
     ids = torch.empty(len(top_p), dtype=torch.long)
     open_rows = torch.arange(len(top_p))
-    for k in (*_NUCLEUS_GUESSES, weights.shape[1]):
-        k = min(k, weights.shape[1])
-        values, order = weights[open_rows].topk(k, dim=-1) if k < weights.shape[1] else \
-            weights[open_rows].sort(dim=-1, descending=True)
+    for cut in (*_HEADS, None):
+        part = weights if len(open_rows) == len(top_p) else weights[open_rows]
+        values, order = _heads(part, cut) if cut else part.sort(dim=-1, descending=True)
         found = values.sum(dim=-1) >= mass[open_rows]
-        if k == weights.shape[1]:
+        if cut is None:
             found[:] = True  # rounding may leave the whole vocabulary a hair short of the mass
         rows = open_rows[found]
         ids[rows] = _pick_sorted(values[found], order[found], mass[rows], uniform[rows])

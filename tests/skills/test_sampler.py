@@ -47,16 +47,27 @@ def test_top_p_keeps_exactly_the_nucleus_and_renormalises_it(top_p):
     assert torch.allclose(seen, want, atol=0.01), (seen, want)
 
 
-@pytest.mark.parametrize("spread, widths", [(0.3, (8192, VOCAB)), (3.0, (1024, 8192)), (8.0, (0, 1024))],
-                         ids=["flat: the whole sort", "wide: the second guess", "peaked: the first guess"])
-def test_every_nucleus_width_stays_inside_the_sorted_nucleus(spread, widths):
-    """Each of the three paths draws only from the nucleus a full sort finds."""
+def _rows(tail_logit: float) -> torch.Tensor:
+    """16 rows: one token at 0 over a vocabulary of noise around `tail_logit`, which a 0.9-nucleus
+    must reach into."""
     gen = torch.Generator().manual_seed(3)
-    logits = torch.randn(16, VOCAB, generator=gen) * spread
+    logits = tail_logit + 0.1 * torch.randn(16, VOCAB, generator=gen)
+    logits[:, 7] = 0.0
+    return logits
+
+
+@pytest.mark.parametrize("tail_logit, lightest", [(-5.0, (1e-3, 1.0)), (-8.0, (1e-5, 1e-3)), (-12.0, (0.0, 1e-5))],
+                         ids=["the heads", "the wider heads", "the whole sort"])
+def test_every_nucleus_width_stays_inside_the_sorted_nucleus(tail_logit, lightest):
+    """Each of the three places top-p looks draws only from the nucleus a full sort finds; the case
+    is built so that its nucleus's lightest token (against the heaviest) falls where it says."""
+    logits = _rows(tail_logit)
     ids, _ = sample(logits.clone(), [_request(i, top_p=0.9) for i in range(16)])
     for row, token in zip(logits, ids):
-        nucleus = _nucleus(torch.softmax(row.double(), dim=-1), 0.9)
-        assert widths[0] < int((nucleus > 0).sum()) <= widths[1], "the case does not take the path it names"
+        probs = torch.softmax(row.double(), dim=-1)
+        nucleus = _nucleus(probs, 0.9)
+        floor = float(probs[nucleus > 0].min() / probs.max())
+        assert lightest[0] <= floor < lightest[1], "the case does not reach the place it names"
         assert nucleus[token] > 0
 
 
