@@ -47,7 +47,10 @@ def test_url_stack_is_scored_and_a_wrong_stack_fails_accuracy(hand_started_serve
     # in full, fails the check of its outputs against the reference.
     assert "2 failed" in text, text[-3000:]
     assert "test_accuracy" in text and "prompts fail" in text
-    rows = {r.kind: r for r in read_rows(tmp_path)}
+    rows = {r.kind: r for r in read_rows(tmp_path) if r.status != "not_applicable"}
+    # the sampled rate=inf point needs `sampling`, which this url stack does not declare
+    assert [r.load_point["label"] for r in read_rows(tmp_path) if r.status == "not_applicable"] == [
+        "rate=inf,temperature=1.0,top_p=0.9"]
     perf = rows["performance"]
     assert perf.status == "failed" and perf.metrics["completed"] == 16 and "measured outputs" in perf.error
     assert perf.outputs["verdict"] == "fail" and len(perf.outputs["judged"]) == 4
