@@ -35,7 +35,7 @@ def sample(logits: torch.Tensor, requests: list[SampleRequest]) -> tuple[list[in
     """logits: [rows, vocab], one row per request."""
     logits = logits.float()
     rows = [i for i, req in enumerate(requests) if not req.params.greedy]
-    if len(rows) == len(requests):
+    if rows and len(rows) == len(requests):
         ids = _sample_rows(logits.clone(), requests)
     else:
         ids = logits.argmax(dim=-1)

@@ -104,3 +104,8 @@ def test_logprobs_are_of_the_raw_distribution_and_the_logits_are_left_alone():
     raw = torch.log_softmax(kept[0], dim=-1)
     assert ids == [0] and logprobs[0].logprob == pytest.approx(float(raw[0]))
     assert torch.equal(logits, kept), "sampling changed the caller's logits"
+
+
+def test_a_step_with_no_row_to_sample_gives_no_tokens():
+    """A step of prefill chunks that finish no prompt samples nothing."""
+    assert sample(torch.zeros(0, VOCAB), []) == ([], [])
