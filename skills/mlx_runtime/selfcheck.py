@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import threading
 from pathlib import Path
@@ -89,7 +90,11 @@ def main(argv: list[str] | None = None) -> None:
         report["tasks"].append({"jump": on, "no_jump": off, "probe": row_probe(engine, prompt, on["tokens"][:12])})
     engine.shutdown()
     json.dump(report, sys.stdout)
-    print()
+    print(flush=True)
+    # The report is out: leave without the interpreter's teardown, where a native thread pool
+    # left running (MLX's, llguidance's) can abort the process ("terminate called without an
+    # active exception", seen once in CI after a complete report).
+    os._exit(0)
 
 
 if __name__ == "__main__":
