@@ -27,6 +27,7 @@ from llguidance.hf import from_tokenizer
 from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
 
 from baselines import mlx_token_prompts
+from harness.grammar import validated
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def grammar_for(response_format: object) -> str | None:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
     except ValueError as exc:
         raise ValueError(f"response_format: invalid JSON schema: {_one_line(str(exc))}") from None
-    error = _validated(llguidance.LLMatcher, grammar)
+    error = validated(llguidance.LLMatcher, grammar)
     if error:
         raise ValueError(f"response_format: invalid JSON schema: {_one_line(error)}")
     return grammar
@@ -171,18 +172,5 @@ def main() -> None:
     mlx_lm_main()
 
 
-def _validated(LLMatcher, grammar: str) -> str:
-    """llguidance's verdict on a grammar ("" when it compiles). On some schemas it panics while
-    cutting its own error text inside a multi-byte character (a Rust panic, raised by pyo3 as a
-    BaseException): that is a schema it cannot compile too."""
-    try:
-        return LLMatcher.validate_grammar(grammar)
-    except BaseException as exc:  # noqa: BLE001 - only the panic is kept, by its type's name
-        if type(exc).__name__ != "PanicException":
-            raise
-        return f"llguidance failed on it: {str(exc)[:80]}"
-
-
 if __name__ == "__main__":
     main()
-

@@ -11,6 +11,8 @@ from functools import lru_cache
 import torch
 from transformers import LogitsProcessor
 
+from harness.grammar import validated
+
 OPTIONS = {"whitespace_flexible": False}
 
 
@@ -24,7 +26,7 @@ def _grammar(canonical: str) -> str:
         grammar = LLMatcher.grammar_from_json_schema(schema, defaults=OPTIONS)
     except ValueError as exc:
         raise ValueError(f"the schema cannot be compiled: {exc}") from None
-    problem = _validated(LLMatcher, grammar)
+    problem = validated(LLMatcher, grammar)
     if problem:
         raise ValueError(f"the schema cannot be compiled: {problem}")
     return grammar
@@ -61,15 +63,3 @@ class GrammarMask(LogitsProcessor):
         apply_token_bitmask_inplace(scores, self.bitmask)
         scores[:, self.vocab:] = float("-inf")
         return scores
-
-
-def _validated(LLMatcher, grammar: str) -> str:
-    """llguidance's verdict on a grammar ("" when it compiles). On some schemas it panics while
-    cutting its own error text inside a multi-byte character (a Rust panic, raised by pyo3 as a
-    BaseException): that is a schema it cannot compile too."""
-    try:
-        return LLMatcher.validate_grammar(grammar)
-    except BaseException as exc:  # noqa: BLE001 - only the panic is kept, by its type's name
-        if type(exc).__name__ != "PanicException":
-            raise
-        return f"llguidance failed on it: {str(exc)[:80]}"
