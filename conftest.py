@@ -233,7 +233,8 @@ def live_bench(request, bench):
     """The bench, once it is known the stack can run this test and is still alive.
 
     What a test needs is read from the scenario's `needs` under the test's name (test_accuracy ->
-    accuracy), with its load point's own `needs`. A stack that cannot run it gets a "not applicable" row and a skip, never a pass.
+    accuracy), with its load point's own `needs`. A stack that cannot run it gets a "not applicable"
+    row and a skip, never a pass.
     """
     kind = request.node.originalname.removeprefix("test_")
     point = getattr(request.node, "callspec", None) and request.node.callspec.params.get("load_point")

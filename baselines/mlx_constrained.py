@@ -69,7 +69,7 @@ def grammar_for(response_format: object) -> str | None:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
     except ValueError as exc:
         raise ValueError(f"response_format: invalid JSON schema: {_one_line(str(exc))}") from None
-    error = validated(llguidance.LLMatcher, grammar)
+    error = validated(grammar)
     if error:
         raise ValueError(f"response_format: invalid JSON schema: {_one_line(error)}")
     return grammar

@@ -35,7 +35,7 @@ def grammar_of(response_format: dict) -> str:
     else:
         raise GrammarError(f"response_format type {kind!r} is not json_schema or json_object")
     grammar = LLMatcher.grammar_from_json_schema(schema, defaults=GRAMMAR_OPTIONS)
-    problem = validated(LLMatcher, grammar)
+    problem = validated(grammar)
     if problem:
         raise GrammarError(f"response_format's schema cannot be compiled: {problem}")
     return grammar
@@ -86,10 +86,12 @@ class Constraint:
             raise GrammarError(f"the grammar rejected token {token}: {self._matcher.get_error()}")
 
 
-def validated(LLMatcher, grammar: str) -> str:
+def validated(grammar: str) -> str:
     """llguidance's verdict on a grammar ("" when it compiles). On some schemas it panics while
     cutting its own error text inside a multi-byte character (a Rust panic, raised by pyo3 as a
     BaseException): that is a schema it cannot compile too."""
+    from llguidance import LLMatcher
+
     try:
         return LLMatcher.validate_grammar(grammar)
     except BaseException as exc:  # noqa: BLE001 - only the panic is kept, by its type's name

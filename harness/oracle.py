@@ -249,7 +249,7 @@ def _walk(prompt_id: str, ref: Generation, pieces: list[str], full: str, text: s
             return PromptVerdict(prompt_id, True, j, j, f"near-tie at token {j}: the stack ended, the reference went on")
         if any(a and a not in silent and _spells(after, a) for a in alternatives):
             return PromptVerdict(prompt_id, True, j, j, f"near-tie at token {j}")
-    longer = _longer_runner_up(ref, pieces, starts, i, same, text, silent, eos, max_gap)
+    longer = _longer_runner_up(ref, starts, i, same, text, silent, eos, max_gap)
     if longer is not None:
         return PromptVerdict(prompt_id, True, longer, longer, f"near-tie at token {longer}: the stack took a longer "
                                                               "runner-up there, which the reference's next token began")
@@ -304,8 +304,8 @@ def _deciding(ref: Generation, i: int) -> list[int]:
     return chosen
 
 
-def _longer_runner_up(ref: Generation, pieces: list[str], starts: list[int], i: int, same: int, text: str,
-                      silent: frozenset[str], eos: set[str], max_gap: float | None) -> int | None:
+def _longer_runner_up(ref: Generation, starts: list[int], i: int, same: int, text: str, silent: frozenset[str],
+                      eos: set[str], max_gap: float | None) -> int | None:
     """The token just before the divergence (or the one before that) where the stack took one of the
     reference's alternatives that reaches past the common text: the reference wrote ' condition' then
     ' of', the stack ' conditions' (a runner-up there), so the texts part only at the next token."""

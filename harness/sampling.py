@@ -51,7 +51,7 @@ class SampledCheck:
         once, twice = (bench.collect(self.endpoint, sent, self.timeout_s) for _ in range(2))
         other = bench.collect(self.endpoint, [_reseeded(p) for p in sent], self.timeout_s)
         measured = [records[i] for i in drawn]
-        verdicts = [self._judge_one(bench.model_dir, self.prompts[i], self.payloads[i], records[i].text or "")
+        verdicts = [self._judge_one(bench.model_dir, self.prompts[i], self.payloads[i], records[i].text)
                     for i in drawn]
         verdict = Verdict(verdicts + [_repeatable(measured, once, twice), _varies(measured, other)])
         return OutputsVerdict(verdict, drawn, len(records))

@@ -26,7 +26,7 @@ def _grammar(canonical: str) -> str:
         grammar = LLMatcher.grammar_from_json_schema(schema, defaults=OPTIONS)
     except ValueError as exc:
         raise ValueError(f"the schema cannot be compiled: {exc}") from None
-    problem = validated(LLMatcher, grammar)
+    problem = validated(grammar)
     if problem:
         raise ValueError(f"the schema cannot be compiled: {problem}")
     return grammar
