@@ -31,7 +31,7 @@ def _ladder(low: int, high: int) -> tuple[str, ...]:
 CATALOGUE: dict[str, tuple[tuple[str, ...], str]] = {
     "max-num-seqs": (_ladder(1, 32), "1"),
     "max-batch-size": (_ladder(1, 32), "1"),
-    "max-num-batched-tokens": (_ladder(16, 512), "16"),
+    "max-num-batched-tokens": (_ladder(16, 2048), "16"),
     "prefill-chunk": (_ladder(16, 512), "16"),
     "dtype": (("float32", "bfloat16"), "float32"),
     "threads": (tuple(str(n) for n in range(1, CORES + 1)), "1"),

@@ -34,6 +34,7 @@ from .sequence import Sequence, Sink
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.5
+IDLE_GATHER_CAP = 10  # the most an idle engine waits for a burst, in idle_gather_s
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,10 @@ class EngineConfig:
     # Before the next step, wait (at most this long) until the event loop has handed this step's
     # outputs to their streams, so its burst of Python does not preempt an OpenMP thread mid-matmul.
     output_sync_s: float = 0.0
+    # An idle engine that receives a request waits until none has followed for this long (at most
+    # IDLE_GATHER_CAP times it) before its first step, so a burst arriving over a few ms of HTTP
+    # parsing is prefilled in one step, not a lone first request and then the rest behind it.
+    idle_gather_s: float = 0.0
 
     def scheduler(self) -> SchedulerConfig:
         return SchedulerConfig(self.max_num_seqs, self.max_num_batched_tokens, self.max_model_len)
@@ -177,12 +182,23 @@ class LLMEngine(OwnThread):
     def _drain_inbox(self, block: bool) -> None:
         try:
             item = self._inbox.get(timeout=IDLE_WAIT_S) if block else self._inbox.get_nowait()
-            while True:
-                if item is not None:
-                    self.scheduler.add(item)
-                item = self._inbox.get_nowait()
         except queue.Empty:
-            pass
+            return
+        gap = self.cfg.idle_gather_s if block else 0.0
+        deadline = time.perf_counter() + gap * IDLE_GATHER_CAP
+        while True:
+            if item is not None:
+                self.scheduler.add(item)
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                wait = min(gap, deadline - time.perf_counter())
+                if wait <= 0:
+                    return
+                try:
+                    item = self._inbox.get(timeout=wait)
+                except queue.Empty:
+                    return
 
     def _reap_cancelled(self) -> None:
         for seq in [*self.scheduler.waiting, *self.scheduler.slots]:

@@ -4,6 +4,8 @@ sampling; logprobs; cancellation; counters; the background thread behind submit(
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import torch
 
@@ -125,3 +127,41 @@ def test_background_thread_streams_to_asyncio(hf_model) -> None:
     finally:
         engine.shutdown()
     assert results == [hf_greedy(hf_model, p, 4) for p in PROMPTS]
+
+
+def _feed(engine: LLMEngine, gaps_s: list[float]) -> threading.Thread:
+    """Adds one request now and one after each gap, from another thread (as the server's event loop does)."""
+    def feed():
+        for gap in [0.0, *gaps_s]:
+            time.sleep(gap)
+            engine.add_request(PROMPTS[0], SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True),
+                               lambda outs: None)
+    thread = threading.Thread(target=feed)
+    thread.start()
+    return thread
+
+
+def _first_step_size(engine: LLMEngine, gaps_s: list[float]) -> int:
+    feeder = _feed(engine, gaps_s)
+    engine.step(block=True)
+    running = engine.metrics()["requests_running"]
+    feeder.join()
+    engine.run_until_idle()
+    return running
+
+
+def test_an_idle_engine_gathers_a_burst_into_one_step(hf_model) -> None:
+    engine = make_engine(hf_model, max_num_seqs=8, max_num_batched_tokens=64, idle_gather_s=0.05)
+    assert _first_step_size(engine, [0.01, 0.01, 0.01]) == 4
+
+
+def test_without_gathering_an_idle_engine_starts_at_once(hf_model) -> None:
+    engine = make_engine(hf_model, max_num_seqs=8, max_num_batched_tokens=64)
+    assert _first_step_size(engine, [0.2]) == 1
+
+
+def test_gathering_is_capped(hf_model) -> None:
+    """Requests that keep coming every few ms do not hold the first step back past 10 gaps (100 ms
+    here, while they come for 240 ms)."""
+    engine = make_engine(hf_model, max_num_seqs=48, max_num_batched_tokens=256, idle_gather_s=0.01)
+    assert 1 < _first_step_size(engine, [0.006] * 40) < 41
