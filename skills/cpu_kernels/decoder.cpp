@@ -1,5 +1,5 @@
 // The layer loop of a Llama-family decoder in C++, for steps whose rows all attend their own
-// slot (decodes and speculative verify chunks; see row_attention.cpp).
+// slot (decodes, speculative verify chunks and prompt chunks; see row_attention.cpp).
 //
 // It calls the same kernels in the same order as the Python layers (skills/engine_core with
 // native kernels and prepacked oneDNN weights), so its output is bit-identical to theirs; what

@@ -54,8 +54,8 @@ class ForwardBatch:
     decode: DecodeBatch | None
     prefills: tuple[PrefillSpan, ...]
     sample_rows: torch.Tensor  # [samples] long: rows whose logits are needed (decodes, last prompt chunks)
-    # Every row attends its own slot's keys 0..position, alone (no prompt chunk in this step, native
-    # kernels): attention is one Kernels.row_attention call, and the layer loop may run in C++.
+    # Every row attends its own slot's keys 0..position, alone (native kernels; prompt chunks too):
+    # attention is one Kernels.row_attention call per layer, and the layer loop may run in C++.
     rows_alone: bool = False
 
     @property

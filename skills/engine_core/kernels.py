@@ -120,8 +120,9 @@ class Kernels:
 
     @classmethod
     def rows_alone(cls, dtype: torch.dtype) -> bool:
-        """Whether decodes and verify chunks attend row by row (the native kernel), which makes every
-        row's numerics independent of its batch: the basis of lossless speculation without padding."""
+        """Whether every row of a step (decodes, verify and prompt chunks) attends row by row (the native
+        kernel), which makes each row's numerics independent of its batch (the basis of lossless
+        speculation without padding) and a step one row_attention call per layer, in the C++ loop."""
         return cls.decoder_layers is not None and dtype == torch.bfloat16
 
     @classmethod

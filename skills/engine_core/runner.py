@@ -118,7 +118,8 @@ class ModelRunner:
             ids += seq.prompt_ids[start: start + n]
             positions += range(start, start + n)
             slots += [seq.slot] * n
-            spans.append(PrefillSpan(seq.slot, start, n, row, chunk_mask(start, n, self.group, self.dtype)))
+            spans.append(PrefillSpan(seq.slot, start, n, row, None, alone=True) if alone else
+                         PrefillSpan(seq.slot, start, n, row, chunk_mask(start, n, self.group, self.dtype)))
             if start + n == len(seq.prompt_ids):
                 sample_rows.append(row + n - 1)
                 sampled.append(seq)
@@ -130,7 +131,7 @@ class ModelRunner:
             decode=self._decode_batch(step) if step.decodes else None,
             prefills=tuple(spans),
             sample_rows=torch.tensor(sample_rows, dtype=torch.long),
-            rows_alone=alone and not step.prefills,
+            rows_alone=alone,
         )
         return batch, sampled
 
