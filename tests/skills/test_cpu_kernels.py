@@ -155,3 +155,18 @@ def test_engine_decodes_the_same_tokens_with_native_kernels(hf_model) -> None:
     finally:
         Kernels.use_native(False)
     assert fused == plain
+
+
+@pytest.mark.parametrize("rows", [1, 9, 16])
+@pytest.mark.parametrize("out_features", [48, 45])  # whole 16-column tiles; a partial last tile
+def test_small_gemm_is_its_fp32_sums_rounded_once(rows, out_features) -> None:
+    """Each output is the fp32 sum of its products rounded to bf16, whether it is stored 16 at a
+    time (whole tiles) or one by one (the last, partial tile): within half a bf16 step of exact."""
+    if not ext.small_gemm_available():
+        pytest.skip("small_gemm needs AVX-512 BF16, which this CPU lacks")
+    torch.manual_seed(rows + out_features)
+    x, w = torch.randn(rows, 64, dtype=BF16), torch.randn(out_features, 64, dtype=BF16)
+    got = ext.small_gemm(x, ext.small_gemm_pack(w), out_features)
+    want = x.double() @ w.double().T
+    assert got.shape == (rows, out_features)
+    assert ((got.double() - want).abs() <= want.abs() * 2 ** -8 + 1e-4).all()
