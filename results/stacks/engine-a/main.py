@@ -26,7 +26,8 @@ from skills.engine_core.stack_main import engine_arguments, serve_engine  # noqa
 # the rate-8 point at once; threads default to every core (--threads 1 is ~10% faster when
 # another process keeps a core busy). A step's budget of 2048 tokens (vLLM-CPU's default for its
 # server) prefills a burst of prompts in one step, and an idle engine gathers a burst for 2 ms
-# before its first step: rate=inf 0.84 -> 1.0 of vLLM's p99 TTFT, +13% tok/s.
+# before its first step (rate=inf, one A/B run each: budget 256 -> 512, 453 -> 480 tok/s; the 2 ms
+# gather, 453 -> 484 tok/s and p99 TTFT 391 -> 338 ms; skills/engine_core/NOTE.md).
 DEFAULTS = dict(max_num_seqs=32, max_num_batched_tokens=2048, max_model_len=4096, dtype="bfloat16", compile="",
                 idle_gather_ms=2.0)
 
