@@ -25,6 +25,11 @@ namespace {
 using bf16 = at::BFloat16;
 constexpr int64_t kTile = 16;  // output columns per tile: one fp32 vector
 constexpr int64_t kRowBlock = 8;  // rows accumulated together (8 vector registers)
+// Pair vectors (one 64-byte line each) read ahead of the dot products. The stream of a layer's
+// weights comes from DRAM, and from ~5 rows the core is busy with the dot products: the
+// hardware prefetcher then fell behind (EPYC, SmolLM2-135M steps: 9 rows 19.2 -> 16.7 ms,
+// 16 rows 28.9 -> 26.6; 1-3 rows unchanged). Reading past a tile's end reads the next tile.
+constexpr int64_t kPrefetchPairs = 32;
 
 inline int64_t tiles_of(int64_t n) { return (n + kTile - 1) / kTile; }
 
@@ -37,6 +42,7 @@ void tile_rows(const bf16* x, int64_t x_stride, const bf16* w, int64_t pairs, fl
   __m512 even[R], odd[R];
   for (int r = 0; r < R; ++r) even[r] = odd[r] = _mm512_setzero_ps();
   auto step = [&](__m512* acc, int64_t p) {
+    _mm_prefetch(reinterpret_cast<const char*>(w + (p + kPrefetchPairs) * 2 * kTile), _MM_HINT_T0);
     const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + p * 2 * kTile);
     for (int r = 0; r < R; ++r) {
       int32_t pair;
