@@ -45,7 +45,7 @@ class Attention(nn.Module):
             out = self._decode(q, batch.decode, state)
         else:
             parts = [] if batch.decode is None else [self._decode(q[: batch.num_decodes], batch.decode, state)]
-            parts += [self._prefill(q[p.row: p.row + p.length], p, state, batch) for p in batch.prefills]
+            parts += [self._prefill(q[p.row: p.row + p.length], p, state) for p in batch.prefills]
             out = torch.cat(parts) if len(parts) > 1 else parts[0]
         return self.o(out.reshape(rows, self.q_size))
 
@@ -58,11 +58,8 @@ class Attention(nn.Module):
         full[d.slots] = q
         return Kernels.decode_attention(full, k, v, d.mask)[d.slots]
 
-    def _prefill(self, q: torch.Tensor, p: PrefillSpan, state: KVState, batch: ForwardBatch) -> torch.Tensor:
+    def _prefill(self, q: torch.Tensor, p: PrefillSpan, state: KVState) -> torch.Tensor:
         """q: [length, kv_heads, group, head_dim] -> the same shape."""
-        if p.alone:
-            rows = slice(p.row, p.row + p.length)
-            return Kernels.row_attention(q, state.k, state.v, batch.slots[rows], batch.positions[rows])
         end = p.end
         k, v = state.k[p.slot: p.slot + 1, :, :end], state.v[p.slot: p.slot + 1, :, :end]
         folded = q.permute(1, 2, 0, 3).reshape(1, self.kv_heads, self.group * p.length, self.head_dim)

@@ -26,8 +26,6 @@ class PrefillSpan:
     # > length: attention pads the chunk's queries to this many rows (the mask has them), so its
     # numerics do not depend on the chunk's length (verify chunks; see skills/speculative_decoding).
     query_rows: int = 0
-    # A verify chunk whose rows attend alone (Kernels.row_attention): no mask, no padding needed.
-    alone: bool = False
 
     @property
     def end(self) -> int:
@@ -51,11 +49,12 @@ class ForwardBatch:
     positions: torch.Tensor  # [rows] long
     slots: torch.Tensor  # [rows] long: where each row's state is written
     num_decodes: int
-    decode: DecodeBatch | None
-    prefills: tuple[PrefillSpan, ...]
+    decode: DecodeBatch | None  # None where rows_alone
+    prefills: tuple[PrefillSpan, ...]  # empty where rows_alone
     sample_rows: torch.Tensor  # [samples] long: rows whose logits are needed (decodes, last prompt chunks)
     # Every row attends its own slot's keys 0..position, alone (native kernels; prompt chunks too):
-    # attention is one Kernels.row_attention call per layer, and the layer loop may run in C++.
+    # attention is one Kernels.row_attention call per layer over (slots, positions), which needs
+    # no masks or spans, and the layer loop may run in C++.
     rows_alone: bool = False
 
     @property

@@ -104,22 +104,16 @@ class ModelRunner:
             ids += chunk
             positions += range(start, start + n)
             slots += [seq.slot] * n
-            if alone:  # row attention: each row's numerics are its own, whatever the chunk's length
-                spans.append(PrefillSpan(seq.slot, start, n, row, None, alone=True))
-            elif self.key_block:
-                keys = min(-(-(start + n) // self.key_block) * self.key_block, self.pool.max_len)
-                mask = verify_mask(start, n, keys, self.group, self.dtype, self.query_rows)
-                spans.append(PrefillSpan(seq.slot, start, n, row, mask, keys, self.query_rows))
-            else:
-                spans.append(PrefillSpan(seq.slot, start, n, row, chunk_mask(start, n, self.group, self.dtype)))
+            if not alone:  # row attention needs no span: each row's numerics are its own anyway
+                spans.append(self._verify_span(seq.slot, start, n, row))
             sample_rows += range(row, row + n)
         for seq, n in step.prefills:
             start, row = seq.num_computed, len(ids)
             ids += seq.prompt_ids[start: start + n]
             positions += range(start, start + n)
             slots += [seq.slot] * n
-            spans.append(PrefillSpan(seq.slot, start, n, row, None, alone=True) if alone else
-                         PrefillSpan(seq.slot, start, n, row, chunk_mask(start, n, self.group, self.dtype)))
+            if not alone:
+                spans.append(PrefillSpan(seq.slot, start, n, row, chunk_mask(start, n, self.group, self.dtype)))
             if start + n == len(seq.prompt_ids):
                 sample_rows.append(row + n - 1)
                 sampled.append(seq)
@@ -128,12 +122,19 @@ class ModelRunner:
             positions=torch.tensor(positions, dtype=torch.long),
             slots=torch.tensor(slots, dtype=torch.long),
             num_decodes=len(step.decodes),
-            decode=self._decode_batch(step) if step.decodes else None,
+            decode=self._decode_batch(step) if step.decodes and not alone else None,
             prefills=tuple(spans),
             sample_rows=torch.tensor(sample_rows, dtype=torch.long),
             rows_alone=alone,
         )
         return batch, sampled
+
+    def _verify_span(self, slot: int, start: int, n: int, row: int) -> PrefillSpan:
+        if not self.key_block:
+            return PrefillSpan(slot, start, n, row, chunk_mask(start, n, self.group, self.dtype))
+        keys = min(-(-(start + n) // self.key_block) * self.key_block, self.pool.max_len)
+        mask = verify_mask(start, n, keys, self.group, self.dtype, self.query_rows)
+        return PrefillSpan(slot, start, n, row, mask, keys, self.query_rows)
 
     def _decode_batch(self, step: ScheduledStep) -> DecodeBatch:
         lengths = [1] * step.num_slots  # slots not decoding this step attend one (finite) key

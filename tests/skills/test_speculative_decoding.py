@@ -206,7 +206,9 @@ def verify_in_chunks(engine, chunks: list[int], rows_alone: bool | None = None) 
         seq.draft = Draft(tokens[done: done + n - 1], "")
         batch, _ = runner.build(ScheduledStep([], [], 1, [seq]))
         if rows_alone is not None:
-            assert batch.rows_alone == rows_alone and (not rows_alone or batch.prefills[0].mask is None)
+            # Rows attending alone need no span, mask or padded batch: only (slots, positions).
+            assert batch.rows_alone == rows_alone
+            assert (batch.prefills == () and batch.decode is None) if rows_alone else len(batch.prefills) == 1
         rows.append(runner.model(batch, runner.pool))
         seq.num_computed += n
         done += n
