@@ -86,8 +86,9 @@ def test_row_attention_matches_float32_and_each_row_is_computed_alone() -> None:
 
 def test_cpp_layer_loop_equals_the_python_layers(make_llama, native_kernels) -> None:
     """decoder.cpp runs the same kernels in the same order as the Python layers: bit-identical
-    logits and K/V, on a batch of decodes plus a verify chunk."""
-    from skills.engine_core.batch import ForwardBatch, PrefillSpan
+    logits and K/V, on a batch of decodes plus a verify chunk (rows attending alone need no spans,
+    as the runner builds them)."""
+    from skills.engine_core.batch import ForwardBatch
     from skills.engine_core.config import ModelConfig
     from skills.engine_core.state import StatePool
     from skills.engine_core.weights import build_model
@@ -105,7 +106,7 @@ def test_cpp_layer_loop_equals_the_python_layers(make_llama, native_kernels) -> 
         batch = ForwardBatch(input_ids=torch.tensor([3, 9, 4, 5, 6, 7]),
                              positions=torch.tensor([10, 0, 20, 21, 22, 23]),
                              slots=torch.tensor([0, 1, 2, 2, 2, 2]), num_decodes=2, decode=None,
-                             prefills=(PrefillSpan(2, 20, 4, 2, None, alone=True),), sample_rows=torch.arange(6),
+                             prefills=(), sample_rows=torch.arange(6),
                              rows_alone=True)
         saved = Kernels.decoder_layers
         Kernels.decoder_layers = saved if loop else None
