@@ -8,18 +8,19 @@ The current value of each knob is the `--name value` pair in the spec's `command
 """
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.machine import usable_cpus
+
 # Flags that wire the stack to the harness, never tuned.
 WIRING = {"model", "port", "host", "served-model-name", "help", "log-level", "model-dir", "max-model-len"}
 OPTION = re.compile(r"^\s+--([a-z0-9][a-z0-9-]*)(?:[ =](\{[^}]+\}|[A-Z][A-Z0-9_]*))?")
 DEFAULT = re.compile(r"\(default:\s*(-?\d+)\)")
-CORES = os.cpu_count() or 1
+CORES = len(usable_cpus())
 
 
 def _ladder(low: int, high: int) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from baselines.engines import ENGINES, Engine, Platform, Recipe
 from harness.atomic import atomic_write_json
 from harness.environments import INFO, engine_dir, engine_info
 from harness.errors import HarnessError
-from harness.launcher import tail
+from harness.machine import usable_cpus
 
 
 class Step:
@@ -139,7 +139,7 @@ def install(name: str, force: bool = False, console: Console | None = None) -> d
     if not python.exists():
         step("create venv", [sys.executable, "-m", "venv", str(venv)])
     step("upgrade pip", [str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"])
-    build_env = {k: v.replace("{cores}", str(os.cpu_count() or 1)) for k, v in recipe.build_env.items()}
+    build_env = {k: v.replace("{cores}", str(len(usable_cpus()))) for k, v in recipe.build_env.items()}
     # A wheel pip built earlier may have been built with other flags: build flags mean a fresh build.
     fresh = ["--no-cache-dir"] if recipe.build_env else []
     step(f"pip install {' '.join(recipe.requirements)}", [str(python), "-m", "pip", "install", *fresh,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
-import os
 import platform
 import statistics
 import time
@@ -23,7 +22,7 @@ from contextlib import contextmanager
 
 from harness.launcher import free_port
 from harness.loadgen import LoadPoint, run_load_point
-from harness.machine import loadavg
+from harness.machine import loadavg, usable_cpus
 
 CHUNK = {"id": "c", "object": "text_completion", "model": "noop",
          "choices": [{"index": 0, "text": " x", "logprobs": None, "finish_reason": "length"}],
@@ -94,7 +93,7 @@ def _server():
 
 
 def _machine(load_before) -> dict:
-    return {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(), "load_before": load_before,
+    return {"cpus": len(usable_cpus()), "cpu": platform.processor() or platform.machine(), "load_before": load_before,
             "load_after": loadavg()}
 
 

@@ -29,6 +29,26 @@ def _cpuinfo(key: str) -> str | None:
     return None
 
 
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on: a `taskset`, a container's cpuset or a scheduler's pinning
+    narrow them, and os.cpu_count() still counts every CPU online (threads sized from it oversubscribe)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity on this platform
+        return list(range(os.cpu_count() or 1))
+
+
+def cpu_list(cpus: list[int]) -> str:
+    """CPU ids as the ranges thread-binding settings take: [0, 1, 2, 5] -> "0-2,5"."""
+    runs: list[list[int]] = []
+    for c in sorted(cpus):
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
+
+
 def _cpu_model() -> str:
     return _cpuinfo("model name") or platform.processor() or platform.machine()
 
@@ -55,7 +75,8 @@ def loadavg() -> list[float]:
 def machine() -> dict:
     flags = set((_cpuinfo("flags") or _cpuinfo("Features") or "").split())
     family, model = _cpuinfo("cpu family"), _cpuinfo("model")
-    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "arch": platform.machine(),
+    return {"cpu": _cpu_model(), "cores": len(usable_cpus()), "cores_online": os.cpu_count(),
+            "arch": platform.machine(),
             "cpu_family_model": f"{family}/{model}" if family and model else None,
             "isa": [f for f in ISA_FLAGS if f in flags],
             "os": platform.platform(terse=True), "gpu": _gpu(),

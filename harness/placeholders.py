@@ -1,7 +1,8 @@
 """What a spec's `{...}` fields stand for when a stack is launched.
 
   {model} {port} {scenario} {python}   the model folder, the port, the scenario name, our interpreter
-  {cores} {cpu_list}                   CPU count, and "0-N" for engines that bind threads to cores
+  {cores} {cpu_list}                   the CPUs this process may run on: their count, and their ids as
+                                       "0-3,6" for engines that bind threads to cores
   {gguf}                               the GGUF file a model folder was built from (its manifest says)
   {engine:NAME}                        the interpreter of an installed engine environment
   {prepared:KEY}                       the output of the spec's `prepare: {KEY: [...]}` command for
@@ -23,6 +24,7 @@ from pathlib import Path
 from harness.assets import cache_root, gguf_file, weights_checksum
 from harness.environments import engine_info, engine_python
 from harness.errors import HarnessError, StackError
+from harness.machine import cpu_list, usable_cpus
 from harness.stack import REPO_ROOT, StackSpec
 
 FIELD = re.compile(r"\{([a-z_]+)(?::([^}]+))?\}")
@@ -44,8 +46,8 @@ class Placeholders:
 
     def _value(self, name: str, arg: str | None) -> str:
         simple = {"model": str(self.model), "port": str(self.port), "scenario": self.scenario,
-                  "python": sys.executable, "cores": str(os.cpu_count() or 1),
-                  "cpu_list": f"0-{(os.cpu_count() or 1) - 1}", "out": str(self.out) if self.out else None}
+                  "python": sys.executable, "cores": str(len(usable_cpus())),
+                  "cpu_list": cpu_list(usable_cpus()), "out": str(self.out) if self.out else None}
         if simple.get(name) is not None and arg is None:
             return simple[name]
         if name == "gguf":

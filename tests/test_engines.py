@@ -1,4 +1,5 @@
 """Engine environments and spec placeholders: clear one-line errors, cached preparation, CUDA-only specs."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from baselines.install import _distribution, install
 from harness.assets import ensure_model
 from harness.errors import HarnessError, StackError
 from harness.launcher import launch
+from harness.machine import cpu_list
 from harness.placeholders import Placeholders
 from harness.row import read_rows
 from harness.stack import load_spec, resolve_stack
@@ -88,6 +90,33 @@ def test_gguf_placeholder_points_at_the_source_file():
     fields = Placeholders(spec=resolve_stack("hf-reference"), model=model, port=1)
     assert fields.fill("{gguf}").endswith("SmolLM2-135M-Instruct.Q4_1.gguf") and Path(fields.fill("{gguf}")).is_file()
     assert fields.fill("--port={port} {cpu_list}").startswith("--port=1 0-")
+
+
+PINNED = """
+import os, sys
+from pathlib import Path
+from baselines.hf_reference.__main__ import parse_args
+from harness.machine import machine
+from harness.placeholders import Placeholders
+from harness.stack import resolve_stack
+fields = Placeholders(spec=resolve_stack("hf-reference"), model=Path("."), port=1)
+print(fields.fill("{cores} {cpu_list}"), machine()["cores"], machine()["cores_online"],
+      parse_args(["--model", ".", "--port", "1"]).threads)
+"""
+
+
+def test_a_pinned_run_sizes_threads_and_bindings_to_the_cpus_it_may_use():
+    """Under taskset (or a container's cpuset) os.cpu_count() still counts every CPU online: an
+    engine given that many threads, or bound to CPUs 0-N, oversubscribes the ones it has."""
+    last = max(os.sched_getaffinity(0))
+    out = subprocess.run([sys.executable, "-c", PINNED], capture_output=True, text=True, timeout=120, check=True,
+                         preexec_fn=lambda: os.sched_setaffinity(0, {last})).stdout.split()
+    assert out == ["1", str(last), "1", str(os.cpu_count()), "1"], out
+
+
+@pytest.mark.parametrize(("cpus", "text"), [([0], "0"), ([0, 1, 2, 5], "0-2,5"), ([1, 3, 4, 5, 9], "1,3-5,9")])
+def test_cpu_ids_are_written_as_ranges(cpus, text):
+    assert cpu_list(cpus) == text
 
 
 def test_prepared_output_is_built_once_and_cached(tmp_path, monkeypatch):

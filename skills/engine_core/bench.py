@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     decode_rate(engine, 1, 8, prompt)  # warm-up
     bandwidth = memory_bandwidth()
     size = model_bytes(engine)
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; torch {torch.__version__}, "
+    cores = len(os.sched_getaffinity(0))
+    print(f"machine: {cores} cores, load average {os.getloadavg()[0]:.2f}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'default')}, "
           f"{'native' if native else 'eager'} kernels; "
           f"model {size / 1e6:.0f} MB ({args.dtype})")

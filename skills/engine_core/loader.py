@@ -32,7 +32,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 def load_engine(model_dir: Path, cfg: EngineConfig, speculator=None) -> LLMEngine:
     """speculator: see LLMEngine (skills/speculative_decoding's Speculator); None: no speculation."""
     started = time.perf_counter()
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
     hf_config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     model_cfg = ModelConfig.from_hf(hf_config)
     dtype = DTYPES[cfg.dtype]

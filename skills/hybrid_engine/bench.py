@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         print(runs[-1].line(args.requests * args.output), flush=True)
     if len(runs) == 2:
         print(f"on / off: {runs[1].wall_s / runs[0].wall_s:.2f}x; outputs equal: {runs[0].outputs == runs[1].outputs}")
-    print(f"load average {os.getloadavg()}, {args.threads or os.cpu_count()} threads")
+    print(f"load average {os.getloadavg()}, {args.threads or len(os.sched_getaffinity(0))} threads")
 
 
 if __name__ == "__main__":

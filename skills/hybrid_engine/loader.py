@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 def load_engine(model_dir: Path, cfg: EngineConfig, warmup: bool = True) -> HybridEngine:
     started = time.perf_counter()
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
     hf_config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     model_cfg = HybridConfig.from_hf(hf_config)
     ops, kernel_name = kernels(cfg.native_kernels)

@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-prefix-cache", action="store_true", help="the optimisation off: never restore a snapshot")
     p.add_argument("--chunk", type=int, default=64, help="prefill chunk and snapshot interval, in tokens")
     p.add_argument("--max-snapshots", type=int, default=256)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch intra-op threads")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
