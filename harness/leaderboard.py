@@ -1,7 +1,8 @@
 """Turn result rows into results/LEADERBOARD.md and one plot per (setting, profile).
 
-One table per (setting, profile), from one run only: the latest that has rows for it (earlier
-runs are listed, never set beside it). Only stacks whose oracle passed in that run are ranked and
+One table per (setting, profile), and per kind of CPU where runs of a setting come from more than
+one (an EPYC's table never hides a Xeon's), from one run only: the latest that has rows for it
+(earlier runs are listed, never set beside it). Only stacks whose oracle passed in that run are ranked and
 get ratios, against baselines that passed too, measured on the same machine; a stack that failed,
 crashed, did not start or does not apply is listed with its reason. The output holds no timestamp
 and is sorted throughout, so a rerun over the same rows gives the same bytes.
@@ -78,10 +79,17 @@ class Section:
     board: LeaderboardSpec
     has_scenario: bool
     rows: tuple[ResultRow, ...]
+    machine: str | None = None  # the kind of CPU, where the setting's runs come from more than one
 
     @property
     def slug(self) -> str:
-        return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.setting}-{self.profile}")
+        where = f"-{self.machine}" if self.machine else ""
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.setting}-{self.profile}{where}")
+
+    @property
+    def heading(self) -> str:
+        where = f" — {self.machine}" if self.machine else ""
+        return f"{self.title} — profile `{self.profile}`{where}"
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -165,6 +173,26 @@ def _board_for(setting: str, scenarios: list[ScenarioSpec]) -> ScenarioSpec | No
     return next((s for s in scenarios if s.setting == setting), None)
 
 
+def cpu_kind(row: ResultRow) -> str:
+    """The CPU a row was measured on, as tables name it ("Intel Xeon Processor", "AMD EPYC")."""
+    cpu = str((row.machine or {}).get("cpu") or "machine not recorded")
+    return " ".join(re.sub(r"\((R|TM|tm)\)", "", cpu).split())
+
+
+def _by_machine(group: list[ResultRow]) -> dict[str | None, list[ResultRow]]:
+    """A setting's rows split by the kind of CPU of each run (a run's first row names it), or all
+    together under None where every run used one kind."""
+    kind_of_run: dict[str, str] = {}
+    for row in sorted(group, key=lambda r: (r.run_id, r.started_at, r.name)):
+        kind_of_run.setdefault(row.run_id, cpu_kind(row))
+    if len(set(kind_of_run.values())) < 2:
+        return {None: group}
+    split: dict[str | None, list[ResultRow]] = {}
+    for row in group:
+        split.setdefault(kind_of_run[row.run_id], []).append(row)
+    return split
+
+
 def _sections(rows: list[ResultRow], scenarios: list[ScenarioSpec]) -> list[Section]:
     groups: dict[tuple[str, str], list[ResultRow]] = {}
     for row in rows:
@@ -172,16 +200,18 @@ def _sections(rows: list[ResultRow], scenarios: list[ScenarioSpec]) -> list[Sect
     sections = []
     for (setting, profile), group in sorted(groups.items()):
         spec = _board_for(setting, scenarios)
-        sections.append(
-            Section(
-                setting=setting,
-                profile=profile,
-                title=spec.title if spec else setting,
-                board=spec.leaderboard if spec else DEFAULT_BOARD,
-                has_scenario=spec is not None,
-                rows=tuple(sorted(group, key=lambda r: (r.run_id, r.stack, r.started_at, r.name))),
+        for machine, part in sorted(_by_machine(group).items(), key=lambda kv: kv[0] or ""):
+            sections.append(
+                Section(
+                    setting=setting,
+                    profile=profile,
+                    title=spec.title if spec else setting,
+                    board=spec.leaderboard if spec else DEFAULT_BOARD,
+                    has_scenario=spec is not None,
+                    rows=tuple(sorted(part, key=lambda r: (r.run_id, r.stack, r.started_at, r.name))),
+                    machine=machine,
+                )
             )
-        )
     return sections
 
 
@@ -394,7 +424,9 @@ def _machine_text(rows: list[ResultRow]) -> str:
     first = rows[0].machine or {}
     parts = []
     if first.get("cpu"):
-        cores = f" ({first['cores']} cores)" if first.get("cores") else ""
+        online = first.get("cores_online")
+        of = f" of {online}" if online and online != first.get("cores") else ""  # a pinned run: taskset, a cpuset
+        cores = f" ({first['cores']}{of} cores)" if first.get("cores") else ""
         isa = f", {'/'.join(first['isa'])}" if first.get("isa") else ""
         parts.append(f"{first['cpu']}{cores}{isa}")
     before = _fmt_loadavg(first.get("loadavg_before"))
@@ -454,7 +486,7 @@ def _render_section(section: Section, order: dict[str, tuple[str, str]], baselin
     present = sorted((e for e in entries if e.stack in baselines), key=lambda e: e.stack)
     plot = f"{PLOTS_DIR}/{section.slug}.png"
     return [
-        f"## {section.title} — profile `{section.profile}`",
+        f"## {section.heading}",
         "",
         _describe(section),
         "",
@@ -469,11 +501,12 @@ def _render_section(section: Section, order: dict[str, tuple[str, str]], baselin
 HEADER = f"""# Leaderboard
 
 Generated from the result rows under `{RUNS_DIR}/` by `python -m harness leaderboard`; do not edit by hand.
-One table per setting and profile, from the latest run that scored it (the median over repeats); earlier
-runs are listed below it, never set beside it. Only stacks whose oracle passed in that run are ranked. A
-`vs <baseline>` column compares the primary metric with that baseline at the same load point on the same
-machine; above 1.00× is better whichever way the metric runs, and {DASH} means there is no comparison (the
-baseline was not measured there or did not pass, or the stack did not pass).
+One table per setting and profile (and per kind of CPU, where a setting was run on more than one), from the
+latest run that scored it (the median over repeats); earlier runs are listed below it, never set beside it.
+Only stacks whose oracle passed in that run are ranked. A `vs <baseline>` column compares the primary metric
+with that baseline at the same load point on the same machine; above 1.00× is better whichever way the
+metric runs, and {DASH} means there is no comparison (the baseline was not measured there or did not pass,
+or the stack did not pass).
 """
 
 
@@ -518,7 +551,8 @@ def _plot_spec(section: Section, order: dict[str, tuple[str, str]]) -> PlotSpec:
     )
     return PlotSpec(
         title=(f"{section.title} (setting {section.setting}, profile {section.profile})" if section.has_scenario
-               else f"setting {section.setting}, profile {section.profile}"),
+               else f"setting {section.setting}, profile {section.profile}")
+        + (f", {section.machine}" if section.machine else ""),
         panels=tuple(metric_label(key, section.board.labels) for key in _plotted(section.board)),
         x_label=section.board.x or _x_label(section.rows),
         series=series,
@@ -544,8 +578,11 @@ def write_leaderboard(results_dir: Path, scenarios_dir: Path | list[Path], basel
     # Any stack launched from a spec shipped under baselines/ is a baseline too (vllm-eager, ...).
     shipped = {r.stack for r in rows if str((r.stack_info or {}).get("spec") or "").startswith("baselines/")}
     all_baselines = BASELINES | frozenset(baselines or ()) | frozenset(shipped)
+    plots = {results_dir / PLOTS_DIR / f"{section.slug}.png" for section in sections}
     for section in sections:
         write_plot(results_dir / PLOTS_DIR / f"{section.slug}.png", _plot_spec(section, order))
+    for stale in set((results_dir / PLOTS_DIR).glob("*.png")) - plots:  # a table that is gone, or split by CPU
+        stale.unlink()
     path = results_dir / LEADERBOARD_FILE
     atomic_write_text(path, render_markdown(sections, order, all_baselines))
     return path

@@ -321,6 +321,33 @@ def test_machine_and_commit_line(dirs):
     assert "`abcdef123456`" in md
 
 
+def test_a_pinned_run_says_how_many_of_the_cores_it_had(dirs):
+    results, scenarios = dirs
+    perf(results, "mine", "run1", 1.0, {"output_throughput": 1.0}, machine={**MACHINE, "cores": 2, "cores_online": 16})
+    assert "Test CPU 9000 (2 of 16 cores)" in write_leaderboard(results, scenarios).read_text()
+
+
+def test_each_kind_of_cpu_keeps_its_own_table_and_plot(dirs):
+    """A later run on another CPU family must not hide the last one on this family (the goals
+    are per family); one family alone keeps the plain heading and plot name."""
+    results, scenarios = dirs
+    xeon = {**MACHINE, "cpu": "Intel(R) Xeon(R) Processor"}
+    perf(results, "mine", "run1", 1.0, {"output_throughput": 300.0})
+    perf(results, "vllm", "run1", 1.0, {"output_throughput": 100.0})
+    md = write_leaderboard(results, scenarios).read_text()
+    assert "## A: standard serving — profile `tiny`\n" in md and (results / "plots" / "A-tiny.png").exists()
+    perf(results, "mine", "run2", 1.0, {"output_throughput": 500.0}, machine=xeon, started_at="2026-01-02T00:00:00Z")
+    perf(results, "vllm", "run2", 1.0, {"output_throughput": 250.0}, machine=xeon, started_at="2026-01-02T00:00:00Z")
+    md = write_leaderboard(results, scenarios).read_text()
+    heading = "## A: standard serving — profile `tiny` — "
+    xeon, other = heading + "Intel Xeon Processor", heading + "Test CPU 9000"
+    assert cell(md, "mine", "vs vllm", xeon) == "2.00×" and cell(md, "mine", "vs vllm", other) == "3.00×"
+    assert "Run `run2`" in md.split(xeon)[1] and "Run `run1`" in md.split(other)[1].split("## A:")[0]
+    assert "Earlier runs" not in md  # each run is the latest of its own family
+    plots = sorted(p.name for p in (results / "plots").glob("*.png"))
+    assert plots == ["A-tiny-Intel_Xeon_Processor.png", "A-tiny-Test_CPU_9000.png"]  # the unsplit plot is gone
+
+
 def test_no_rows(dirs):
     results, scenarios = dirs
     path = write_leaderboard(results, scenarios)
