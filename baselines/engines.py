@@ -4,6 +4,9 @@ from __future__ import annotations
 import platform
 import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
 
 
 # llama.cpp builds for the host CPU (-march=native). On an x86 VM whose CPU reports AMX, ggml's
@@ -62,10 +65,9 @@ class Engine:
         return self.recipes.get(self.tag(here))
 
 
-# Checked against PyPI in December 2026 (sgl-kernel 0.3.21): repeated in sglang.yaml's requires_why.
-SGLANG_ON_CPU = ("SGLang's CPU backend needs an Intel Xeon with AMX and a CPU build of sgl-kernel, which no "
-                 "registry ships: PyPI's sgl-kernel wheels hold only CUDA kernels (sm90, sm100) and it has no "
-                 "source distribution to build one from")
+# Why SGLang is not installed on a CPU machine: the sentence the stack's not-applicable rows give too
+# (checked against PyPI in December 2026, sgl-kernel 0.3.21), kept once, in the spec.
+SGLANG_ON_CPU = yaml.safe_load((Path(__file__).with_name("specs") / "sglang.yaml").read_text())["requires_why"]
 
 ENGINES: dict[str, Engine] = {
     "vllm": Engine(
