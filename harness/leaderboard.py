@@ -21,6 +21,7 @@ from harness.metrics import metric_label
 from harness.plots import PlotPoint, PlotSeries, PlotSpec, write_plot
 from harness.row import RUNS_DIR, SALTED_SCHEMA, ResultRow, read_rows
 from harness.scenario import LeaderboardSpec, ScenarioSpec, find_scenarios, names_point
+from harness.stack import OFF_VARIANT
 
 LEADERBOARD_FILE = "LEADERBOARD.md"
 PLOTS_DIR = "plots"
@@ -577,7 +578,10 @@ def write_leaderboard(results_dir: Path, scenarios_dir: Path | list[Path], basel
     sections = _sections(rows, [s for d in dirs for s in find_scenarios(Path(d))])
     # Any stack launched from a spec shipped under baselines/ is a baseline too (vllm-eager, ...).
     shipped = {r.stack for r in rows if str((r.stack_info or {}).get("spec") or "").startswith("baselines/")}
-    all_baselines = BASELINES | frozenset(baselines or ()) | frozenset(shipped)
+    # A stack with one optimisation off (`--stack NAME.FEATURE-off`) is what that optimisation is
+    # measured against (setting C's goal is over the stack with its cache off).
+    switched_off = {r.stack for r in rows if OFF_VARIANT.fullmatch(r.stack)}
+    all_baselines = BASELINES | frozenset(baselines or ()) | frozenset(shipped) | frozenset(switched_off)
     plots = {results_dir / PLOTS_DIR / f"{section.slug}.png" for section in sections}
     for section in sections:
         write_plot(results_dir / PLOTS_DIR / f"{section.slug}.png", _plot_spec(section, order))

@@ -196,6 +196,10 @@ def _url_stack(arg: str, vocabulary: frozenset[str] | None) -> StackSpec:
     return StackSpec(name=f"url:{url.split('://', 1)[1]}", supports=supports, url=url)
 
 
+# `--stack NAME.FEATURE-off`: a registered stack relaunched with its off_switch for FEATURE.
+OFF_VARIANT = re.compile(r"(.+)\.([A-Za-z0-9_]+)-off")
+
+
 def resolve_stack(arg: str, vocabulary: frozenset[str] | None = None) -> StackSpec:
     """`--stack` value: `url=http://host:port[,supports=...]`, a spec file path, or a registered name."""
     if arg.startswith("url="):
@@ -206,7 +210,7 @@ def resolve_stack(arg: str, vocabulary: frozenset[str] | None = None) -> StackSp
             raise HarnessError(f"--stack {arg}: no such spec file")
         return load_spec(path, vocabulary)
     names = registered()
-    off = re.fullmatch(r"(.+)\.([A-Za-z0-9_]+)-off", arg)
+    off = OFF_VARIANT.fullmatch(arg)
     if arg not in names and off and off.group(1) in names:
         base = load_spec(names[off.group(1)], vocabulary)
         if off.group(2) not in base.off:

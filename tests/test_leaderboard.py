@@ -348,6 +348,14 @@ def test_each_kind_of_cpu_keeps_its_own_table_and_plot(dirs):
     assert plots == ["A-tiny-Intel_Xeon_Processor.png", "A-tiny-Test_CPU_9000.png"]  # the unsplit plot is gone
 
 
+def test_a_stack_with_an_optimisation_off_is_a_baseline(dirs):
+    results, scenarios = dirs
+    perf(results, "mine", "run1", 1.0, {"output_throughput": 400.0})
+    perf(results, "mine.prefix_caching-off", "run1", 1.0, {"output_throughput": 100.0})
+    md = write_leaderboard(results, scenarios).read_text()
+    assert cell(md, "mine", "vs mine.prefix_caching-off") == "4.00×"
+
+
 def test_no_rows(dirs):
     results, scenarios = dirs
     path = write_leaderboard(results, scenarios)
