@@ -2,9 +2,9 @@
 
 One table per (setting, profile), and per kind of CPU where runs of a setting come from more than
 one (an EPYC's table never hides a Xeon's), from one run only: the latest that has rows for it
-(earlier runs are listed, never set beside it). Only stacks whose oracle passed in that run are ranked and
-get ratios, against baselines that passed too, measured on the same machine; a stack that failed,
-crashed, did not start or does not apply is listed with its reason. The output holds no timestamp
+(earlier runs are listed, never set beside it). Only stacks whose oracle passed in that run are
+ranked and get ratios, against baselines that passed too, measured on the same machine; a stack
+that failed, crashed, did not start or does not apply is listed with its reason. The output holds no timestamp
 and is sorted throughout, so a rerun over the same rows gives the same bytes.
 """
 from __future__ import annotations

@@ -19,6 +19,8 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from harness.machine import usable_cpus  # noqa: E402
+
 SPEECH_MODEL_TYPES = ("moonshine_streaming",)
 IMAGE_MODEL_TYPES = ("showo2",)
 
@@ -31,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
                         help="auto: the dtype in the model's config")
     parser.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:N")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+    parser.add_argument("--threads", type=int, default=len(usable_cpus()),
                         help="torch intra-op threads (default: the CPUs this process may run on)")
     parser.add_argument("--served-model-name", default=None, help="default: the model folder's name")
     return parser.parse_args(argv)

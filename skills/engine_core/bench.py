@@ -22,7 +22,7 @@ from skills.openai_server.engine_api import SamplingParams  # noqa: E402
 
 from .engine import EngineConfig, LLMEngine  # noqa: E402
 from .kernels import Kernels  # noqa: E402
-from .loader import load_engine  # noqa: E402
+from .loader import default_threads, load_engine  # noqa: E402
 
 
 def model_bytes(engine: LLMEngine) -> int:
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     decode_rate(engine, 1, 8, prompt)  # warm-up
     bandwidth = memory_bandwidth()
     size = model_bytes(engine)
-    cores = len(os.sched_getaffinity(0))
+    cores = default_threads()
     print(f"machine: {cores} cores, load average {os.getloadavg()[0]:.2f}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'default')}, "
           f"{'native' if native else 'eager'} kernels; "

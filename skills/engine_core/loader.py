@@ -29,10 +29,20 @@ PROBE_ROWS = 13
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
+def default_threads() -> int:
+    """torch threads when none are asked for: the CPUs this process may run on (a taskset or a
+    container's cpuset narrows them, and os.cpu_count() counts every CPU online), or every CPU
+    where the system has no affinity mask (macOS)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def load_engine(model_dir: Path, cfg: EngineConfig, speculator=None) -> LLMEngine:
     """speculator: see LLMEngine (skills/speculative_decoding's Speculator); None: no speculation."""
     started = time.perf_counter()
-    torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
+    torch.set_num_threads(cfg.threads or default_threads())
     hf_config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     model_cfg = ModelConfig.from_hf(hf_config)
     dtype = DTYPES[cfg.dtype]

@@ -15,6 +15,8 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from skills.engine_core.loader import default_threads
+
 from .config import EngineConfig
 
 
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         print(runs[-1].line(args.requests * args.output), flush=True)
     if len(runs) == 2:
         print(f"on / off: {runs[1].wall_s / runs[0].wall_s:.2f}x; outputs equal: {runs[0].outputs == runs[1].outputs}")
-    print(f"load average {os.getloadavg()}, {args.threads or len(os.sched_getaffinity(0))} threads")
+    print(f"load average {os.getloadavg()}, {args.threads or default_threads()} threads")
 
 
 if __name__ == "__main__":

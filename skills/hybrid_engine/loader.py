@@ -4,14 +4,13 @@ via safetensors, the row padding checked on this machine, then a warm-up."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
-from skills.engine_core.loader import eos_ids
+from skills.engine_core.loader import default_threads, eos_ids
 from skills.engine_core.weights import read_safetensors
 
 from .config import EngineConfig, HybridConfig
@@ -30,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def load_engine(model_dir: Path, cfg: EngineConfig, warmup: bool = True) -> HybridEngine:
     started = time.perf_counter()
-    torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
+    torch.set_num_threads(cfg.threads or default_threads())
     hf_config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     model_cfg = HybridConfig.from_hf(hf_config)
     ops, kernel_name = kernels(cfg.native_kernels)

@@ -39,6 +39,7 @@ import torch
 import uvicorn
 
 from baselines.hf_reference.asr import SpeechModel, encoded_frames, load_speech_model
+from harness.machine import usable_cpus
 from skills.asr_server import create_app
 
 MODES = ("honest", "drift", "fake-reuse", "reorder", "twice", "after-final")
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", required=True, type=int)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--mode", choices=MODES, default="honest")
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch intra-op threads")
+    p.add_argument("--threads", type=int, default=len(usable_cpus()), help="torch intra-op threads")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -49,6 +49,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.machine import usable_cpus
 from skills.openai_server.serial import SerialEngine
 
 MODES = ("honest", "stale", "inplace", "fake-hits", "ignores-reset")
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-prefix-cache", action="store_true", help="the optimisation off: never restore a snapshot")
     p.add_argument("--chunk", type=int, default=64, help="prefill chunk and snapshot interval, in tokens")
     p.add_argument("--max-snapshots", type=int, default=256)
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch intra-op threads")
+    p.add_argument("--threads", type=int, default=len(usable_cpus()), help="torch intra-op threads")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -31,6 +31,7 @@ import logging
 import time
 from pathlib import Path
 
+from harness.machine import usable_cpus
 from skills.openai_server.serial import SerialEngine
 
 MODES = ("honest", "other-valid", "ignores", "fast-path")
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--mode", choices=MODES, default="honest")
     p.add_argument("--no-jump-forward", action="store_true", help="the shortcut off: forced tokens not counted")
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch intra-op threads")
+    p.add_argument("--threads", type=int, default=len(usable_cpus()), help="torch intra-op threads")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
