@@ -242,15 +242,21 @@ class LLMEngine(OwnThread):
         drafted = sum(s.draft.proposed for s in step.verifies)
         self.counters.record_step(len(step.decodes) + len(step.verifies), len(step.prefills),
                                   sum(n for _, n in step.prefills), rows)
-        for seq, token_id, logprobs in zip(result.sampled, result.token_ids, result.logprobs):
-            self._emit(seq, [token_id], [logprobs])
-        accepted_total = prediction_total = 0
+        verified = []
         for seq, token_ids, logprobs in result.verified:
             draft, seq.draft = seq.draft, None
             accepted = accept_greedy(draft.tokens, token_ids)
             # The last token and the accepted drafts now have their K/V in the pool; the token
             # after them (the model's own) is the new last token, computed next step.
             seq.num_computed += 1 + accepted
+            verified.append((seq, token_ids, logprobs, draft, accepted))
+        # Only now emit: a request finishing here moves the last slot's sequence into its slot
+        # (scheduler.finish), copying that sequence's first num_computed positions, which must
+        # already count what this step computed for it.
+        for seq, token_id, logprobs in zip(result.sampled, result.token_ids, result.logprobs):
+            self._emit(seq, [token_id], [logprobs])
+        accepted_total = prediction_total = 0
+        for seq, token_ids, logprobs, draft, accepted in verified:
             emitted = self._emit(seq, token_ids[: accepted + 1], logprobs[: accepted + 1], draft, accepted)
             used = min(accepted, emitted, draft.proposed)
             accepted_total += used

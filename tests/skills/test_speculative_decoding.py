@@ -139,6 +139,28 @@ def test_max_tokens_and_eos_cut_an_accepted_run_exactly(llama, reference) -> Non
     assert m["requests_running"] == 0
 
 
+def test_requests_finishing_while_others_verify_keep_every_output_equal(llama) -> None:
+    """More requests than slots, finishing at different steps while others verify drafts: a
+    finishing request moves the last slot's sequence into its slot (scheduler.finish), which must
+    copy that sequence's K/V up to what this very step computed. (It copied its count from before
+    the step when the sequence's verify came later in the step's results: its new slot then held
+    another request's keys at those positions, and on SmolLM2 in setting A, rate=inf, outputs
+    wandered off into other prompts' text.)"""
+    prompts = [[(7 * i + 3 * j) % 90 + 5 for j in range(6 + i % 5)] for i in range(9)]
+    lengths = [9, 23, 14, 31, 6, 27, 18, 11, 25]
+    plain = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in lengths]
+    reference = [ids(o) for o in generate(make_engine(llama), prompts, plain)]
+    engine = make_engine(llama, Speculator(SpecConfig(num_speculative_tokens=4, key_block=0)))
+    # Predictions right for a while, then wrong: verify steps accept some drafts and reject others.
+    drafted = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True,
+                              prediction=tuple(r[: n // 2]) + (90, 91, 92) + tuple(r[n // 2:]))
+               for n, r in zip(lengths, reference)]
+    outs = generate(engine, prompts, drafted)
+    assert [ids(o) for o in outs] == reference
+    m = engine.metrics()
+    assert m["spec_accepted_tokens"] > 0 and m["spec_steps"] > 0 and m["requests_finished"] == len(prompts)
+
+
 def test_sampled_requests_do_not_speculate(llama) -> None:
     engine = make_engine(llama, Speculator(SpecConfig(num_speculative_tokens=4)))
     sampled = SamplingParams(max_tokens=10, temperature=0.8, seed=1, ignore_eos=True, prediction=(5, 6, 7))
