@@ -21,6 +21,7 @@ from harness.metrics import summarize
 from harness.row import read_rows
 from harness.scenario import load_scenario
 from harness.stack import load_spec
+from harness.transports import openai_sse
 
 STACKS = Path(__file__).parent / "stacks"
 SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "standard_serving.yaml"
@@ -77,6 +78,29 @@ def test_known_delays_are_measured_within_tolerance(delay_stack, point):
     # 1 token, then five chunks of 3: the chunk structure was seen, not assumed.
     assert all([e.units for e in r.events] == [1, 3, 3, 3, 3, 3] for r in result.records)
     assert len(result.warmup_records) == 1 and result.warmup_records[0].ok
+
+
+def test_a_chunk_is_timed_when_it_came_off_the_socket_not_when_the_harness_parsed_it(delay_stack, monkeypatch):
+    """With many streams, one event loop parses each stream's chunk after every other's: the chunk's
+    time must be when its bytes were read, not when its parser got to it. Here each stream's parser
+    starts 400 ms after its headers (the loop stays free meanwhile, as it is between other streams'
+    parses); the double sends one token at 200 ms and three more at 260 ms. Two requests in turn on
+    one kept-alive connection: the second's reads are watched as well as the first's."""
+    parse = openai_sse.sse_data
+
+    async def parsed_late(response):
+        await asyncio.sleep(0.4)
+        async for item in parse(response):
+            yield item
+
+    monkeypatch.setattr(openai_sse, "sse_data", parsed_late)
+    result = asyncio.run(run_load_point(delay_stack.base_url, "completions", payloads(2, max_tokens=4),
+                                        LoadPoint(num_prompts=1, concurrency=1, warmup=1), request_timeout_s=30))
+    for record in result.warmup_records + result.records:
+        assert record.ok and [e.units for e in record.events] == [1, 3], record
+        first, second = (e.t * 1000 for e in record.events)
+        assert 200 <= first < 330, first  # parsed at 400 ms or later, read at 200 and a bit
+        assert 60 - TOLERANCE_MS < second - first < 60 + 3 * TOLERANCE_MS, (first, second)
 
 
 def test_chat_role_chunk_is_not_a_token(delay_stack):

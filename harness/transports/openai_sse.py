@@ -6,7 +6,6 @@ usage-only chunk is none); the tokens a chunk carried come from the server's run
 """
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -14,6 +13,7 @@ import aiohttp
 from harness.client import ENDPOINTS, MalformedStream, error_text, json_object
 from harness.generation import usage_details
 from harness.records import Event, RequestRecord
+from harness.transports.arrivals import Arrivals
 from harness.transports.base import Transport
 
 
@@ -68,19 +68,30 @@ def _error_message(error) -> str:
     return str(error.get("message", error)) if isinstance(error, dict) else str(error)
 
 
-async def sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
-    """The `data` of each server-sent event (multi-line data joined by newlines, comments skipped)."""
+async def sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, int]]:
+    """The `data` of each server-sent event (multi-line data joined by newlines, comments skipped),
+    with how many bytes of the body had been read when it was complete. Read as the bytes come, not
+    line by line: one wake-up per read keeps the loop free to take the next stream's bytes."""
     data: list[str] = []
-    async for raw in response.content:
-        line = raw.decode().rstrip("\r\n")
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
+    pending = b""
+    offset = 0  # bytes of the body up to the end of `pending`'s last complete line
+    async for block in response.content.iter_any():
+        *lines, rest = (pending + block).split(b"\n")
+        for raw in lines:
+            offset += len(raw) + 1
+            line = raw.rstrip(b"\r").decode()
+            if not line:
+                if data:
+                    yield "\n".join(data), offset
+                    data = []
+            elif line.startswith("data:"):
+                data.append(line[5:].removeprefix(" "))
+        pending = rest
+    line = pending.rstrip(b"\r").decode()
+    if line.startswith("data:"):
+        data.append(line[5:].removeprefix(" "))
     if data:
-        yield "\n".join(data)
+        yield "\n".join(data), offset + len(pending)
 
 
 class ChunkCounter:
@@ -136,22 +147,23 @@ class OpenAIStream(Transport, unit="tokens", unit_source="one_per_chunk"):
                 if response.status != 200:
                     record.error = error_text(response.status, await response.read())
                     return
-                async for data in sse_data(response):
-                    now = time.perf_counter() - start
-                    if data.strip() == "[DONE]":
-                        break
-                    chunk = parse_chunk(data)
-                    if "error" in chunk:
-                        record.error = f"stream error: {_error_message(chunk['error'])}"
-                        break
-                    take_usage(chunk, record)
-                    for choice in chunk.get("choices") or []:
-                        text = _chunk_text(choice)
-                        n = counter.tokens_in(chunk, choice, text)
-                        if n > 0:
-                            record.events.append(Event(now, n, text))
-                        text_parts.append(text)
-                        record.finish_reason = choice.get("finish_reason") or record.finish_reason
+                with Arrivals(response) as arrivals:
+                    async for data, read in sse_data(response):
+                        now = arrivals.at(read) - start
+                        if data.strip() == "[DONE]":
+                            break
+                        chunk = parse_chunk(data)
+                        if "error" in chunk:
+                            record.error = f"stream error: {_error_message(chunk['error'])}"
+                            break
+                        take_usage(chunk, record)
+                        for choice in chunk.get("choices") or []:
+                            text = _chunk_text(choice)
+                            n = counter.tokens_in(chunk, choice, text)
+                            if n > 0:
+                                record.events.append(Event(now, n, text))
+                            text_parts.append(text)
+                            record.finish_reason = choice.get("finish_reason") or record.finish_reason
         finally:
             record.final = "".join(text_parts)
         record.error = record.error or _over_limit(payload, record)
