@@ -79,9 +79,12 @@ class EngineConfig:
     wait_for_shared: int = 64
     min_rows: int = 0  # pad every matmul to at least this many rows; 0: the load-time check decides
     share_prefix_reads: bool = True  # decode rows read a shared prompt prefix's K/V once (sharing.py)
+    stream_interval: int = 1  # outputs handed to the server this many at a time after the first (QueueStream)
 
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise ValueError("max_num_batched_tokens must be at least max_num_seqs (one decode row each)")
         if self.state_block < 1:
             raise ValueError("state_block must be positive")
+        if self.stream_interval < 1:
+            raise ValueError("stream_interval must be positive")

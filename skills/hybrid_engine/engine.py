@@ -72,7 +72,7 @@ class HybridEngine(OwnThread):
         return seq
 
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> QueueStream:
-        stream = QueueStream.on_running_loop()
+        stream = QueueStream.on_running_loop(self.cfg.stream_interval)
         self.add_request(prompt_ids, params, stream.send_many, stream.cancelled.is_set)
         return stream
 

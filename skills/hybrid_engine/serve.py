@@ -36,6 +36,9 @@ def engine_arguments(description: str | None, defaults: dict) -> argparse.Argume
                         "holds; 0: never (default: %(default)s)")
     p.add_argument("--native-kernels", action=argparse.BooleanOptionalAction, default=True,
                    help="skills/hybrid_engine/kernels.cpp (split invariant, built once per machine); else torch")
+    p.add_argument("--stream-interval", type=int, default=defaults.get("stream_interval", 1),
+                   help="after a request's first token, send its tokens this many to a chunk (and at its end); "
+                        "fewer chunks leave more of the cores to the engine (default: %(default)s)")
     p.add_argument("--min-rows", type=int, default=0,
                    help="pad matmuls to at least this many rows; 0: the row counts checked bit-stable at load")
     return p
@@ -47,7 +50,8 @@ def engine_config(args: argparse.Namespace):
     return EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                         max_model_len=args.max_model_len, threads=args.threads, native_kernels=args.native_kernels,
                         prefix_cache=not args.no_prefix_cache, state_block=args.state_block,
-                        cache_bytes=args.cache_mb << 20, wait_for_shared=args.wait_for_shared, min_rows=args.min_rows)
+                        cache_bytes=args.cache_mb << 20, wait_for_shared=args.wait_for_shared, min_rows=args.min_rows,
+                        stream_interval=args.stream_interval)
 
 
 def serve_engine(name: str, args: argparse.Namespace) -> None:

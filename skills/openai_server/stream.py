@@ -10,33 +10,51 @@ from dataclasses import dataclass, field
 from .engine_api import GenerationFailed, TokenOutput
 
 
+def _ends_the_stream(item) -> bool:
+    return not isinstance(item, TokenOutput) or item.token_id is None or item.finish_reason is not None
+
+
 @dataclass
 class QueueStream:
     """Outputs are pushed from the engine thread with `send`; the event loop iterates them.
 
-    `cancelled` is read by the engine thread to drop the request at its next step.
+    `cancelled` is read by the engine thread to drop the request at its next step. `interval`
+    (vLLM's and SGLang's stream interval): after the first output, which goes at once, outputs are
+    held in the engine thread until `interval` of them or the request's end are in hand, then
+    handed over with one wake-up of the event loop, to become one chunk. Each chunk costs the
+    server and its client ~0.1 ms of CPU, on the cores the engine steps on: at 8 streams on 2 cores
+    an interval of 4 took engine-c's served step from 6.8-7.0 to 6.0 ms (skills/hybrid_engine NOTE).
     """
 
     loop: asyncio.AbstractEventLoop
+    interval: int = 1
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    _held: list = field(default_factory=list, repr=False)
+    _started: bool = field(default=False, repr=False)
 
     @classmethod
-    def on_running_loop(cls) -> "QueueStream":
-        return cls(asyncio.get_running_loop())
+    def on_running_loop(cls, interval: int = 1) -> "QueueStream":
+        return cls(asyncio.get_running_loop(), max(1, interval))
 
     def cancel(self) -> None:
         self.cancelled.set()
 
     def send(self, item: TokenOutput | GenerationFailed) -> None:
         """Thread-safe: called from the engine thread."""
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        self.send_many([item])
 
-    def send_many(self, items: list[TokenOutput]) -> None:
-        """Several outputs with a single wake-up of the event loop."""
-        self.loop.call_soon_threadsafe(self._put_all, items)
+    def send_many(self, items: list[TokenOutput | GenerationFailed]) -> None:
+        """Several outputs with a single wake-up of the event loop (engine thread); held back while
+        fewer than `interval` are in hand and none ends the request."""
+        self._held.extend(items)
+        if self._started and len(self._held) < self.interval and not any(map(_ends_the_stream, items)):
+            return
+        self._started = True
+        held, self._held = self._held, []
+        self.loop.call_soon_threadsafe(self._put_all, held)
 
-    def _put_all(self, items: list[TokenOutput]) -> None:
+    def _put_all(self, items: list[TokenOutput | GenerationFailed]) -> None:
         for item in items:
             self.queue.put_nowait(item)
 

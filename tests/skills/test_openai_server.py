@@ -3,6 +3,7 @@ logprobs, errors. No model runs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -36,10 +37,11 @@ class ScriptedEngine:
         self.requests: list[tuple[list[int], SamplingParams]] = []
         self.streams: list[QueueStream] = []
         self.steps: tuple[int, ...] = ()  # tokens per engine step, each step 20 ms after the last; (): all at once
+        self.interval = 1  # the stream interval its streams hold outputs back by
 
     def submit(self, prompt_ids, params):
         self.requests.append((prompt_ids, params))
-        stream = QueueStream.on_running_loop()
+        stream = QueueStream.on_running_loop(self.interval)
         self.streams.append(stream)
         outs: list = []
         for i, token in enumerate(self.script[: params.max_tokens]):
@@ -125,6 +127,38 @@ def test_a_steps_tokens_go_out_as_one_chunk(client, engine) -> None:
     assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == TEXT
     assert counts[-1] == len(engine.script) and counts == sorted(set(counts))
     assert len(counts) <= 4 and counts[0] >= 3  # one chunk per step at most (a slow reader may merge steps)
+
+
+def test_a_stream_interval_sends_the_first_token_alone_then_that_many_a_chunk(client, engine) -> None:
+    """With a stream interval of 3 an engine stepping one token at a time still gets its first token
+    out at once (TTFT unchanged), then 3 tokens a chunk, the rest with the finish; the text is the same."""
+    engine.steps, engine.interval = (1,) * 31, 3
+    try:
+        chunks = sse(client, "/v1/completions", {"prompt": "The capital", "max_tokens": 30,
+                                                "stream_options": {"include_usage": True, "continuous_usage_stats": True}})
+    finally:
+        engine.steps, engine.interval = (), 1
+    counts = [c["usage"]["completion_tokens"] for c in chunks if c["choices"] and c["choices"][0]["text"]]
+    sizes = [b - a for a, b in zip([0] + counts, counts)]
+    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == TEXT
+    assert counts[-1] == len(engine.script) > 4
+    # a slow reader may merge two hand-overs into one chunk, never split one
+    assert sizes[0] == 1 and all(n % 3 == 0 for n in sizes[1:-1]) and 1 <= sizes[-1], sizes
+
+
+def test_a_held_back_stream_hands_over_what_it_holds_with_a_failure() -> None:
+    async def read() -> list[int]:
+        stream = QueueStream.on_running_loop(4)
+        for token in (1, 2, 3):
+            stream.send_many([TokenOutput(token)])
+        stream.send(GenerationFailed("boom"))
+        got: list[int] = []
+        with pytest.raises(GenerationFailed):
+            async for items in stream.batches():
+                got.extend(item.token_id for item in items)
+        return got
+
+    assert asyncio.run(asyncio.wait_for(read(), 5)) == [1, 2, 3]
 
 
 def test_max_tokens_is_length(client, engine) -> None:
