@@ -24,10 +24,15 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -451,6 +456,160 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
   return out;
 }
 
+// ---------------------------------------------------------------- greedy head (greedy_head.py)
+//
+// The argmax of y = x W^T as `linear` computes it, reading W in bf16: every logit is screened with
+// AVX-512 BF16 dot products (x and W rounded to bf16, fp32 sums), which is within
+// error * |x| * max_v |w_v| of `linear`'s; only the tokens whose screen reaches the row's best
+// screen less twice that are computed again, by `panel_rows<1>` on their columns of the fp32
+// panels: the same chain as `linear`'s, so the same bits. The first of the largest wins.
+
+#if defined(__AVX512BF16__)
+constexpr bool kGreedyHead = true;
+#else
+constexpr bool kGreedyHead = false;
+#endif
+constexpr int64_t SCREEN_TILE = 16;  // output columns per screen tile: one fp32 vector
+
+bool greedy_head_available() { return kGreedyHead; }
+
+// W [n, k] fp32 -> [ceil(n / 16), ceil(k / 2), 16, 2] bf16 (rounded to nearest even): tile t, pair p
+// holds W[16 t + c, 2 p + j] at [t, p, c, j], the operand order of the BF16 dot product.
+at::Tensor pack_screen(const at::Tensor& weight) {
+  check_f32(weight, "weight");
+  const int64_t n = weight.size(0), k = weight.size(1), pairs = (k + 1) / 2, tiles = (n + SCREEN_TILE - 1) / SCREEN_TILE;
+  auto packed = at::zeros({tiles, pairs, SCREEN_TILE, 2}, weight.options().dtype(at::kBFloat16));
+  const float* pw = weight.data_ptr<float>();
+  auto* pp = packed.data_ptr<at::BFloat16>();
+  for (int64_t c = 0; c < n; ++c)
+    for (int64_t i = 0; i < k; ++i)
+      pp[(((c / SCREEN_TILE) * pairs + i / 2) * SCREEN_TILE + c % SCREEN_TILE) * 2 + i % 2] = at::BFloat16(pw[c * k + i]);
+  return packed;
+}
+
+#if defined(__AVX512BF16__)
+// R rows of bf16 pairs against one screen tile: fp32 sums over the pairs in order.
+template <int R>
+inline void screen_tile(const int32_t* xb, int64_t pairs, const at::BFloat16* w, float* out, int64_t out_stride) {
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < pairs; ++p) {
+    _mm_prefetch(reinterpret_cast<const char*>(w + (p + 32) * 2 * SCREEN_TILE), _MM_HINT_T0);
+    const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + p * 2 * SCREEN_TILE);
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_set1_epi32(xb[r * pairs + p]), wv);
+  }
+  for (int r = 0; r < R; ++r) _mm512_storeu_ps(out + r * out_stride, acc[r]);
+}
+#endif
+
+// The screen of every tile for every row, and each tile's largest per row over its first n columns
+// (NaN if one of them is).
+void screen_tiles(const int32_t* xb, int64_t rows, int64_t pairs, const at::BFloat16* ps, int64_t tiles, int64_t n,
+                  float* approx, float* tile_max) {
+#if defined(__AVX512BF16__)
+  const int64_t stride = tiles * SCREEN_TILE;
+  at::parallel_for(0, tiles, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const at::BFloat16* w = ps + t * pairs * 2 * SCREEN_TILE;
+      for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+        const int64_t block = std::min<int64_t>(8, rows - r0);
+        float* out = approx + r0 * stride + t * SCREEN_TILE;
+        const int32_t* x = xb + r0 * pairs;
+        switch (block) {
+          case 8: screen_tile<8>(x, pairs, w, out, stride); break;
+          case 7: screen_tile<7>(x, pairs, w, out, stride); break;
+          case 6: screen_tile<6>(x, pairs, w, out, stride); break;
+          case 5: screen_tile<5>(x, pairs, w, out, stride); break;
+          case 4: screen_tile<4>(x, pairs, w, out, stride); break;
+          case 3: screen_tile<3>(x, pairs, w, out, stride); break;
+          case 2: screen_tile<2>(x, pairs, w, out, stride); break;
+          default: screen_tile<1>(x, pairs, w, out, stride);
+        }
+        const int64_t cols = std::min<int64_t>(SCREEN_TILE, n - t * SCREEN_TILE);
+        const __mmask16 real = cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1);
+        for (int64_t r = 0; r < block; ++r) {
+          const __m512 v = _mm512_loadu_ps(out + r * stride);
+          // max_ps drops a NaN operand; a NaN lane turns the tile's max into NaN here instead
+          const bool nan = (_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) & real) != 0;
+          tile_max[(r0 + r) * tiles + t] = nan ? NAN : _mm512_mask_reduce_max_ps(real, v);
+        }
+      }
+    }
+  });
+#endif
+}
+
+// x [rows, k] fp32 (rows <= 16), screen from pack_screen, panels from pack_linear of the same W
+// [n, k] -> int64 [rows]: each row's argmax of x W^T as `linear` gives it; -1 for a row whose
+// screen is not finite (the caller then takes the full head).
+at::Tensor greedy_ids(const at::Tensor& x, const at::Tensor& screen, const at::Tensor& panels, int64_t n,
+                      double max_norm, double error) {
+  check_f32(x, "x");
+  check_f32(panels, "panels");
+  const int64_t rows = x.size(0), k = x.size(1), pairs = (k + 1) / 2, tiles = screen.size(0);
+  TORCH_CHECK(kGreedyHead, "greedy_ids: this build has no AVX-512 BF16");
+  TORCH_CHECK(rows <= 16, "greedy_ids: at most 16 rows");
+  TORCH_CHECK(screen.scalar_type() == at::kBFloat16 && screen.is_contiguous() && screen.size(1) == pairs &&
+              tiles * SCREEN_TILE >= n, "greedy_ids: screen shape");
+  TORCH_CHECK(panels.size(1) == k && panels.size(2) == PANEL && panels.size(0) * PANEL >= n, "greedy_ids: panels shape");
+  auto ids = at::full({rows}, -1, x.options().dtype(at::kLong));
+  if (rows == 0) return ids;
+  const float* px = x.data_ptr<float>();
+  std::vector<int32_t> xb(rows * pairs, 0);  // x in bf16 pairs, rounded to nearest even
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < k; ++i) {
+      const at::BFloat16 b(px[r * k + i]);
+      std::memcpy(reinterpret_cast<char*>(&xb[r * pairs + i / 2]) + 2 * (i % 2), &b, 2);
+    }
+  std::unique_ptr<float[]> approx(new float[rows * tiles * SCREEN_TILE]);  // every element written by screen_tiles
+  std::vector<float> tile_max(rows * tiles);  // each tile's largest screen per row: the scans below skip the rest
+  screen_tiles(xb.data(), rows, pairs, screen.data_ptr<at::BFloat16>(), tiles, n, approx.get(), tile_max.data());
+  const float* pp = panels.data_ptr<float>();
+  auto* pid = ids.data_ptr<int64_t>();
+  std::vector<float> panel(k * PANEL);
+  float exact[PANEL];
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* a = approx.get() + r * tiles * SCREEN_TILE;
+    const float* m = &tile_max[r * tiles];
+    float top = -INFINITY;
+    bool finite = true;
+    for (int64_t t = 0; t < tiles; ++t) {  // a NaN anywhere in a tile makes its max NaN (see screen_tiles)
+      finite &= std::isfinite(m[t]);
+      top = std::max(top, m[t]);
+    }
+    if (!finite) continue;
+    double norm = 0;
+    for (int64_t i = 0; i < k; ++i) norm += double(px[r * k + i]) * px[r * k + i];
+    const float floor = float(double(top) - 2 * (error * std::sqrt(norm) * max_norm + 1e-30));
+    std::vector<int64_t> candidates;
+    for (int64_t t = 0; t < tiles; ++t) {
+      if (!(m[t] >= floor)) continue;
+      for (int64_t c = t * SCREEN_TILE; c < std::min(n, (t + 1) * SCREEN_TILE); ++c)
+        if (a[c] >= floor) candidates.push_back(c);
+    }
+    if (candidates.size() == 1) {
+      pid[r] = candidates[0];
+      continue;
+    }
+    float best = -INFINITY;
+    int64_t best_id = -1;
+    for (size_t c0 = 0; c0 < candidates.size(); c0 += PANEL) {  // up to PANEL candidates a pass, in id order
+      const int64_t count = std::min<int64_t>(PANEL, candidates.size() - c0);
+      std::fill(panel.begin(), panel.end(), 0.0f);
+      for (int64_t j = 0; j < count; ++j) {
+        const int64_t c = candidates[c0 + j];
+        const float* column = pp + (c / PANEL) * k * PANEL + c % PANEL;
+        for (int64_t i = 0; i < k; ++i) panel[i * PANEL + j] = column[i * PANEL];
+      }
+      panel_rows<1>(px + r * k, k, panel.data(), exact);
+      for (int64_t j = 0; j < count; ++j)
+        if (exact[j] > best || best_id < 0) best = exact[j], best_id = candidates[c0 + j];
+    }
+    pid[r] = best_id;
+  }
+  return ids;
+}
+
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   check_f32(x, "x");
   check_f32(weight, "weight");
@@ -711,6 +870,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   const auto no_gil = py::call_guard<py::gil_scoped_release>();
   m.def("pack_linear", &pack_linear, no_gil);
   m.def("linear", &linear, no_gil);
+  m.def("greedy_head_available", &greedy_head_available);
+  m.def("pack_screen", &pack_screen, no_gil);
+  m.def("greedy_ids", &greedy_ids, no_gil);
   m.def("rms_norm", &rms_norm, no_gil);
   m.def("silu_mul", &silu_mul, no_gil);
   m.def("attn_prep", &attn_prep, no_gil);

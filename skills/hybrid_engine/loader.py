@@ -15,6 +15,7 @@ from skills.engine_core.weights import read_safetensors
 
 from .config import EngineConfig, HybridConfig
 from .engine import HybridEngine
+from .greedy_head import GreedyHead
 from .kernels import kernels
 from .linear import backend_for
 from .model import HybridModel
@@ -38,6 +39,8 @@ def load_engine(model_dir: Path, cfg: EngineConfig, warmup: bool = True) -> Hybr
         weights.linears(), cfg.max_num_batched_tokens, weights.lm_head, max(cfg.max_num_seqs, 16))
     max_len = min(cfg.max_model_len, model_cfg.max_position)
     model = HybridModel(model_cfg, weights, ops, padding, max_len)
+    if cfg.greedy_head and weights.lm_head.kind == "native":
+        model.greedy_head = GreedyHead.build(weights.lm_head.packed, weights.lm_head.out_features, ops)
     states = SlotStates.allocate(model_cfg, cfg.max_num_seqs, max_len)
     reuse = PrefixReuse(states, cfg.prefix_cache, cfg.state_block, cfg.cache_bytes, cfg.wait_for_shared)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
@@ -47,7 +50,8 @@ def load_engine(model_dir: Path, cfg: EngineConfig, warmup: bool = True) -> Hybr
     engine.runtime = {"kernels": kernel_name, "split_invariant": kernel_name == "native",
                       "matmul": weights.lm_head.kind, "shared_prefix_reads": share,
                       "row_padding": padding.to_json(), "prefix_cache": cfg.prefix_cache,
-                      "state_block": cfg.state_block, "dtype": "float32", "threads": torch.get_num_threads()}
+                      "state_block": cfg.state_block, "dtype": "float32", "threads": torch.get_num_threads(),
+                      "greedy_head": model.greedy_head is not None}
     if warmup:
         engine.warmup()
     log.info("engine ready in %.1fs: %s kernels, %s matmuls, rows padded %s, %d threads, slot state %.2f GiB, "

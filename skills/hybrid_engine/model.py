@@ -36,10 +36,13 @@ class HybridModel:
         self.padding = padding
         self.cos, self.sin = rope_tables(cfg, max_len)
         self.scale = cfg.head_dim ** -0.5
+        self.greedy_head = None  # greedy_head.GreedyHead: the argmax without the fp32 head, where it is exact
 
     @torch.inference_mode()
-    def forward(self, batch: StepBatch, states: SlotStates, saves: SaveBuffers) -> torch.Tensor:
-        """Logits [len(batch.sample_rows), vocab] of the sample rows; states updated in place."""
+    def forward(self, batch: StepBatch, states: SlotStates, saves: SaveBuffers,
+                greedy: bool = False) -> torch.Tensor | list[int]:
+        """Logits [len(batch.sample_rows), vocab] of the sample rows, or with `greedy` and a greedy head
+        their argmax token ids; states updated in place."""
         cfg, k, eps = self.cfg, self.k, self.cfg.rms_eps
         x = F.embedding(batch.ids, self.w.embed)
         gdn_i = attn_i = 0
@@ -63,6 +66,10 @@ class HybridModel:
                 h = k.rms_norm(x, layer.post_norm, eps)
                 x = x + layer.w_down(k.silu_mul(layer.w_gate_up(h)))
                 gdn_i += 1
+        if greedy and self.greedy_head is not None:
+            ids = self.greedy_head.ids(self.k.rms_norm(x.index_select(0, batch.sample_rows), self.w.norm, eps))
+            if ids is not None:
+                return ids
         return self.logits(x, batch.sample_rows)
 
     def logits(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

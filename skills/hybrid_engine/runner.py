@@ -37,8 +37,11 @@ class Runner:
     def run(self, step: ScheduledStep) -> StepResult:
         plan = build(step, self.model.padding, self.share_prefix)
         saves = SaveBuffers.allocate(self.cfg, len(plan.saves))
-        logits = self.model.forward(plan.batch, self.states, saves)
+        greedy = bool(plan.sampled) and all(s.params.greedy and s.params.top_logprobs is None for s in plan.sampled)
+        logits = self.model.forward(plan.batch, self.states, saves, greedy)
         for i, (seq, position) in enumerate(plan.saves):
             seq.snapshots[position] = saves.take(i)
+        if isinstance(logits, list):  # the greedy head's token ids: no logits, no logprobs asked
+            return StepResult(plan.sampled, logits, [None] * len(logits))
         ids, logprobs = sample(logits, [SampleRequest(s.params, s.generator) for s in plan.sampled])
         return StepResult(plan.sampled, ids, logprobs)

@@ -39,6 +39,9 @@ def engine_arguments(description: str | None, defaults: dict) -> argparse.Argume
     p.add_argument("--stream-interval", type=int, default=defaults.get("stream_interval", 1),
                    help="after a request's first token, send its tokens this many to a chunk (and at its end); "
                         "fewer chunks leave more of the cores to the engine (default: %(default)s)")
+    p.add_argument("--greedy-head", action=argparse.BooleanOptionalAction, default=True,
+                   help="greedy requests without logprobs: the argmax from a bf16 screen of the lm_head and an fp32 "
+                        "recheck of the tokens it cannot rule out, equal to the fp32 head's (greedy_head.py)")
     p.add_argument("--min-rows", type=int, default=0,
                    help="pad matmuls to at least this many rows; 0: the row counts checked bit-stable at load")
     return p
@@ -51,7 +54,7 @@ def engine_config(args: argparse.Namespace):
                         max_model_len=args.max_model_len, threads=args.threads, native_kernels=args.native_kernels,
                         prefix_cache=not args.no_prefix_cache, state_block=args.state_block,
                         cache_bytes=args.cache_mb << 20, wait_for_shared=args.wait_for_shared, min_rows=args.min_rows,
-                        stream_interval=args.stream_interval)
+                        stream_interval=args.stream_interval, greedy_head=args.greedy_head)
 
 
 def serve_engine(name: str, args: argparse.Namespace) -> None:

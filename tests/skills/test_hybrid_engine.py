@@ -193,3 +193,47 @@ def test_torch_fallback_computes_the_same_model(on, model_dir) -> None:
     got, cached = run(fallback, prompts)
     assert got == run(on, prompts)[0]
     assert cached == [0, 192, 0]
+
+
+def test_greedy_head_is_the_fp32_heads_argmax_and_needs_its_bound() -> None:
+    """The bf16-screened greedy head against the fp32 head's argmax: random rows, exact ties (a
+    duplicated token: the first wins), and a pair the screen orders the wrong way round (token a is
+    larger in fp32, b in bf16): with its error bound the head rechecks both and picks a; with no
+    bound it picks b, so this comparison can fail."""
+    from skills.hybrid_engine.greedy_head import ERROR, GreedyHead
+    from skills.hybrid_engine.kernels import kernels
+
+    ops, name = kernels(True)
+    if name != "native" or not ops.greedy_head_available():
+        pytest.skip("the greedy head needs the C++ kernels with AVX-512 BF16")
+    g = torch.Generator().manual_seed(5)
+    vocab, k = 4099, 256
+    w = torch.randn(vocab, k, generator=g) * 0.02
+    w[1000] = w[7]  # an exact tie: 7 must win
+    a, b = 2000, 3000
+    w[a].zero_()
+    w[b].zero_()
+    w[a, 0] = 1 + 0.45 * 2 ** -7  # rounds to 1.0 in bf16: screened 1.0, exact 1.0035
+    w[b, 0], w[b, 1] = 1.0, 2 ** -9  # exact in bf16: screened and exact 1.00195
+    panels = ops.pack_linear(w)
+    head = GreedyHead(panels, vocab, ops)
+    blind = GreedyHead(panels, vocab, ops, error=0.0)
+    rows = torch.randn(40, k, generator=g)
+    rows[0] = w[7] * 50
+    rows[1].zero_()
+    rows[1, :2] = 1.0
+    for batch in rows.split(8):
+        want = ops.linear(batch.contiguous(), panels, vocab).argmax(dim=1).tolist()
+        assert head.ids(batch) == want
+    assert head.ids(rows[:2]) == [7, a]
+    assert blind.ids(rows[1:2]) == [b]  # the screen alone is wrong here
+    assert ERROR > 2 ** -8 + 2 ** -18 + 2 * k * 2 ** -24
+
+
+def test_greedy_head_on_and_off_give_the_same_tokens(on, model_dir) -> None:
+    full = _engine(model_dir, True, greedy_head=False)
+    assert full.runtime["greedy_head"] is False
+    if not on.runtime["greedy_head"]:
+        pytest.skip("no greedy head on this machine (no AVX-512 BF16)")
+    prompts = [ids(n) for n in (40, 90, 3, 150)]
+    assert run(on, prompts, together=True)[0] == run(full, prompts, together=True)[0]
