@@ -12,6 +12,10 @@ The bound: x and w rounded to bf16 (2^-9 each, relative), the screen's fp32 sums
 (K 2^-24 each, relative to sum_k |x_k||w_vk|): |y_v - y^_v| <= (2^-8 + 2^-18 + 2 K 2^-24)
 sum_k |x_k||w_vk| <= ERROR |x|_2 max_v |w_v|_2 for K <= MAX_K (Cauchy-Schwarz), plus an absolute
 allowance for the products the BF16 instruction flushes to zero below 2^-126.
+skills/asr_engine/greedy_head.py does the same for setting D in torch (one topk over a bf16
+mm, an einsum recheck: the fp32 argmax to float rounding). Here the recheck must be `linear`'s own
+chain, bit for bit, and the same scheme as torch ops took 1.32 ms against the fp32 head's 1.1-1.2
+(each pass over [rows, vocab] costs about what the matmul does), so it is one C++ pass instead.
 `tests/skills/test_hybrid_engine.py` checks it against the fp32 head on near-ties made on purpose,
 and that a screen with no bound picks other tokens there (the check can fail).
 """
@@ -35,11 +39,13 @@ class GreedyHead:
         self.max_norm = float(weight.double().norm(dim=1).max()) * (1 + 1e-6)
 
     @classmethod
-    def build(cls, panels: torch.Tensor | None, vocab: int, kernels) -> GreedyHead | None:
-        """None where it cannot be exact here: no fp32 panels, no AVX-512 BF16, or K past MAX_K."""
-        if panels is None or not getattr(kernels, "greedy_head_available", lambda: False)() or panels.shape[1] > MAX_K:
+    def build(cls, head, kernels) -> GreedyHead | None:
+        """For the model's lm_head (linear.Linear); None where it cannot be exact here: not the C++
+        panels, no AVX-512 BF16, or K past MAX_K."""
+        if head.kind != "native" or not getattr(kernels, "greedy_head_available", lambda: False)() \
+                or head.in_features > MAX_K:
             return None
-        return cls(panels, vocab, kernels)
+        return cls(head.packed, head.out_features, kernels)
 
     def ids(self, h: torch.Tensor) -> list[int] | None:
         """The argmax of h's fp32 logits per row (h: [rows <= 16, K], fp32, normed); None when a

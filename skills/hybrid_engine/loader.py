@@ -15,7 +15,6 @@ from skills.engine_core.weights import read_safetensors
 
 from .config import EngineConfig, HybridConfig
 from .engine import HybridEngine
-from .greedy_head import GreedyHead
 from .kernels import kernels
 from .linear import backend_for
 from .model import HybridModel
@@ -38,9 +37,7 @@ def load_engine(model_dir: Path, cfg: EngineConfig, warmup: bool = True) -> Hybr
     padding = RowPadding(cfg.min_rows) if cfg.min_rows else settle(
         weights.linears(), cfg.max_num_batched_tokens, weights.lm_head, max(cfg.max_num_seqs, 16))
     max_len = min(cfg.max_model_len, model_cfg.max_position)
-    model = HybridModel(model_cfg, weights, ops, padding, max_len)
-    if cfg.greedy_head and weights.lm_head.kind == "native":
-        model.greedy_head = GreedyHead.build(weights.lm_head.packed, weights.lm_head.out_features, ops)
+    model = HybridModel(model_cfg, weights, ops, padding, max_len, cfg.greedy_head)
     states = SlotStates.allocate(model_cfg, cfg.max_num_seqs, max_len)
     reuse = PrefixReuse(states, cfg.prefix_cache, cfg.state_block, cfg.cache_bytes, cfg.wait_for_shared)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .batch import StepBatch
 from .config import HybridConfig
+from .greedy_head import GreedyHead
 from .rows import RowPadding
 from .state import SaveBuffers, SlotStates
 from .weights import AttentionLayer, Weights
@@ -29,14 +30,16 @@ def rope_tables(cfg: HybridConfig, positions: int) -> tuple[torch.Tensor, torch.
 
 
 class HybridModel:
-    def __init__(self, cfg: HybridConfig, weights: Weights, kernels, padding: RowPadding, max_len: int) -> None:
+    def __init__(self, cfg: HybridConfig, weights: Weights, kernels, padding: RowPadding, max_len: int,
+                 greedy_head: bool = False) -> None:
         self.cfg = cfg
         self.w = weights
         self.k = kernels
         self.padding = padding
         self.cos, self.sin = rope_tables(cfg, max_len)
         self.scale = cfg.head_dim ** -0.5
-        self.greedy_head = None  # greedy_head.GreedyHead: the argmax without the fp32 head, where it is exact
+        # The argmax without reading the fp32 head, where that is exact here (greedy_head.py).
+        self.greedy_head = GreedyHead.build(weights.lm_head, kernels) if greedy_head else None
 
     @torch.inference_mode()
     def forward(self, batch: StepBatch, states: SlotStates, saves: SaveBuffers,
@@ -66,16 +69,18 @@ class HybridModel:
                 h = k.rms_norm(x, layer.post_norm, eps)
                 x = x + layer.w_down(k.silu_mul(layer.w_gate_up(h)))
                 gdn_i += 1
+        h = k.rms_norm(x.index_select(0, batch.sample_rows), self.w.norm, eps)
         if greedy and self.greedy_head is not None:
-            ids = self.greedy_head.ids(self.k.rms_norm(x.index_select(0, batch.sample_rows), self.w.norm, eps))
+            ids = self.greedy_head.ids(h)
             if ids is not None:
                 return ids
-        return self.logits(x, batch.sample_rows)
+        return self.logits(h)
 
-    def logits(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        n = rows.numel()
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The lm_head over final-normed rows, padded to a row count checked bit-stable (a row's
+        norm is its own, so norming before the padding changes no bit)."""
+        n = h.shape[0]
         padded = self.padding.rows(n)
-        h = x.index_select(0, rows)
         if padded > n:
             h = torch.cat([h, h.new_zeros(padded - n, h.shape[1])])
-        return self.w.lm_head(self.k.rms_norm(h, self.w.norm, self.cfg.rms_eps))[:n]
+        return self.w.lm_head(h)[:n]
