@@ -94,12 +94,32 @@ async def sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str,
         yield "\n".join(data), offset + len(pending)
 
 
-class ChunkCounter:
-    """Tokens carried by each chunk: the server's running usage count, else logprobs entries, else one."""
+class ChunkReader:
+    """One stream's chunks into its record: a timed event per chunk that carried tokens (the
+    server's running usage count, else logprobs entries, else one), the usage, the text."""
 
     def __init__(self, record: RequestRecord):
         self.record = record
         self.usage_so_far = 0
+        self.text_parts: list[str] = []
+
+    def take(self, data: str, now: float) -> bool:
+        """One event's data, read at `now`; False once the stream has ended ([DONE] or an error)."""
+        if data.strip() == "[DONE]":
+            return False
+        chunk = parse_chunk(data)
+        if "error" in chunk:
+            self.record.error = f"stream error: {_error_message(chunk['error'])}"
+            return False
+        take_usage(chunk, self.record)
+        for choice in chunk.get("choices") or []:
+            text = _chunk_text(choice)
+            n = self.tokens_in(chunk, choice, text)
+            if n > 0:
+                self.record.events.append(Event(now, n, text))
+            self.text_parts.append(text)
+            self.record.finish_reason = choice.get("finish_reason") or self.record.finish_reason
+        return True
 
     def tokens_in(self, chunk: dict, choice: dict, text: str) -> int:
         usage = chunk.get("usage")
@@ -140,32 +160,20 @@ class OpenAIStream(Transport, unit="tokens", unit_source="one_per_chunk"):
                        start: float) -> None:
         body = {**payload, "stream": True,
                 "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
-        counter = ChunkCounter(record)
-        text_parts: list[str] = []
+        reader = ChunkReader(record)
         try:
             async with client.post(base_url + ENDPOINTS[self.endpoint], json=body) as response:
                 if response.status != 200:
                     record.error = error_text(response.status, await response.read())
                     return
+                # The watch begins before the first read: a chunk is timed by the socket read that
+                # completed it, not by when this loop got round to parsing it.
                 with Arrivals(response) as arrivals:
                     async for data, read in sse_data(response):
-                        now = arrivals.at(read) - start
-                        if data.strip() == "[DONE]":
+                        if not reader.take(data, arrivals.at(read) - start):
                             break
-                        chunk = parse_chunk(data)
-                        if "error" in chunk:
-                            record.error = f"stream error: {_error_message(chunk['error'])}"
-                            break
-                        take_usage(chunk, record)
-                        for choice in chunk.get("choices") or []:
-                            text = _chunk_text(choice)
-                            n = counter.tokens_in(chunk, choice, text)
-                            if n > 0:
-                                record.events.append(Event(now, n, text))
-                            text_parts.append(text)
-                            record.finish_reason = choice.get("finish_reason") or record.finish_reason
         finally:
-            record.final = "".join(text_parts)
+            record.final = "".join(reader.text_parts)
         record.error = record.error or _over_limit(payload, record)
 
     def missing(self, record: RequestRecord) -> str | None:

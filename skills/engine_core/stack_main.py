@@ -42,6 +42,9 @@ def engine_arguments(description: str | None, defaults: dict) -> argparse.Argume
     p.add_argument("--idle-gather-ms", type=float, default=defaults.get("idle_gather_ms", 0.0),
                    help="an idle engine that receives a request waits until none has followed for this long "
                         "(at most 10 times it) before its first step, so a burst is prefilled together (0: off)")
+    p.add_argument("--stream-interval", type=int, default=defaults.get("stream_interval", 1),
+                   help="after a request's first token, hand its tokens to the server this many at a time "
+                        "(one SSE chunk each; vLLM's --stream-interval)")
     p.add_argument("--omp-spincount", default=None,
                    help="GOMP_SPINCOUNT: how long idle OpenMP threads spin before sleeping (engine_core NOTE.md)")
     return p
@@ -61,7 +64,8 @@ def serve_engine(name: str, args: argparse.Namespace, speculator=None, **config)
     cfg = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                        max_model_len=args.max_model_len, dtype=args.dtype, threads=args.threads,
                        compile=tuple(n for n in args.compile.split(",") if n),
-                       few_row_matmul=args.few_row_matmul, idle_gather_s=args.idle_gather_ms / 1e3, **config)
+                       few_row_matmul=args.few_row_matmul, idle_gather_s=args.idle_gather_ms / 1e3,
+                       stream_interval=args.stream_interval, **config)
     if args.native_kernels and not Kernels.use_native():
         logging.getLogger(name).warning("native kernels unavailable: running the eager torch kernels")
     # Loaded, warmed up and stepped on one thread (see LLMEngine.start_on_own_thread).

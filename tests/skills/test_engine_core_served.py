@@ -26,10 +26,11 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(Path(ensure_model("smollm2-135m-instruct")))
 
 
-@pytest.fixture
-def served(make_llama, tokenizer):
+@pytest.fixture(params=[1])
+def served(request, make_llama, tokenizer):
     hf = make_llama(4, vocab_size=len(tokenizer))
-    cfg = EngineConfig(max_num_seqs=4, max_num_batched_tokens=16, max_model_len=128, dtype="float32")
+    cfg = EngineConfig(max_num_seqs=4, max_num_batched_tokens=16, max_model_len=128, dtype="float32",
+                       stream_interval=request.param)
     model = build_model(ModelConfig.from_hf(hf.config), dict(hf.state_dict()), torch.float32)
     engine = LLMEngine(ModelRunner(model, 4, 128, torch.float32), tokenizer, frozenset({2}), cfg)
     engine.start()
@@ -54,6 +55,18 @@ def test_stream_equals_whole_and_transformers(served) -> None:
                            min_new_tokens=8, pad_token_id=0)[0, ids.shape[1]:].tolist()
     assert whole["choices"][0]["logprobs"]["tokens"] == [engine.tokenizer.decode([t]) for t in expected]
     assert engine.metrics()["forward_passes"] >= 8
+
+
+@pytest.mark.parametrize("served", [4], indirect=True)
+def test_a_stream_interval_sends_the_same_tokens_in_fewer_chunks_after_the_first(served) -> None:
+    client, engine, _ = served
+    request = {"prompt": "Hello there", "max_tokens": 10, "temperature": 0, "ignore_eos": True}
+    whole = client.post("/v1/completions", json=request).json()["choices"][0]["text"]
+    with client.stream("POST", "/v1/completions", json={**request, "stream": True}) as r:
+        texts = [json.loads(line[6:])["choices"][0]["text"] for line in r.iter_lines() if line.startswith("data: {")]
+    assert "".join(texts) == whole
+    # 10 tokens: the first at once, then 4 a chunk, the last one with the request's end.
+    assert len(texts) == 4, texts
 
 
 def test_too_long_is_a_400(served) -> None:
