@@ -36,6 +36,7 @@ CATALOGUE: dict[str, tuple[tuple[str, ...], str]] = {
     "prefill-chunk": (_ladder(16, 512), "16"),
     "dtype": (("float32", "bfloat16"), "float32"),
     "threads": (tuple(str(n) for n in range(1, CORES + 1)), "1"),
+    "stream-interval": (("1", "2", "4", "8"), "1"),  # tokens per stream chunk after the first
 }
 
 

@@ -14,7 +14,7 @@ from agent_helpers import git, read_json, run_agent
 pytestmark = pytest.mark.slow
 
 NAIVE = {"max-num-seqs": "1", "max-num-batched-tokens": "16", "dtype": "float32", "threads": "1",
-         "few-row-matmul": "small_gemm"}
+         "few-row-matmul": "small_gemm", "stream-interval": "1"}
 
 
 @pytest.fixture(scope="module")
