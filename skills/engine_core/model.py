@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import arena
 from .attention import Attention
 from .batch import ForwardBatch
 from .config import ModelConfig
@@ -57,8 +58,11 @@ class CausalLM(nn.Module):
         head = self.embed.weight if self.lm_head is None else self.lm_head.weight
         pack_linears(self.layers)
         self.lm_head = PackedHead(head)
-        self._loop_weights = self._native_loop_weights()
         linears = self._packed_linears()
+        small = [m for m in linears if m.small is not None]
+        for m, copy in zip(small, arena.gather([m.small for m in small])):  # in step order, on huge pages
+            m.small = copy
+        self._loop_weights = self._native_loop_weights()
         self.has_small_matmuls = bool(linears) and all(m.small is not None for m in linears)
         self.packed = True
 
