@@ -35,7 +35,10 @@ def _floats(nbytes: int):
     if advice is None or not hasattr(mmap, "MAP_ANONYMOUS"):
         return torch.empty(nbytes // 4, dtype=torch.float32)
     region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    region.madvise(advice)
+    try:
+        region.madvise(advice)
+    except OSError:  # a kernel built without transparent huge pages
+        pass
     return torch.frombuffer(region, dtype=torch.float32)  # the tensor keeps the mapping alive
 
 

@@ -9,7 +9,8 @@ transparent huge pages 4.1 ms (medians of 100 interleaved rounds, load ~1). One 
 
 `gather` copies tensors into one such buffer in the order given (the step's order) and returns
 views of it, with the same values: the bits are untouched, only the placement changes. Where the
-OS has no `MADV_HUGEPAGE` (not Linux) the buffer is an ordinary contiguous allocation.
+OS has no `MADV_HUGEPAGE` (not Linux, or a kernel without transparent huge pages) the buffer is
+the same single block on ordinary pages.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ def huge_page_buffer(nbytes: int) -> torch.Tensor:
     if advice is None or not hasattr(mmap, "MAP_ANONYMOUS"):
         return torch.empty(nbytes, dtype=torch.uint8)
     region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    region.madvise(advice)
+    try:
+        region.madvise(advice)
+    except OSError:  # a kernel built without transparent huge pages: 4 KB pages, still one block
+        pass
     whole = torch.frombuffer(region, dtype=torch.uint8)  # keeps `region` alive as long as any view
     start = (-whole.data_ptr()) % HUGE_PAGE
     return whole[start: start + nbytes]
