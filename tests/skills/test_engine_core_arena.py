@@ -60,3 +60,13 @@ def test_a_packed_model_streams_small_gemm_weights_from_one_buffer_with_the_same
     a = forward(arranged, ScheduledStep([], [(seq_at(0, prompt), 7)], 1))
     b = forward(scattered, ScheduledStep([], [(seq_at(0, prompt), 7)], 1))
     assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MADV_HUGEPAGE"), reason="no madvise advice to refuse here")
+def test_a_kernel_that_refuses_the_huge_page_advice_still_gets_one_block(monkeypatch) -> None:
+    monkeypatch.setattr(mmap, "MADV_HUGEPAGE", 12345)  # an advice no kernel knows: madvise raises EINVAL
+    with pytest.raises(OSError):
+        mmap.mmap(-1, 4096).madvise(mmap.MADV_HUGEPAGE)
+    copies = arena.gather([torch.arange(10.0), torch.ones(3, dtype=torch.bfloat16)])
+    assert torch.equal(copies[0], torch.arange(10.0)) and torch.equal(copies[1], torch.ones(3, dtype=torch.bfloat16))
+    assert copies[0].untyped_storage().data_ptr() == copies[1].untyped_storage().data_ptr()
