@@ -45,16 +45,17 @@ def huge_page_buffer(nbytes: int) -> torch.Tensor:
 def gather(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """Copies of `tensors` (contiguous, same shapes, dtypes and values) laid out one after another
     in one huge-page buffer."""
-    offsets, end = [], 0
-    for t in tensors:
-        offsets.append(end)
-        end = _aligned(end + t.numel() * t.element_size(), ALIGN)
     if not tensors:
         return []
+    sizes = [t.numel() * t.element_size() for t in tensors]
+    offsets, end = [], 0
+    for size in sizes:
+        offsets.append(end)
+        end = _aligned(end + size, ALIGN)
     buffer = huge_page_buffer(end)
     copies = []
-    for t, start in zip(tensors, offsets):
-        view = buffer[start: start + t.numel() * t.element_size()].view(t.dtype).view(t.shape)
+    for t, start, size in zip(tensors, offsets, sizes):
+        view = buffer[start: start + size].view(t.dtype).view(t.shape)
         view.copy_(t)
         copies.append(view)
     return copies
