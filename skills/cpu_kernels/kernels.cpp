@@ -56,6 +56,60 @@ void norm_row(const bf16* x, const bf16* w, bf16* out, int64_t n, float eps) {
 
 }  // namespace
 
+// The row loops of the kernels below on raw pointers, rows [a, b): the C++ layer loop
+// (decoder.cpp) splits them between the threads of its own parallel region.
+
+void add_rms_norm_rows(const bf16* x, const bf16* residual, const bf16* weight, bf16* sum, bf16* out, int64_t n,
+                       float eps, int64_t a, int64_t b) {
+  for (int64_t i = a; i < b; ++i) {  // sum may be x itself: each element is read before it is written
+    for (int64_t j = 0; j < n; ++j) sum[i * n + j] = bf16(f(x[i * n + j]) + f(residual[i * n + j]));
+    norm_row(sum + i * n, weight, out + i * n, n, eps);
+  }
+}
+
+void silu_mul_rows(const bf16* gp, bf16* op, int64_t inter, int64_t a, int64_t b) {
+  for (int64_t i = a; i < b; ++i) {
+    const bf16* gate = gp + i * 2 * inter;
+    const bf16* up = gate + inter;
+    int64_t j = 0;
+#if defined(__AVX512F__)
+    // 16 at a time, the same roundings as the scalar loop; only exp differs (a polynomial, < 1e-7 relative).
+    for (; j + 16 <= inter; j += 16) {
+      const __m512 x = load16(gate + j);
+      const __m512 silu = round_bf16(_mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), x)))));
+      store16(op + i * inter + j, _mm512_mul_ps(silu, load16(up + j)));
+    }
+#endif
+    for (; j < inter; ++j) {
+      const float x = f(gate[j]);
+      op[i * inter + j] = bf16(r(x / (1.f + std::exp(-x))) * f(up[j]));
+    }
+  }
+}
+
+void rope_rows(const bf16* xp, int64_t xs0, int64_t xs1, const bf16* cp, const bf16* sp, bf16* op, int64_t heads,
+               int64_t d, int64_t a, int64_t b) {
+  const int64_t half = d / 2;
+  for (int64_t i = a; i < b; ++i) {
+    const bf16 *ci = cp + i * d, *si = sp + i * d;
+    for (int64_t h = 0; h < heads; ++h) {
+      const bf16* xi = xp + i * xs0 + h * xs1;
+      bf16* oi = op + (i * heads + h) * d;
+      for (int64_t j = 0; j < half; ++j)  // roll by half: the second half comes first
+        oi[j] = bf16(r(f(xi[j]) * f(ci[j])) + r(f(xi[j + half]) * f(si[j])));
+      for (int64_t j = half; j < d; ++j)
+        oi[j] = bf16(r(f(xi[j]) * f(ci[j])) + r(f(xi[j - half]) * f(si[j])));
+    }
+  }
+}
+
+void write_kv_rows(char* cache, int64_t H, int64_t L, int64_t bytes, const int64_t* slots, const int64_t* positions,
+                   const char* values, int64_t row_bytes, int64_t a, int64_t b) {
+  for (int64_t i = a; i < b; ++i)
+    for (int64_t h = 0; h < H; ++h)
+      std::memcpy(cache + ((slots[i] * H + h) * L + positions[i]) * bytes, values + i * row_bytes + h * bytes, bytes);
+}
+
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
   check_bf16(x, "x");
   check_bf16(weight, "weight");
@@ -83,10 +137,7 @@ std::vector<torch::Tensor> add_rms_norm(const torch::Tensor& x, const torch::Ten
   const bf16 *xp = xc.data_ptr<bf16>(), *rp = rc.data_ptr<bf16>(), *wp = weight.data_ptr<bf16>();
   bf16 *sp = sum.data_ptr<bf16>(), *op = out.data_ptr<bf16>();
   at::parallel_for(0, rows, grain_for(3 * n), [&](int64_t a, int64_t b) {
-    for (int64_t i = a; i < b; ++i) {
-      for (int64_t j = 0; j < n; ++j) sp[i * n + j] = bf16(f(xp[i * n + j]) + f(rp[i * n + j]));
-      norm_row(sp + i * n, wp, op + i * n, n, static_cast<float>(eps));
-    }
+    add_rms_norm_rows(xp, rp, wp, sp, op, n, static_cast<float>(eps), a, b);
   });
   return {sum, out};
 }
@@ -100,25 +151,7 @@ torch::Tensor silu_mul(const torch::Tensor& gate_up, int64_t inter) {
   auto out = torch::empty({rows, inter}, g.options());
   const bf16* gp = g.data_ptr<bf16>();
   bf16* op = out.data_ptr<bf16>();
-  at::parallel_for(0, rows, grain_for(8 * inter), [&](int64_t a, int64_t b) {
-    for (int64_t i = a; i < b; ++i) {
-      const bf16* gate = gp + i * 2 * inter;
-      const bf16* up = gate + inter;
-      int64_t j = 0;
-#if defined(__AVX512F__)
-      // 16 at a time, the same roundings as the scalar loop; only exp differs (a polynomial, < 1e-7 relative).
-      for (; j + 16 <= inter; j += 16) {
-        const __m512 x = load16(gate + j);
-        const __m512 silu = round_bf16(_mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), x)))));
-        store16(op + i * inter + j, _mm512_mul_ps(silu, load16(up + j)));
-      }
-#endif
-      for (; j < inter; ++j) {
-        const float x = f(gate[j]);
-        op[i * inter + j] = bf16(r(x / (1.f + std::exp(-x))) * f(up[j]));
-      }
-    }
-  });
+  at::parallel_for(0, rows, grain_for(8 * inter), [&](int64_t a, int64_t b) { silu_mul_rows(gp, op, inter, a, b); });
   return out;
 }
 
@@ -129,24 +162,14 @@ torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& cos, const torch
   check_bf16(cos, "cos");
   check_bf16(sin_signed, "sin");
   TORCH_CHECK(x.dim() == 3, "x must be [rows, heads, head_dim]");
-  const int64_t rows = x.size(0), heads = x.size(1), d = x.size(2), half = d / 2;
+  const int64_t rows = x.size(0), heads = x.size(1), d = x.size(2);
   auto c = cos.contiguous(), s = sin_signed.contiguous();
   auto out = torch::empty({rows, heads, d}, x.options());
   const bf16 *xp = x.data_ptr<bf16>(), *cp = c.data_ptr<bf16>(), *sp = s.data_ptr<bf16>();
   bf16* op = out.data_ptr<bf16>();
   const int64_t xs0 = x.stride(0), xs1 = x.stride(1);
   at::parallel_for(0, rows, grain_for(2 * heads * d), [&](int64_t a, int64_t b) {
-    for (int64_t i = a; i < b; ++i) {
-      const bf16 *ci = cp + i * d, *si = sp + i * d;
-      for (int64_t h = 0; h < heads; ++h) {
-        const bf16* xi = xp + i * xs0 + h * xs1;
-        bf16* oi = op + (i * heads + h) * d;
-        for (int64_t j = 0; j < half; ++j)  // roll by half: the second half comes first
-          oi[j] = bf16(r(f(xi[j]) * f(ci[j])) + r(f(xi[j + half]) * f(si[j])));
-        for (int64_t j = half; j < d; ++j)
-          oi[j] = bf16(r(f(xi[j]) * f(ci[j])) + r(f(xi[j - half]) * f(si[j])));
-      }
-    }
+    rope_rows(xp, xs0, xs1, cp, sp, op, heads, d, a, b);
   });
   return out;
 }
@@ -232,11 +255,9 @@ void write_kv(torch::Tensor& cache, const torch::Tensor& slots, const torch::Ten
   const int64_t bytes = D * cache.element_size();
   char* cp = static_cast<char*>(cache.data_ptr());
   const char* vp = static_cast<const char*>(vals.data_ptr());
-  for (int64_t i = 0; i < rows; ++i) {
+  for (int64_t i = 0; i < rows; ++i)
     TORCH_CHECK(sp[i] >= 0 && sp[i] < cache.size(0) && pp[i] >= 0 && pp[i] < L, "slot or position out of range");
-    for (int64_t h = 0; h < H; ++h)
-      std::memcpy(cp + ((sp[i] * H + h) * L + pp[i]) * bytes, vp + (i * H + h) * bytes, bytes);
-  }
+  write_kv_rows(cp, H, L, bytes, sp, pp, vp, H * bytes, 0, rows);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -55,3 +55,20 @@ std::vector<torch::Tensor> decoder_layers(torch::Tensor x, torch::Tensor h, cons
 bool small_gemm_available();
 torch::Tensor small_gemm_pack(const torch::Tensor& weight);
 torch::Tensor small_gemm(const torch::Tensor& x, const torch::Tensor& packed, int64_t N);
+
+// Raw row / task / tile ranges of the kernels above, for a caller that splits work between the
+// threads of its own parallel region (decoder.cpp). No checks: the caller validated the shapes.
+using bf16_t = at::BFloat16;
+void add_rms_norm_rows(const bf16_t* x, const bf16_t* residual, const bf16_t* weight, bf16_t* sum, bf16_t* out,
+                       int64_t n, float eps, int64_t a, int64_t b);
+void silu_mul_rows(const bf16_t* gate_up, bf16_t* out, int64_t inter, int64_t a, int64_t b);
+void rope_rows(const bf16_t* x, int64_t x_row, int64_t x_head, const bf16_t* cos, const bf16_t* sin_signed, bf16_t* out,
+               int64_t heads, int64_t d, int64_t a, int64_t b);
+void write_kv_rows(char* cache, int64_t H, int64_t L, int64_t bytes, const int64_t* slots, const int64_t* positions,
+                   const char* values, int64_t row_bytes, int64_t a, int64_t b);
+void row_attention_tasks(const bf16_t* q, int64_t q_row, const bf16_t* k, const bf16_t* v, const int64_t* slots,
+                         const int64_t* positions, int64_t H, int64_t G, int64_t D, int64_t L, bf16_t* out, int64_t a,
+                         int64_t b);
+void small_gemm_tiles(const bf16_t* x, int64_t M, int64_t x_row, const bf16_t* packed, int64_t pairs, int64_t N,
+                      bf16_t* out, int64_t first, int64_t last);
+int64_t small_gemm_tile_count(int64_t n);

@@ -149,6 +149,32 @@ void attend(const float* q, const bf16* k, const bf16* v, int64_t stride, int64_
 
 }  // namespace
 
+// Tasks [a, b) of row_attention, task t = (row t / H, kv head t % H): q [rows, H, G, D] with rows
+// q_row apart, the caches [slots, H, L, D], out [rows, H, G, D] contiguous. No bounds checks: the
+// caller checked every slot and position.
+void row_attention_tasks(const bf16* qp, int64_t q_row, const bf16* kp, const bf16* vp, const int64_t* sp,
+                         const int64_t* pp, int64_t H, int64_t G, int64_t D, int64_t L, bf16* op, int64_t a, int64_t b) {
+  const float scale = 1.f / std::sqrt(static_cast<float>(D));
+#ifdef ROW_ATTENTION_AVX512
+  const AttendFn fixed = pick(G, D);
+#endif
+  std::vector<float> qf(G * D), scores;
+  for (int64_t t = a; t < b; ++t) {
+    const int64_t r = t / H, h = t % H, n = pp[r] + 1;
+    const bf16* qs = qp + r * q_row + h * G * D;
+    for (int64_t i = 0; i < G * D; ++i) qf[i] = static_cast<float>(qs[i]) * scale;
+    scores.resize(G * n);
+    const int64_t base = (sp[r] * H + h) * L * D;
+#ifdef ROW_ATTENTION_AVX512
+    if (fixed) {
+      fixed(qf.data(), kp + base, vp + base, D, n, scores.data(), op + t * G * D);
+      continue;
+    }
+#endif
+    attend(qf.data(), kp + base, vp + base, D, n, G, D, scores.data(), op + t * G * D);
+  }
+}
+
 torch::Tensor row_attention(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
                             const torch::Tensor& slots, const torch::Tensor& positions) {
   TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k_cache.scalar_type() == at::kBFloat16 &&
@@ -173,26 +199,8 @@ torch::Tensor row_attention(const torch::Tensor& q, const torch::Tensor& k_cache
   auto out = torch::empty_like(qc);
   const bf16 *qp = qc.data_ptr<bf16>(), *kp = k_cache.data_ptr<bf16>(), *vp = v_cache.data_ptr<bf16>();
   bf16* op = out.data_ptr<bf16>();
-  const float scale = 1.f / std::sqrt(static_cast<float>(D));
-#ifdef ROW_ATTENTION_AVX512
-  const AttendFn fixed = pick(G, D);
-#endif
   at::parallel_for(0, R * H, grain_for(2 * G * D * keys / std::max<int64_t>(1, R)), [&](int64_t a, int64_t b) {
-    std::vector<float> qf(G * D), scores;
-    for (int64_t t = a; t < b; ++t) {
-      const int64_t r = t / H, h = t % H, n = pp[r] + 1;
-      const bf16* qs = qp + t * G * D;
-      for (int64_t i = 0; i < G * D; ++i) qf[i] = static_cast<float>(qs[i]) * scale;
-      scores.resize(G * n);
-      const int64_t base = (sp[r] * H + h) * L * D;
-#ifdef ROW_ATTENTION_AVX512
-      if (fixed) {
-        fixed(qf.data(), kp + base, vp + base, D, n, scores.data(), op + t * G * D);
-        continue;
-      }
-#endif
-      attend(qf.data(), kp + base, vp + base, D, n, G, D, scores.data(), op + t * G * D);
-    }
+    row_attention_tasks(qp, H * G * D, kp, vp, sp, pp, H, G, D, L, op, a, b);
   });
   return out;
 }

@@ -66,6 +66,46 @@ constexpr TileFn kTileFns[kRowBlock + 1] = {nullptr, tile_rows<1>, tile_rows<2>,
 
 }  // namespace
 
+void small_gemm_tiles(const bf16* xp, int64_t M, int64_t stride, const bf16* wp, int64_t pairs, int64_t N, bf16* op,
+                      int64_t first, int64_t last) {
+#ifdef SMALL_GEMM_AVX512BF16
+  // Row blocks of equal size (9 rows: 5 + 4, not 8 + 1): a small block is latency-bound.
+  const int64_t blocks = (M + kRowBlock - 1) / kRowBlock, block = (M + blocks - 1) / blocks;
+  float tmp[kRowBlock * kTile];
+  for (int64_t t = first; t < last; ++t) {
+    const bf16* w = wp + t * pairs * 2 * kTile;
+    const int64_t cols = std::min<int64_t>(kTile, N - t * kTile);
+    for (int64_t r0 = 0; r0 < M; r0 += block) {
+      const int64_t rows = std::min<int64_t>(block, M - r0);
+      kTileFns[rows](xp + r0 * stride, stride, w, pairs, tmp);
+      for (int64_t r = 0; r < rows; ++r) {
+        bf16* dst = op + (r0 + r) * N + t * kTile;
+        if (cols == kTile) {  // round to nearest even, as bf16(float) does, 16 at a time (lm_head: 49K columns a row)
+          const __m256bh packed16 = _mm512_cvtneps_pbh(_mm512_loadu_ps(tmp + r * kTile));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)packed16);
+        } else {
+          for (int64_t c = 0; c < cols; ++c) dst[c] = bf16(tmp[r * kTile + c]);
+        }
+      }
+    }
+  }
+#endif
+}
+
+namespace {
+
+void small_gemm_split(const bf16* xp, int64_t M, int64_t stride, const bf16* wp, int64_t pairs, int64_t N, bf16* op,
+                      int64_t tiles) {
+  // ~64K multiply-adds per task at least (see grain_for), so small layers stay on one thread.
+  at::parallel_for(0, tiles, grain_for(M * pairs * 2 * kTile), [&](int64_t a, int64_t b) {
+    small_gemm_tiles(xp, M, stride, wp, pairs, N, op, a, b);
+  });
+}
+
+}  // namespace
+
+int64_t small_gemm_tile_count(int64_t n) { return tiles_of(n); }
+
 bool small_gemm_available() {
 #ifdef SMALL_GEMM_AVX512BF16
   return true;
@@ -104,32 +144,7 @@ torch::Tensor small_gemm(const torch::Tensor& x, const torch::Tensor& packed, in
   auto out = torch::empty({M, N}, x.options());
   if (M == 0) return out;
 #ifdef SMALL_GEMM_AVX512BF16
-  const bf16* xp = xc.data_ptr<bf16>();
-  const bf16* wp = packed.data_ptr<bf16>();
-  bf16* op = out.data_ptr<bf16>();
-  // Row blocks of equal size (9 rows: 5 + 4, not 8 + 1): a small block is latency-bound.
-  const int64_t blocks = (M + kRowBlock - 1) / kRowBlock, block = (M + blocks - 1) / blocks;
-  // ~64K multiply-adds per task at least (see grain_for), so small layers stay on one thread.
-  at::parallel_for(0, tiles, grain_for(M * pairs * 2 * kTile), [&](int64_t a, int64_t b) {
-    float tmp[kRowBlock * kTile];
-    for (int64_t t = a; t < b; ++t) {
-      const bf16* w = wp + t * pairs * 2 * kTile;
-      const int64_t cols = std::min<int64_t>(kTile, N - t * kTile);
-      for (int64_t r0 = 0; r0 < M; r0 += block) {
-        const int64_t rows = std::min<int64_t>(block, M - r0);
-        kTileFns[rows](xp + r0 * stride, stride, w, pairs, tmp);
-        for (int64_t r = 0; r < rows; ++r) {
-          bf16* dst = op + (r0 + r) * N + t * kTile;
-          if (cols == kTile) {  // round to nearest even, as bf16(float) does, 16 at a time (lm_head: 49K columns a row)
-            const __m256bh packed16 = _mm512_cvtneps_pbh(_mm512_loadu_ps(tmp + r * kTile));
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)packed16);
-          } else {
-            for (int64_t c = 0; c < cols; ++c) dst[c] = bf16(tmp[r * kTile + c]);
-          }
-        }
-      }
-    }
-  });
+  small_gemm_split(xc.data_ptr<bf16>(), M, stride, packed.data_ptr<bf16>(), pairs, N, out.data_ptr<bf16>(), tiles);
 #endif
   return out;
 }

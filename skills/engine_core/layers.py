@@ -42,10 +42,14 @@ class Rotary(nn.Module):
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin_signed", sin, persistent=False)
         self.half = head_dim // 2
+        self._cast: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}  # the tables cast once per dtype
 
     def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """[rows, 1, head_dim] each, in the model dtype (transformers casts them the same way)."""
-        return self.cos[positions].to(dtype)[:, None, :], self.sin_signed[positions].to(dtype)[:, None, :]
+        if dtype not in self._cast:
+            self._cast[dtype] = (self.cos.to(dtype), self.sin_signed.to(dtype))
+        cos, sin = self._cast[dtype]
+        return cos[positions][:, None, :], sin[positions][:, None, :]
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x: [rows, heads, head_dim]."""

@@ -33,6 +33,10 @@ class SampleRequest:
 
 def sample(logits: torch.Tensor, requests: list[SampleRequest]) -> tuple[list[int], list[TokenLogprob | None]]:
     """logits: [rows, vocab], one row per request."""
+    if all(r.params.greedy and r.params.top_logprobs is None for r in requests):
+        # argmax of the logits as they are: widening to fp32 is exact and keeps the first of equals
+        # first, so it picks the same token without copying [rows, vocab] (~40 us a decode step)
+        return logits.argmax(dim=-1).tolist(), [None] * len(requests)
     logits = logits.float()
     rows = [i for i, req in enumerate(requests) if not req.params.greedy]
     if rows and len(rows) == len(requests):
