@@ -55,6 +55,10 @@ std::vector<torch::Tensor> decoder_layers(torch::Tensor x, torch::Tensor h, cons
 bool small_gemm_available();
 torch::Tensor small_gemm_pack(const torch::Tensor& weight);
 torch::Tensor small_gemm(const torch::Tensor& x, const torch::Tensor& packed, int64_t N);
+bool greedy_screen_available();
+std::vector<torch::Tensor> greedy_screen_pack(const torch::Tensor& weight);
+torch::Tensor greedy_screen_ids(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& scales,
+                                const torch::Tensor& head, int64_t N, double margin);
 
 // Raw row / task / tile ranges of the kernels above, for a caller that splits work between the
 // threads of its own parallel region (decoder.cpp). No checks: the caller validated the shapes.

@@ -59,6 +59,9 @@ class EngineConfig:
     # Outputs handed to the server this many at a time after a request's first (QueueStream's
     # interval): fewer wake-ups of the event loop and fewer chunks, on the cores the engine steps on.
     stream_interval: int = 1
+    # Greedy steps of <= 4 rows asking no logprobs take their tokens from the head's int8 screen
+    # (packing.PackedHead.greedy_ids: the same tokens, half the head's bytes read).
+    greedy_screen: bool = True
 
     def __post_init__(self) -> None:
         if self.stream_interval < 1:

@@ -66,7 +66,8 @@ def load_engine(model_dir: Path, cfg: EngineConfig, speculator=None) -> LLMEngin
                       "few_row_matmul_check": kernel_check.to_json() if kernel_check else None,
                       "speculation": ({"num_speculative_tokens": speculator.cfg.num_speculative_tokens}
                                       if hasattr(speculator, "cfg") else speculator is not None),
-                      "verify_check": check.to_json() if check else None, "stream_interval": cfg.stream_interval}
+                      "verify_check": check.to_json() if check else None, "stream_interval": cfg.stream_interval,
+                      "greedy_screen": cfg.greedy_screen and getattr(model.lm_head, "screen", None) is not None}
     engine.warmup()
     log.info("engine ready in %.1fs: %s, %d threads, state pool %.2f GiB, %s", time.perf_counter() - started,
              cfg.dtype, torch.get_num_threads(), runner.pool.nbytes() / 2**30, cfg)

@@ -60,8 +60,12 @@ class CausalLM(nn.Module):
         self.lm_head = PackedHead(head)
         linears = self._packed_linears()
         small = [m for m in linears if m.small is not None]
-        for m, copy in zip(small, arena.gather([m.small for m in small])):  # in step order, on huge pages
+        screen = [] if self.lm_head.screen is None else [self.lm_head.screen[0]]
+        copies = arena.gather([m.small for m in small] + screen)  # in step order, on huge pages
+        for m, copy in zip(small, copies):
             m.small = copy
+        if screen:
+            self.lm_head.screen = (copies[-1], self.lm_head.screen[1])
         self._loop_weights = self._native_loop_weights()
         self.has_small_matmuls = bool(linears) and all(m.small is not None for m in linears)
         self.packed = True
@@ -95,9 +99,17 @@ class CausalLM(nn.Module):
         self._loop_weights = self._native_loop_weights()
 
     def drop_unused_copies(self) -> None:
-        """Free the small_gemm copies of a model that runs oneDNN (they double the weights' memory)."""
+        """Free the small_gemm copies of a model that runs oneDNN (they double the weights' memory),
+        and the head's screen with them (it stands in for small_gemm's head)."""
         for m in self._packed_linears():
             m.aside = None
+        if isinstance(self.lm_head, PackedHead) and self.lm_head.linear.small is None:
+            self.lm_head.screen = None
+
+    def greedy_ids(self, x: torch.Tensor) -> list[int] | None:
+        """The greedy token of each row of `final_hidden`'s x from the head's int8 screen (the same
+        ids as argmax(head(x))), or None where it does not apply (packing.PackedHead.greedy_ids)."""
+        return self.lm_head.greedy_ids(x) if isinstance(self.lm_head, PackedHead) else None
 
     def _packed_linears(self) -> list[PackedLinear]:
         return [m for m in self.modules() if isinstance(m, PackedLinear)]
@@ -125,6 +137,13 @@ class CausalLM(nn.Module):
 
     def forward(self, batch: ForwardBatch, pool: StatePool) -> torch.Tensor:
         """Logits [samples, vocab] of `batch.sample_rows`, in the model dtype."""
+        return self.head(self.final_hidden(batch, pool))
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.embed.weight) if self.lm_head is None else self.lm_head(x)
+
+    def final_hidden(self, batch: ForwardBatch, pool: StatePool) -> torch.Tensor:
+        """The final norm's output [samples, hidden] of `batch.sample_rows`: what the head multiplies."""
         x = self.embed(batch.input_ids)
         cos, sin = self.rotary.tables(batch.positions, x.dtype)
         h = self.layers[0].input_norm(x)
@@ -142,5 +161,4 @@ class CausalLM(nn.Module):
                     x, h = self.layers[i + 1].input_norm.add_forward(x, out)
         if batch.sample_rows.shape[0] != x.shape[0]:
             x, out = x[batch.sample_rows], out[batch.sample_rows]
-        x = self.norm(x + out)
-        return F.linear(x, self.embed.weight) if self.lm_head is None else self.lm_head(x)
+        return self.norm(x + out)

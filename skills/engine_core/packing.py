@@ -83,12 +83,41 @@ def pack_linears(module: nn.Module) -> int:
     return count
 
 
+GREEDY_SCREEN_ROWS = 4  # from ~5 rows small_gemm is bound by its dot products: reading fewer bytes gains nothing
+
+
+def _screen_pack(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """skills/cpu_kernels/greedy_head.cpp's int8 screen of the head (q, scales), where it builds."""
+    from skills.cpu_kernels import native
+
+    ext = native()
+    if ext is None or not ext.greedy_screen_available():
+        return None
+    q, scales = ext.greedy_screen_pack(weight.detach())
+    return q, scales
+
+
 class PackedHead(nn.Module):
-    """The lm_head as a packed copy (a tied embedding stays plain for the lookup)."""
+    """The lm_head as a packed copy (a tied embedding stays plain for the lookup), and with small_gemm's
+    copy an int8 screen of it that finds the greedy token of a few rows reading half the bytes."""
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
         self.linear = PackedLinear(weight, None)
+        self.screen = _screen_pack(weight) if self.linear.small is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)
+
+    def greedy_ids(self, x: torch.Tensor) -> list[int] | None:
+        """argmax(self(x)) per row, the same token ids bit for bit (greedy_head.cpp says why), or None
+        where the screen does not apply: no screen, small_gemm not the head's matmul, more than
+        GREEDY_SCREEN_ROWS rows, or a logit that is not finite."""
+        if (self.screen is None or self.linear.small is None or Kernels.small_gemm is None
+                or x.dtype != torch.bfloat16 or not 1 <= x.shape[0] <= GREEDY_SCREEN_ROWS):
+            return None
+        from skills.cpu_kernels import native
+
+        ids = native().greedy_screen_ids(x.contiguous(), *self.screen, self.linear.small, self.linear.out_features)
+        ids = ids.tolist()
+        return None if -1 in ids else ids

@@ -62,6 +62,12 @@ class ModelRunner:
         undrafted step of a speculating request can be a plain 1-row decode."""
         return self.verified_rows > 0
 
+    def _screens(self, requests: list[SampleRequest]) -> bool:
+        """Whether the head's int8 screen may pick this step's tokens: every row greedy, none asking
+        for logprobs (the screen gives ids, not logits), and the engine allows it."""
+        allowed = self.engine_cfg is None or self.engine_cfg.greedy_screen
+        return allowed and all(r.params.greedy and r.params.top_logprobs is None for r in requests)
+
     def apply(self, moves: list[Move]) -> None:
         for move in moves:
             self.pool.move(move.src, move.dst, move.length)
@@ -69,13 +75,17 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, step: ScheduledStep) -> StepResult:
         batch, sampled = self.build(step)
-        logits = self.model(batch, self.pool)
         # Sample rows: the decodes, then every row of each verify chunk, then finished prompts.
         requests = [SampleRequest(s.params, s.generator) for s in step.decodes]
         for seq in step.verifies:
             requests += [SampleRequest(seq.params, seq.generator)] * (1 + seq.draft_len)
         requests += [SampleRequest(s.params, s.generator) for s in sampled[len(step.decodes):]]
-        ids, logprobs = sample(logits, requests)
+        hidden = self.model.final_hidden(batch, self.pool)
+        ids = self.model.greedy_ids(hidden) if self._screens(requests) else None
+        if ids is None:
+            ids, logprobs = sample(self.model.head(hidden), requests)
+        else:
+            logprobs = [None] * len(ids)
         verified, row = [], len(step.decodes)
         for seq in step.verifies:
             n = 1 + seq.draft_len

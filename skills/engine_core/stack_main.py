@@ -45,6 +45,10 @@ def engine_arguments(description: str | None, defaults: dict) -> argparse.Argume
     p.add_argument("--stream-interval", type=int, default=defaults.get("stream_interval", 1),
                    help="after a request's first token, hand its tokens to the server this many at a time "
                         "(one SSE chunk each; vLLM's --stream-interval)")
+    p.add_argument("--greedy-screen", action=argparse.BooleanOptionalAction, default=defaults.get("greedy_screen", True),
+                   help="greedy decode steps of up to 4 rows that ask no logprobs pick their tokens with an int8 "
+                        "screen of the lm_head and recompute only the candidates (the same tokens, bit for bit; "
+                        "skills/cpu_kernels/greedy_head.cpp)")
     p.add_argument("--omp-spincount", default=None,
                    help="GOMP_SPINCOUNT: how long idle OpenMP threads spin before sleeping (engine_core NOTE.md)")
     return p
@@ -65,7 +69,7 @@ def serve_engine(name: str, args: argparse.Namespace, speculator=None, **config)
                        max_model_len=args.max_model_len, dtype=args.dtype, threads=args.threads,
                        compile=tuple(n for n in args.compile.split(",") if n),
                        few_row_matmul=args.few_row_matmul, idle_gather_s=args.idle_gather_ms / 1e3,
-                       stream_interval=args.stream_interval, **config)
+                       stream_interval=args.stream_interval, greedy_screen=args.greedy_screen, **config)
     if args.native_kernels and not Kernels.use_native():
         logging.getLogger(name).warning("native kernels unavailable: running the eager torch kernels")
     # Loaded, warmed up and stepped on one thread (see LLMEngine.start_on_own_thread).
