@@ -272,6 +272,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("small_gemm_available", &small_gemm_available);
   m.def("small_gemm_pack", &small_gemm_pack);
   m.def("small_gemm", &small_gemm);
+  m.def("sample_top_p", &sample_top_p);
   m.def("greedy_screen_available", &greedy_screen_available);
   m.def("greedy_screen_pack", &greedy_screen_pack);
   m.def("greedy_screen_ids", &greedy_screen_ids, py::arg("x"), py::arg("q"), py::arg("scales"), py::arg("head"),

@@ -74,7 +74,7 @@ def _compiled_decode_attention():
 
 _EAGER = {"rms_norm": rms_norm, "add_rms_norm": add_rms_norm, "rope": rope, "silu_mul": silu_mul,
           "decode_attention": decode_attention, "row_attention": row_attention, "decoder_layers": None,
-          "small_gemm": None}
+          "small_gemm": None, "sample_top_p": None}
 _COMPILED = {"decode_attention": _compiled_decode_attention}
 COMPILABLE = ("rms_norm", "add_rms_norm", "rope", "silu_mul", "decode_attention")
 
@@ -101,6 +101,7 @@ def _native_kernels() -> dict:
         "row_attention": ext.row_attention,
         "decoder_layers": ext.decoder_layers,
         "small_gemm": ext.small_gemm if ext.small_gemm_available() else None,
+        "sample_top_p": ext.sample_top_p,
     }
 
 
@@ -117,6 +118,7 @@ class Kernels:
     # native row attention, which is bf16 only: `rows_alone(dtype)` says whether a step can use them.
     decoder_layers = None
     small_gemm = None  # skills/cpu_kernels' few-row matmul (packing.PackedLinear uses it when set)
+    sample_top_p = None  # skills/cpu_kernels' temperature / top-p sampler (sampler.py uses it when set)
 
     @classmethod
     def rows_alone(cls, dtype: torch.dtype) -> bool:

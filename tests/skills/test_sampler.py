@@ -11,6 +11,17 @@ from skills.openai_server.engine_api import SamplingParams
 VOCAB = 49152
 
 
+@pytest.fixture(autouse=True, params=["torch", "native"])
+def sampler_path(request):
+    """Every test on both paths: torch ops, and skills/cpu_kernels' top_p.cpp (where it builds)."""
+    from skills.engine_core.kernels import Kernels
+
+    if request.param == "native" and not Kernels.use_native():
+        pytest.skip("the C++ kernels cannot be built here")
+    yield request.param
+    Kernels.use_native(False)
+
+
 def _request(seed: int | None, temperature: float = 1.0, top_p: float = 1.0) -> SampleRequest:
     params = SamplingParams(max_tokens=1, temperature=temperature, top_p=top_p, seed=seed)
     return SampleRequest(params, torch.Generator().manual_seed(seed) if seed is not None else None)
