@@ -91,10 +91,7 @@ def _screen_pack(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | No
     from skills.cpu_kernels import native
 
     ext = native()
-    if ext is None or not ext.greedy_screen_available():
-        return None
-    q, scales = ext.greedy_screen_pack(weight.detach())
-    return q, scales
+    return tuple(ext.greedy_screen_pack(weight.detach())) if ext is not None and ext.greedy_screen_available() else None
 
 
 class PackedHead(nn.Module):
@@ -114,10 +111,9 @@ class PackedHead(nn.Module):
         where the screen does not apply: no screen, small_gemm not the head's matmul, more than
         GREEDY_SCREEN_ROWS rows, or a logit that is not finite."""
         if (self.screen is None or self.linear.small is None or Kernels.small_gemm is None
-                or x.dtype != torch.bfloat16 or not 1 <= x.shape[0] <= GREEDY_SCREEN_ROWS):
+                or Kernels.greedy_screen_ids is None or x.dtype != torch.bfloat16
+                or not 1 <= x.shape[0] <= GREEDY_SCREEN_ROWS):
             return None
-        from skills.cpu_kernels import native
-
-        ids = native().greedy_screen_ids(x.contiguous(), *self.screen, self.linear.small, self.linear.out_features)
+        ids = Kernels.greedy_screen_ids(x.contiguous(), *self.screen, self.linear.small, self.linear.out_features)
         ids = ids.tolist()
         return None if -1 in ids else ids
