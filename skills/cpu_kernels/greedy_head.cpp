@@ -79,8 +79,17 @@ std::vector<torch::Tensor> greedy_screen_pack(const torch::Tensor& weight) {
   float* sp = scales.data_ptr<float>();
   for (int64_t n = 0; n < N; ++n) {
     float top = 0.f;
-    for (int64_t k = 0; k < K; ++k) top = std::max(top, std::fabs(static_cast<float>(src[n * K + k])));
-    if (!(top > 0.f) || !std::isfinite(top)) continue;  // an all-zero (or broken) token: scale 0, q 0
+    bool finite = true;
+    for (int64_t k = 0; k < K; ++k) {
+      const float v = static_cast<float>(src[n * K + k]);
+      finite = finite && std::isfinite(v);
+      top = std::max(top, std::fabs(v));
+    }
+    if (!finite) {  // an inf or NaN weight: a NaN scale makes every screen not finite (the head decides)
+      sp[n] = NAN;
+      continue;
+    }
+    if (!(top > 0.f)) continue;  // an all-zero token: scale 0, q 0, logit 0 in both
     const float s = top / 127.f;
     sp[n] = s;
     for (int64_t k = 0; k < K; ++k) {

@@ -73,6 +73,10 @@ def test_a_logit_that_is_not_finite_leaves_the_choice_to_the_head() -> None:
     x = torch.randn(1, 32, dtype=BF16)
     x[0, 3] = float("inf")
     assert ext.greedy_screen_ids(x, *ext.greedy_screen_pack(w), ext.small_gemm_pack(w), 64).tolist() == [-1]
+    broken = w.clone()
+    broken[7, 5] = float("nan")  # a broken weight: the screen cannot bound that token
+    x = torch.randn(1, 32, dtype=BF16)
+    assert ext.greedy_screen_ids(x, *ext.greedy_screen_pack(broken), ext.small_gemm_pack(broken), 64).tolist() == [-1]
     with pytest.raises(RuntimeError, match="1..4"):
         ext.greedy_screen_ids(torch.randn(5, 32, dtype=BF16), *ext.greedy_screen_pack(w), ext.small_gemm_pack(w), 64)
 
