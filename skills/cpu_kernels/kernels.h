@@ -77,4 +77,3 @@ void row_attention_tasks(const bf16_t* q, int64_t q_row, const bf16_t* k, const 
                          int64_t b);
 void small_gemm_tiles(const bf16_t* x, int64_t M, int64_t x_row, const bf16_t* packed, int64_t pairs, int64_t N,
                       bf16_t* out, int64_t first, int64_t last);
-int64_t small_gemm_tile_count(int64_t n);

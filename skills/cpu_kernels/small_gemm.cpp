@@ -92,20 +92,6 @@ void small_gemm_tiles(const bf16* xp, int64_t M, int64_t stride, const bf16* wp,
 #endif
 }
 
-namespace {
-
-void small_gemm_split(const bf16* xp, int64_t M, int64_t stride, const bf16* wp, int64_t pairs, int64_t N, bf16* op,
-                      int64_t tiles) {
-  // ~64K multiply-adds per task at least (see grain_for), so small layers stay on one thread.
-  at::parallel_for(0, tiles, grain_for(M * pairs * 2 * kTile), [&](int64_t a, int64_t b) {
-    small_gemm_tiles(xp, M, stride, wp, pairs, N, op, a, b);
-  });
-}
-
-}  // namespace
-
-int64_t small_gemm_tile_count(int64_t n) { return tiles_of(n); }
-
 bool small_gemm_available() {
 #ifdef SMALL_GEMM_AVX512BF16
   return true;
@@ -144,7 +130,12 @@ torch::Tensor small_gemm(const torch::Tensor& x, const torch::Tensor& packed, in
   auto out = torch::empty({M, N}, x.options());
   if (M == 0) return out;
 #ifdef SMALL_GEMM_AVX512BF16
-  small_gemm_split(xc.data_ptr<bf16>(), M, stride, packed.data_ptr<bf16>(), pairs, N, out.data_ptr<bf16>(), tiles);
+  const bf16 *xp = xc.data_ptr<bf16>(), *wp = packed.data_ptr<bf16>();
+  bf16* op = out.data_ptr<bf16>();
+  // ~64K multiply-adds per task at least (see grain_for), so small layers stay on one thread.
+  at::parallel_for(0, tiles, grain_for(M * pairs * 2 * kTile), [&](int64_t a, int64_t b) {
+    small_gemm_tiles(xp, M, stride, wp, pairs, N, op, a, b);
+  });
 #endif
   return out;
 }

@@ -152,8 +152,7 @@ torch::Tensor sample_top_p(const torch::Tensor& logits, const torch::Tensor& tem
   auto ids = torch::empty({rows}, l.options().dtype(at::kLong));
   int64_t* ip = ids.data_ptr<int64_t>();
   at::parallel_for(0, rows, 1, [&](int64_t a, int64_t b) {
-    thread_local std::vector<float> w;  // reused: a fresh 200 KB block a call is page faults
-    w.resize(V);
+    std::vector<float> w(V);
     for (int64_t r = a; r < b; ++r) ip[r] = sample_row(lp + r * V, V, tp[r], pp[r], up[r], w);
   });
   return ids;

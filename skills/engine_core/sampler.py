@@ -50,8 +50,7 @@ def sample(logits: torch.Tensor, requests: list[SampleRequest]) -> tuple[list[in
 def _sample_rows(logits: torch.Tensor, requests: list[SampleRequest]) -> torch.Tensor:
     """logits: one fp32 row per sampled request (left unchanged). Top-p rows go through the nucleus,
     the others through the whole vocabulary in id order: in one C++ pass per row with the native
-    kernels (skills/cpu_kernels/top_p.cpp, the same algorithm; a 16-row step of SmolLM2 ~2.4 -> ms),
-    else in torch."""
+    kernels (skills/cpu_kernels/top_p.cpp, the same algorithm), else in torch."""
     temperature = torch.tensor([r.params.temperature for r in requests], dtype=torch.float32)
     uniform = torch.cat([torch.rand(1, generator=r.generator or _UNSEEDED) for r in requests])
     top_p = torch.tensor([r.params.top_p for r in requests], dtype=torch.float32)
