@@ -107,7 +107,8 @@ std::vector<torch::Tensor> few_row_layers(const torch::Tensor& x_in, const torch
 #pragma omp parallel num_threads(at::get_num_threads())
   {
     const int tid = omp_get_thread_num(), threads = omp_get_num_threads();
-    const std::pair<int64_t, int64_t> mine = share(rows, tid, threads), tasks = share(rows * kv_heads, tid, threads);
+    const std::pair<int64_t, int64_t> mine = share(rows, tid, threads),
+                                              tasks = attention_share(positions, rows, kv_heads, tid, threads);
     const int64_t r0 = mine.first, r1 = mine.second;
     auto matmul = [&](const bf16* in, const Tiles& m, bf16* dst) {
       const std::pair<int64_t, int64_t> t = share(m.tiles, tid, threads);

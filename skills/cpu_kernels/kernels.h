@@ -2,6 +2,8 @@
 #pragma once
 #include <torch/extension.h>
 
+#include <utility>
+
 #include <algorithm>
 #include <vector>
 
@@ -72,6 +74,10 @@ void rope_rows(const bf16_t* x, int64_t x_row, int64_t x_head, const bf16_t* cos
                int64_t heads, int64_t d, int64_t a, int64_t b);
 void write_kv_rows(char* cache, int64_t H, int64_t L, int64_t bytes, const int64_t* slots, const int64_t* positions,
                    const char* values, int64_t row_bytes, int64_t a, int64_t b);
+// This thread's part [first, second) of row attention's (row, kv head) tasks, contiguous and split
+// by the keys the tasks read (row r reads positions[r] + 1), not by their count.
+std::pair<int64_t, int64_t> attention_share(const int64_t* positions, int64_t rows, int64_t heads, int tid,
+                                            int threads);
 void row_attention_tasks(const bf16_t* q, int64_t q_row, const bf16_t* k, const bf16_t* v, const int64_t* slots,
                          const int64_t* positions, int64_t H, int64_t G, int64_t D, int64_t L, bf16_t* out, int64_t a,
                          int64_t b);

@@ -12,6 +12,7 @@
 #include "kernels.h"
 
 #include <ATen/Parallel.h>
+#include <omp.h>
 
 #include <cmath>
 #include <vector>
@@ -175,6 +176,27 @@ void row_attention_tasks(const bf16* qp, int64_t q_row, const bf16* kp, const bf
   }
 }
 
+std::pair<int64_t, int64_t> attention_share(const int64_t* positions, int64_t rows, int64_t heads, int tid,
+                                            int threads) {
+  // A task also costs its setup (the query's conversion, the softmax's passes): ~16 keys' worth.
+  constexpr int64_t kTaskKeys = 16;
+  int64_t total = 0;
+  for (int64_t r = 0; r < rows; ++r) total += (positions[r] + 1 + kTaskKeys) * heads;
+  // Thread i starts at the first task where the keys before it reach i / threads of the total.
+  auto start = [&](int i) -> int64_t {
+    if (i <= 0) return 0;
+    if (i >= threads) return rows * heads;
+    const int64_t target = (total * i + threads - 1) / threads;
+    int64_t seen = 0;
+    for (int64_t t = 0; t < rows * heads; ++t) {
+      if (seen >= target) return t;
+      seen += positions[t / heads] + 1 + kTaskKeys;
+    }
+    return rows * heads;
+  };
+  return {start(tid), start(tid + 1)};
+}
+
 torch::Tensor row_attention(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
                             const torch::Tensor& slots, const torch::Tensor& positions) {
   TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k_cache.scalar_type() == at::kBFloat16 &&
@@ -199,8 +221,15 @@ torch::Tensor row_attention(const torch::Tensor& q, const torch::Tensor& k_cache
   auto out = torch::empty_like(qc);
   const bf16 *qp = qc.data_ptr<bf16>(), *kp = k_cache.data_ptr<bf16>(), *vp = v_cache.data_ptr<bf16>();
   bf16* op = out.data_ptr<bf16>();
-  at::parallel_for(0, R * H, grain_for(2 * G * D * keys / std::max<int64_t>(1, R)), [&](int64_t a, int64_t b) {
-    row_attention_tasks(qp, H * G * D, kp, vp, sp, pp, H, G, D, L, op, a, b);
-  });
+  // A prompt chunk's last rows read many more keys than its first: the threads split the keys.
+  if (R * H <= grain_for(2 * G * D * keys / std::max<int64_t>(1, R))) {
+    row_attention_tasks(qp, H * G * D, kp, vp, sp, pp, H, G, D, L, op, 0, R * H);
+  } else {
+#pragma omp parallel num_threads(at::get_num_threads())
+    {
+      const std::pair<int64_t, int64_t> mine = attention_share(pp, R, H, omp_get_thread_num(), omp_get_num_threads());
+      row_attention_tasks(qp, H * G * D, kp, vp, sp, pp, H, G, D, L, op, mine.first, mine.second);
+    }
+  }
   return out;
 }

@@ -84,6 +84,22 @@ def test_row_attention_matches_float32_and_each_row_is_computed_alone() -> None:
         ext.row_attention(q[:1], cache_k, cache_v, slots[:1], torch.tensor([700]))
 
 
+def test_row_attention_of_a_prompt_chunk_equals_each_row_alone() -> None:
+    """A prompt chunk's rows read 1..n keys, so the threads split its tasks by keys, not by count:
+    every row is still computed once, by the same code as alone."""
+    torch.manual_seed(2)
+    kv_heads, group, dim, n = 3, 3, 64, 200
+    cache_k = torch.randn(2, kv_heads, 256, dim, dtype=BF16)
+    cache_v = torch.randn(2, kv_heads, 256, dim, dtype=BF16)
+    slots, positions = torch.ones(n, dtype=torch.long), torch.arange(n)
+    q = torch.randn(n, kv_heads, group, dim, dtype=BF16)
+    got = ext.row_attention(q, cache_k, cache_v, slots, positions)
+    want = eager.row_attention(q, cache_k, cache_v, slots, positions)
+    torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+    for r in range(n):
+        assert torch.equal(ext.row_attention(q[r: r + 1], cache_k, cache_v, slots[:1], positions[r: r + 1])[0], got[r]), r
+
+
 # (slot, position) per row: two decodes and a verify chunk; one decode; 36 rows, past small_gemm's 32
 # (the loop then calls each kernel in its own parallel region, oneDNN for the matmuls).
 LOOP_BATCHES = {
