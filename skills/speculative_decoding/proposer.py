@@ -45,12 +45,14 @@ class LookupProposer:
     last step left a copy at `div` (the model's own token replaced the copied one), the draft is
     the copy after it (`div + 1`, a substituted token), at most `fallback_tokens` long.
 
-    `unsure_tokens` caps the draft when the winner matched one token only and is not the copy
-    being followed (measured acceptance: ~30% for the first token, ~5% by the fifth).
+    `unsure_tokens[n - 1]` caps the draft when the winner matched n tokens only and is not the
+    copy being followed (0 or past the tuple: no cap). A one-token match is a weak guess (measured
+    acceptance: ~30% for the first token, ~5% by the fifth); how far a weak guess is worth
+    drafting depends on what a verify row costs (speculator.AUTO_SHAPE).
     """
 
     def __init__(self, prompt: Sequence[int], prediction: Sequence[int] | None, *, use_prompt: bool = True,
-                 max_match: int = 16, min_match: int = 1, near: int = 2, unsure_tokens: int = 0,
+                 max_match: int = 16, min_match: int = 1, near: int = 2, unsure_tokens: Sequence[int] = (),
                  fallback_tokens: int = 1) -> None:
         pred = list(prediction or [])
         prompt = list(prompt) if use_prompt else []
@@ -64,7 +66,7 @@ class LookupProposer:
         self.static_len = len(static)
         self.index_output = use_prompt  # the output is a source only with prompt lookup on
         self.max_match, self.min_match, self.near = max(1, max_match), max(1, min_match), near
-        self.unsure_tokens, self.fallback_tokens = unsure_tokens, fallback_tokens
+        self.unsure_tokens, self.fallback_tokens = tuple(unsure_tokens), fallback_tokens
         self.ctx: list[int] = []
         self.where: dict[int, list[int]] = defaultdict(list)
         for t in static:
@@ -100,8 +102,8 @@ class LookupProposer:
             if div is None or div + 1 >= size or ctx[div + 1] == SEP or self.fallback_tokens <= 0:
                 return [], 0, False
             end, k = div + 1, min(k, self.fallback_tokens)
-        elif n == 1 and end != self.follow and self.unsure_tokens > 0:
-            k = min(k, self.unsure_tokens)
+        elif n <= len(self.unsure_tokens) and end != self.follow and self.unsure_tokens[n - 1] > 0:
+            k = min(k, self.unsure_tokens[n - 1])
         draft: list[int] = []
         for i in range(end, end + k):
             t = ctx[i] if i < size else draft[i - size]  # past the output's end: copy the draft itself

@@ -45,10 +45,10 @@ class SpecConfig:
     match_min: int = 1  # shortest match that makes a place a candidate
     near: int = 2  # places at most this far ahead of the prediction cursor win ties over the output's history
     # Draft length when unsure (measured on setting B's traces: shorter drafts there lose a little
-    # acceptance and save more verify rows): a place matched on one token only drafts at most
-    # `unsure_tokens` (0: K); with no match at all, `fallback_tokens` from where the output left
-    # its last copy (0: no draft). Following a copy always drafts K.
-    unsure_tokens: int = 5
+    # acceptance and save more verify rows): a place matched on n tokens only drafts at most
+    # `unsure_tokens[n - 1]` (0, or n past the tuple: K); with no match at all, `fallback_tokens`
+    # from where the output left its last copy (0: no draft). Following a copy always drafts K.
+    unsure_tokens: tuple[int, ...] = (5,)
     fallback_tokens: int = 1
     # Fixed attention shape (the lossless guarantee under bf16): every step of a speculating
     # request is a verify chunk (1 + len(draft) rows, an empty draft included) whose attention
@@ -117,11 +117,13 @@ class Drafter:
                 self.k = max(self.cfg.min_tokens, min(self.k, accepted + 2))
 
 
-# K by the cost of a verify step's matmuls (engine_core's few-row matmul), for `Speculator(auto_k=True)`:
-# with oneDNN on an AMX CPU a verify step of up to 17 rows costs about what 1 row does, so longer
-# drafts are nearly free; every other matmul's cost grows with the rows (small_gemm from ~5 rows).
-# Measured on setting B (NOTE.md).
-AUTO_K = {"flat": 12, "growing": 8}
+# K and the unsure caps by the cost of a verify step's matmuls (engine_core's few-row matmul), for
+# `Speculator(auto_k=True)`: with oneDNN on an AMX CPU a verify step of up to 17 rows costs about
+# what 1 row does, so longer drafts are nearly free; every other matmul's cost grows with the rows
+# (small_gemm: ~0.8 ms a row on top of ~5 ms at 1 row, SmolLM2-135M on an AMD EPYC), so a draft
+# is worth its rows only where it is likely to be accepted. Measured on setting B (NOTE.md).
+AUTO_K = {"flat": 12, "growing": 6}
+AUTO_UNSURE = {"flat": (5,), "growing": (2, 3, 3)}
 
 
 class Speculator:
@@ -150,7 +152,7 @@ class Speculator:
         AMX: oneDNN there is the one whose cost stays flat in the rows."""
         if self.auto_k:
             cost = "flat" if kernel == "onednn" and amx else "growing"
-            self.cfg = replace(self.cfg, num_speculative_tokens=AUTO_K[cost])
+            self.cfg = replace(self.cfg, num_speculative_tokens=AUTO_K[cost], unsure_tokens=AUTO_UNSURE[cost])
 
     def start(self, prompt_ids: Sequence[int], params) -> Drafter | None:
         if not params.greedy:

@@ -198,7 +198,7 @@ def spec_engine(smollm2, native_kernels) -> LLMEngine:
     from skills.speculative_decoding import SpecConfig, Speculator
 
     engine = load(smollm2, max_num_seqs=1, speculator=Speculator(SpecConfig(num_speculative_tokens=K, ngram=False,
-                                                                            unsure_tokens=0)))
+                                                                            unsure_tokens=())))
     if engine.speculator is None:
         pytest.skip(f"the loader turned speculation off here: {engine.runtime['verify_check']['detail']}")
     return engine

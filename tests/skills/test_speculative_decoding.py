@@ -33,14 +33,16 @@ def test_drafter_falls_back_to_prompt_lookup_and_counts_prediction_usage() -> No
 
 
 def test_auto_k_follows_the_cost_of_the_engines_few_row_matmul() -> None:
-    from skills.speculative_decoding.speculator import AUTO_K
+    from skills.speculative_decoding.speculator import AUTO_K, AUTO_UNSURE
 
     spec = Speculator(SpecConfig(num_speculative_tokens=5), auto_k=True)
     assert spec.cfg.num_speculative_tokens == max(AUTO_K.values())  # the rows the engine checks
     spec.matmul_chosen("small_gemm", amx=True)
     assert spec.cfg.num_speculative_tokens == AUTO_K["growing"] and spec.verify_rows == AUTO_K["growing"] + 1
+    assert spec.cfg.unsure_tokens == AUTO_UNSURE["growing"]
     spec.matmul_chosen("onednn", amx=True)
     assert spec.cfg.num_speculative_tokens == AUTO_K["flat"] > AUTO_K["growing"]
+    assert spec.cfg.unsure_tokens == AUTO_UNSURE["flat"]
     spec.matmul_chosen("onednn", amx=False)  # oneDNN without AMX grows with the rows like the others
     assert spec.cfg.num_speculative_tokens == AUTO_K["growing"]
     fixed = Speculator(SpecConfig(num_speculative_tokens=5))

@@ -88,13 +88,19 @@ def test_k_16_drafts_16_without_adaptive_and_adaptive_starts_at_initial() -> Non
     assert len(d.propose([100, 101], 64).tokens) == 8
 
 
-def test_one_token_match_drafts_at_most_unsure_tokens() -> None:
+def test_short_matches_draft_at_most_their_unsure_cap() -> None:
     prompt = [1, 2, 3, 4, 5, 6, 7, 8, 9]
-    d = Drafter(SpecConfig(num_speculative_tokens=8, unsure_tokens=3), prompt, None)
+    d = Drafter(SpecConfig(num_speculative_tokens=8, unsure_tokens=(3,)), prompt, None)
     assert d.propose([50, 4], 8).tokens == [5, 6, 7]  # "4" matched alone
-    d = Drafter(SpecConfig(num_speculative_tokens=8, unsure_tokens=3), prompt, None)
+    d = Drafter(SpecConfig(num_speculative_tokens=8, unsure_tokens=(3,)), prompt, None)
     assert d.propose([3, 4], 8).tokens == [5, 6, 7, 8, 9, 3, 4, 5]  # "3 4": the whole K (prompt, then output)
-    d = Drafter(SpecConfig(num_speculative_tokens=8, unsure_tokens=0), prompt, None)
+    d = Drafter(SpecConfig(num_speculative_tokens=8, unsure_tokens=(2, 4)), prompt, None)
+    assert d.propose([50, 4], 8).tokens == [5, 6]  # one token matched
+    d = Drafter(SpecConfig(num_speculative_tokens=8, unsure_tokens=(2, 4)), prompt, None)
+    assert d.propose([3, 4], 8).tokens == [5, 6, 7, 8]  # two
+    d = Drafter(SpecConfig(num_speculative_tokens=8, unsure_tokens=(2, 4)), prompt, None)
+    assert len(d.propose([2, 3, 4], 8).tokens) == 8  # three: past the caps
+    d = Drafter(SpecConfig(num_speculative_tokens=8, unsure_tokens=(0,)), prompt, None)
     assert len(d.propose([50, 4], 8).tokens) == 8
 
 

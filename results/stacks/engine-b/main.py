@@ -41,7 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     spec.add_argument("--no-spec", action="store_true", help="off: one token per step, predictions ignored")
     spec.add_argument("--num-speculative-tokens", type=int, default=None,
                       help="K: draft tokens verified per forward (default: 12 where verify steps run oneDNN on an "
-                           "AMX CPU, whose cost is flat in the rows, else 8; skills/speculative_decoding AUTO_K)")
+                           "AMX CPU, whose cost is flat in the rows, else 6, with shorter drafts after weak matches; "
+                           "skills/speculative_decoding AUTO_K, AUTO_UNSURE)")
     spec.add_argument("--adaptive-k", action="store_true",
                       help="grow K after full acceptance, shrink it after a rejection (default: always K)")
     spec.add_argument("--no-prediction", action="store_true", help="ignore `prediction` (prompt lookup only)")
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     # (checked by tests/skills/test_speculative_decoding.py with them on).
     speculator = None
     if not args.no_spec:
-        speculator = Speculator(SpecConfig(num_speculative_tokens=args.num_speculative_tokens or 8,
+        speculator = Speculator(SpecConfig(num_speculative_tokens=args.num_speculative_tokens or 6,
                                            use_prediction=not args.no_prediction, ngram=not args.no_ngram,
                                            key_block=args.key_block, adaptive=args.adaptive_k),
                                 auto_k=args.num_speculative_tokens is None)
