@@ -80,6 +80,8 @@ def test_bandwidth_only_for_one_token_per_forward():
     plain = conc1("engine-a", {"forward_passes": OUT + 3 * 24})  # prefill chunks are forwards too
     assert plain.bandwidth_withheld is None
     assert bandwidth_text(plain, WEIGHTS, 100e9) == "13.5 GB/s = 14%"
+    # a copy measured slower than the decode streamed: no percentage above 100
+    assert bandwidth_text(plain, WEIGHTS, 10e9) == "13.5 GB/s, above the copy's 10.0: the machine's bandwidth moved, no %"
     drafts = conc1("engine-b", {"forward_passes": 560, "spec_accepted_tokens": 1000})
     assert drafts.bandwidth_withheld == "n/a: 2.9 tokens per forward"
     assert decode_bandwidth(drafts, WEIGHTS.nbytes) is None
