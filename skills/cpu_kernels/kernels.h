@@ -2,9 +2,8 @@
 #pragma once
 #include <torch/extension.h>
 
-#include <utility>
-
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 #if defined(__AVX512F__)

@@ -48,7 +48,7 @@ class LookupProposer:
     `unsure_tokens[n - 1]` caps the draft when the winner matched n tokens only and is not the
     copy being followed (0 or past the tuple: no cap). A one-token match is a weak guess (measured
     acceptance: ~30% for the first token, ~5% by the fifth); how far a weak guess is worth
-    drafting depends on what a verify row costs (speculator.AUTO_SHAPE).
+    drafting depends on what a verify row costs (speculator.AUTO_UNSURE).
     """
 
     def __init__(self, prompt: Sequence[int], prediction: Sequence[int] | None, *, use_prompt: bool = True,
