@@ -31,6 +31,9 @@ def pytest_addoption(parser):
     group.addoption("--results-dir", default=str(REPO_ROOT / "results"), help="where rows and LEADERBOARD.md go")
     group.addoption("--run-id", default=None, help="label rows with this run id (default: a new one)")
     group.addoption("--repeats", type=int, default=1, help="repeat each load point this many times")
+    group.addoption("--copy-bandwidth", action="store_true",
+                    help="measure the machine's copy bandwidth just before and after each concurrency-1 cell "
+                         "(recorded in its row; `python -m harness compare` judges bandwidth achieved against it)")
     group.addoption("--no-leaderboard", action="store_true", help="do not rewrite LEADERBOARD.md at the end")
     group.addoption("--salt", default=None, help="the run's workload salt, put into every prompt (default: a fresh "
                                                  "random one per run, so no answer table kept from before matches); "
@@ -200,7 +203,7 @@ def bench(request, stack_spec, scenario, profile, model_dir):
     b = Bench(run_id=config.servebench_run_id, results_dir=results_dir, scenario=scenario,
               profile=config.getoption("profile"), spec=stack_spec, stack=running, model_dir=model_dir,
               log=_lines.append, unmet=unmet, startup_timeout_s=profile.get("stack_startup_timeout_s"),
-              salt=config.servebench_salt)
+              salt=config.servebench_salt, copy_bandwidth=config.getoption("copy_bandwidth"))
     if failed:
         b.failed_start(failed)
         pytest.fail(failed, pytrace=False)

@@ -4,7 +4,8 @@ The scoring is the scenario's own pytest module (one run id, one stack up at a t
 command adds what a person comparing engines asks next: each stack's primary metric at every
 load point as a ratio to each baseline measured in the same run, and, at concurrency 1, the
 "bandwidth achieved" (weight bytes x decode tokens/s, as gpt-fast prints it) against the
-machine's copy bandwidth measured before and after the run. The bytes are those the stack loads
+machine's copy bandwidth measured just before and after that cell (the run's own copies, before
+and after it, stand in for a cell without them). The bytes are those the stack loads
 (harness.bandwidth.weights_read); a stack whose /metrics show several tokens per forward, or
 that says it speculates and shows no forward count, gets the reason instead of a number.
 """
@@ -52,6 +53,7 @@ class Cell:
     repeats: int = 1  # measured repeats the medians are over
     primary_range: tuple[float, float] | None = None  # (min, max) of the primary metric over them
     bandwidth_withheld: str | None = None  # why weights x tok/s is not this stack's memory traffic
+    copy_bandwidth: float | None = None  # B/s of the copies beside the cell (harness.bench: `--copy-bandwidth`)
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,15 @@ def cells_of(rows: list[ResultRow], primary: str, features: tuple[str, ...] = ()
                         _median([r.metrics.get("median_tpot_ms") for r in measured]),
                         (group[0].load_point or {}).get("concurrency"), len(measured),
                         (min(values), max(values)) if len(values) > 1 else None,
-                        bandwidth_withheld(measured, features)))
+                        bandwidth_withheld(measured, features), copy_beside(measured)))
     return out
+
+
+def copy_beside(rows: list[ResultRow]) -> float | None:
+    """The copy bandwidth beside a cell: per repeat the better of the copies just before and after
+    it, then the median over repeats; None where its rows measured none."""
+    return _median([max(copies) if (copies := [v for k in ("copy_bandwidth_before", "copy_bandwidth_after")
+                                                if (v := (r.machine or {}).get(k))]) else None for r in rows])
 
 
 MEASURED = ("ok", "partial")  # a cell whose outputs or guard failed has numbers, and no ratio
@@ -129,7 +138,8 @@ def decode_bandwidth(cell: Cell, model_bytes: int) -> float | None:
 
 
 def bandwidth_text(cell: Cell, weights: Weights | None, copy_bw: float) -> str:
-    """The "bandwidth achieved" column: a number, the reason there is none, or "-" off concurrency 1."""
+    """The "bandwidth achieved" column: a number, the reason there is none, or "-" off concurrency 1.
+    The percentage is of the copies beside the cell where it has them, else of the run's `copy_bw`."""
     if cell.concurrency != 1 or not cell.median_tpot_ms:
         return "-"
     if cell.bandwidth_withheld:
@@ -137,9 +147,10 @@ def bandwidth_text(cell: Cell, weights: Weights | None, copy_bw: float) -> str:
     if weights is None:
         return "n/a: the GGUF file it loads was not found"
     bw = decode_bandwidth(cell, weights.nbytes)
-    if bw > copy_bw:  # the copies around the run met a slower phase of the machine than the cell did
+    copy_bw = cell.copy_bandwidth or copy_bw
+    if bw > copy_bw:  # the copies met a slower phase of the machine than the cell did
         return f"{bw / 1e9:.1f} GB/s, above the copy's {copy_bw / 1e9:.1f}: the machine's bandwidth moved, no %"
-    return f"{bw / 1e9:.1f} GB/s = {100 * bw / copy_bw:.0f}%"
+    return f"{bw / 1e9:.1f} GB/s = {100 * bw / copy_bw:.0f}% of {copy_bw / 1e9:.1f}"
 
 
 def stack_weights(rows: list[ResultRow], model_dir: Path) -> dict[str, Weights | None]:
@@ -174,7 +185,7 @@ def render(scenario: ScenarioSpec, cells: list[Cell], rs: list[Ratio], weights: 
 def run_pytest(scenario_file: Path, stacks: list[str], profile: str, run_id: str, results_dir: Path,
                extra: list[str]) -> int:
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", str(scenario_file), "--profile", profile,
-           "--run-id", run_id, "--results-dir", str(results_dir)]
+           "--run-id", run_id, "--results-dir", str(results_dir), "--copy-bandwidth"]
     for s in stacks:
         cmd += ["--stack", s]
     return subprocess.run(cmd + extra, cwd=REPO_ROOT).returncode

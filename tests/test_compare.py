@@ -79,7 +79,7 @@ def test_bandwidth_only_for_one_token_per_forward():
     and verifies several per forward (engine-b, vLLM n-gram) gets the reason, not an overstated number."""
     plain = conc1("engine-a", {"forward_passes": OUT + 3 * 24})  # prefill chunks are forwards too
     assert plain.bandwidth_withheld is None
-    assert bandwidth_text(plain, WEIGHTS, 100e9) == "13.5 GB/s = 14%"
+    assert bandwidth_text(plain, WEIGHTS, 100e9) == "13.5 GB/s = 14% of 100.0"
     # a copy measured slower than the decode streamed: no percentage above 100
     assert bandwidth_text(plain, WEIGHTS, 10e9) == "13.5 GB/s, above the copy's 10.0: the machine's bandwidth moved, no %"
     drafts = conc1("engine-b", {"forward_passes": 560, "spec_accepted_tokens": 1000})
@@ -91,6 +91,21 @@ def test_bandwidth_only_for_one_token_per_forward():
     assert ngram.bandwidth_withheld == "n/a: 2.7 tokens per forward"
     nothing_accepted = {"vllm:generation_tokens_total": OUT, "vllm:spec_decode_num_accepted_tokens_total": 0}
     assert conc1("vllm-ngram", nothing_accepted).bandwidth_withheld is None  # speculation that never hit
+
+
+def test_a_cell_is_judged_against_the_copies_beside_it():
+    """A neighbour's memory-bound phase comes and goes within minutes: with copies measured just
+    before and after each repeat (`--copy-bandwidth`), the percentage is of those, the better of
+    each pair, median over repeats; the run's copies only stand in for a cell without them."""
+    copies = [(20e9, 30e9), (15e9, 25e9), (40e9, None)]
+    rows = [row("engine-a", "conc=1", 50.0, 20.0, 1, counters={"forward_passes": OUT}, out=OUT) for _ in copies]
+    for r, (before, after) in zip(rows, copies):
+        r.machine = {"copy_bandwidth_before": before} | ({"copy_bandwidth_after": after} if after else {})
+    [cell] = cells_of(rows, "output_throughput")
+    assert cell.copy_bandwidth == 30e9  # median of 30, 25, 40
+    assert bandwidth_text(cell, WEIGHTS, 100e9) == "13.5 GB/s = 45% of 30.0"
+    assert conc1("engine-a", {"forward_passes": OUT}).copy_bandwidth is None
+    assert bandwidth_text(conc1("engine-a", {"forward_passes": OUT}), WEIGHTS, 100e9) == "13.5 GB/s = 14% of 100.0"
 
 
 def test_counts_that_disagree_withhold_bandwidth():

@@ -143,6 +143,22 @@ def test_stack_dying_mid_run_keeps_rows_and_reports_its_log(tmp_path):
     assert records.count("\n") == 10
 
 
+def test_copies_are_measured_beside_concurrency_one_cells_only_when_asked(delay_stack, tmp_path):
+    """`--copy-bandwidth`: a concurrency-1 cell's row carries the copies measured just before and
+    after it; other cells, and runs that did not ask, carry none."""
+    spec = load_spec(STACKS / "delay.yaml")
+    asked = Bench(run_id="copies", results_dir=tmp_path, scenario=load_scenario(SCENARIO), profile="tiny", spec=spec,
+                  stack=delay_stack, copy_bandwidth=True)
+    one = asked.measure("completions", payloads(2), LoadPoint(num_prompts=2, concurrency=1), 30)
+    assert one.machine["copy_bandwidth_before"] > 1e8 and one.machine["copy_bandwidth_after"] > 1e8
+    two = asked.measure("completions", payloads(2), LoadPoint(num_prompts=2, concurrency=2), 30)
+    assert "copy_bandwidth_before" not in two.machine
+    plain = Bench(run_id="no-copies", results_dir=tmp_path, scenario=load_scenario(SCENARIO), profile="tiny",
+                  spec=spec, stack=delay_stack)
+    row = plain.measure("completions", payloads(2), LoadPoint(num_prompts=2, concurrency=1), 30)
+    assert "copy_bandwidth_before" not in row.machine
+
+
 def test_a_stack_killed_by_a_signal_is_reported_so_not_as_a_dropped_connection(tmp_path):
     """A native crash (llama.cpp's did, on its first request) closes the socket a moment before the
     process is reaped: the error names the signal and the log, not "Server disconnected"."""

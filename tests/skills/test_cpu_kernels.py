@@ -105,6 +105,7 @@ def test_row_attention_of_a_prompt_chunk_equals_each_row_alone() -> None:
 LOOP_BATCHES = {
     "decodes+verify": [(0, 10), (1, 0), (2, 20), (2, 21), (2, 22), (2, 23)],
     "one-decode": [(1, 37)],
+    "one-long-decode": [(0, 61)],
     "36-row-chunk": [(0, 5)] + [(2, 20 + i) for i in range(35)],
 }
 
