@@ -7,8 +7,9 @@
 // or where in a chunk it sits. That is what makes a verify chunk of any length give the same
 // numbers as any other (speculation stays lossless in bf16) without padding queries or keys.
 //
-// Inner products and sums are vectorised in a fixed order (AVX-512 where built for it): the
-// order depends only on the head dim and the row's key count.
+// Inner products and sums are vectorised in a fixed order (AVX-512 where built for it, the scores
+// by bf16 dot products where the CPU has AVX-512 BF16): the order depends only on the head dim and
+// the row's key count.
 #include "kernels.h"
 
 #include <ATen/Parallel.h>
@@ -20,6 +21,9 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
 #define ROW_ATTENTION_AVX512 1
+#if defined(__AVX512BF16__)
+#define ROW_ATTENTION_DOT 1  // the scores from bf16 dot products (attend_dot)
+#endif
 #endif
 
 namespace {
@@ -80,6 +84,52 @@ void softmax_inplace(float* s, int64_t n) {
   for (; j < n; ++j) s[j] *= inv;
 }
 
+// 16 fp32 values of even head dims and 16 of odd ones -> 32 bf16 in dim order (rounded as store_bf16).
+inline void store_even_odd(bf16* p, __m512 even, __m512 odd) {
+#ifdef __AVX512BF16__
+  const __m512i e = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(even));
+  const __m512i o = _mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(odd)), 16);
+  _mm512_storeu_si512(reinterpret_cast<void*>(p), _mm512_or_si512(e, o));
+#else
+  alignas(64) float e[16], o[16];
+  _mm512_store_ps(e, even);
+  _mm512_store_ps(o, odd);
+  for (int i = 0; i < 16; ++i) p[2 * i] = bf16(e[i]), p[2 * i + 1] = bf16(o[i]);
+#endif
+}
+
+// out[g] = sum_j p[g][j] V[j] for the G heads of one (row, kv head), p the softmaxed scores [G, n]:
+// the accumulators (head dim 16 * B) in registers. Each 32 bf16 of a V row become fp32 in two
+// instructions, the even dims (shifted up) and the odd ones (masked), instead of four for 16 in
+// order; every dim is summed over the keys in the same order as before, so the bits are the same.
+template <int G, int B>
+void values_fixed(const bf16* v, int64_t stride, int64_t n, const float* scores, bf16* out) {
+  static_assert(B % 2 == 0, "head dims in pairs of 16");
+  constexpr int64_t D = 16 * B;
+  constexpr int P = B / 2;
+  const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  __m512 even[G][P], odd[G][P];
+  for (int g = 0; g < G; ++g)
+    for (int c = 0; c < P; ++c) even[g][c] = odd[g][c] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    __m512 ve[P], vo[P];
+    for (int c = 0; c < P; ++c) {
+      const __m512i raw = _mm512_loadu_si512(reinterpret_cast<const void*>(v + j * stride + c * 32));
+      ve[c] = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+      vo[c] = _mm512_castsi512_ps(_mm512_and_si512(raw, high));
+    }
+    for (int g = 0; g < G; ++g) {
+      const __m512 p = _mm512_set1_ps(scores[g * n + j]);
+      for (int c = 0; c < P; ++c) {
+        even[g][c] = _mm512_fmadd_ps(p, ve[c], even[g][c]);
+        odd[g][c] = _mm512_fmadd_ps(p, vo[c], odd[g][c]);
+      }
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int c = 0; c < P; ++c) store_even_odd(out + g * D + c * 32, even[g][c], odd[g][c]);
+}
+
 // One (row, kv head) with the group size G and head dim 16 * B known at compile time, so the
 // G x B accumulators live in registers and each key's K / V row is converted to fp32 once.
 template <int G, int B>
@@ -98,20 +148,61 @@ void attend_fixed(const float* q, const bf16* k, const bf16* v, int64_t stride, 
     }
   }
   for (int g = 0; g < G; ++g) softmax_inplace(scores + g * n, n);
-  __m512 acc[G][B];
+  values_fixed<G, B>(v, stride, n, scores, out);
+}
+
+#ifdef ROW_ATTENTION_DOT
+// Lane i of the result: the sum of v[i]'s 16 lanes (a transposed add tree, 46 instructions for
+// what 16 _mm512_reduce_add_ps take ~130).
+inline __m512 sum16(const __m512* v) {
+  __m512 a[8], b[4];
+  for (int i = 0; i < 8; ++i)  // 128-bit lanes [v2i 0+2, v2i 1+3, v2i+1 0+2, v2i+1 1+3]
+    a[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                         _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+  for (int i = 0; i < 4; ++i)  // 128-bit lane L: four partial sums of v[4i + L]
+    b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xDD));
+  const __m512 c0 = _mm512_add_ps(_mm512_unpacklo_ps(b[0], b[1]), _mm512_unpackhi_ps(b[0], b[1]));
+  const __m512 c1 = _mm512_add_ps(_mm512_unpacklo_ps(b[2], b[3]), _mm512_unpackhi_ps(b[2], b[3]));
+  const __m512 d = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(c0), _mm512_castps_pd(c1))),
+                                 _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(c0), _mm512_castps_pd(c1))));
+  // lane 4L + m of d holds the sum of v[4m + L]
+  const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+  return _mm512_permutexvar_ps(order, d);
+}
+
+// One (row, kv head) with the scores from AVX-512 BF16 dot products: q and K stay in bf16 (their
+// products are exact in fp32), 32 of them a dot instruction, and the sums of 16 keys leave their
+// vectors together (sum16) instead of one horizontal reduction each. The softmax and the values
+// are attend_fixed's. q: the row's G heads, bf16 [G, D], unscaled; C = D / 32.
+template <int G, int C>
+void attend_dot(const bf16* q, float scale, const bf16* k, const bf16* v, int64_t stride, int64_t n, float* scores,
+                bf16* out) {
+  __m512bh qv[G][C];
   for (int g = 0; g < G; ++g)
-    for (int b = 0; b < B; ++b) acc[g][b] = _mm512_setzero_ps();
-  for (int64_t j = 0; j < n; ++j) {
-    __m512 vj[B];
-    for (int b = 0; b < B; ++b) vj[b] = load_bf16(v + j * stride + b * 16);
+    for (int c = 0; c < C; ++c)
+      qv[g][c] = (__m512bh)_mm512_loadu_si512(reinterpret_cast<const void*>(q + g * 32 * C + c * 32));
+  const __m512 vscale = _mm512_set1_ps(scale);
+  for (int64_t j0 = 0; j0 < n; j0 += 16) {
+    const int64_t keys = std::min<int64_t>(16, n - j0);
     for (int g = 0; g < G; ++g) {
-      const __m512 p = _mm512_set1_ps(scores[g * n + j]);
-      for (int b = 0; b < B; ++b) acc[g][b] = _mm512_fmadd_ps(p, vj[b], acc[g][b]);
+      __m512 part[16];
+      for (int64_t i = 0; i < 16; ++i) {
+        __m512 acc = _mm512_setzero_ps();
+        if (i < keys)
+          for (int c = 0; c < C; ++c)
+            acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(reinterpret_cast<const void*>(
+                                            k + (j0 + i) * stride + c * 32)), qv[g][c]);
+        part[i] = acc;
+      }
+      _mm512_mask_storeu_ps(scores + g * n + j0, static_cast<__mmask16>((1u << keys) - 1),
+                            _mm512_mul_ps(sum16(part), vscale));
     }
   }
-  for (int g = 0; g < G; ++g)
-    for (int b = 0; b < B; ++b) store_bf16(out + g * D + b * 16, acc[g][b]);
+  for (int g = 0; g < G; ++g) softmax_inplace(scores + g * n, n);
+  values_fixed<G, 2 * C>(v, stride, n, scores, out);
 }
+#endif
 
 using AttendFn = void (*)(const float*, const bf16*, const bf16*, int64_t, int64_t, float*, bf16*);
 
@@ -135,6 +226,31 @@ AttendFn pick(int64_t G, int64_t D) {
   if (D == 128) return pick_group<8>(G);
   return nullptr;
 }
+
+#ifdef ROW_ATTENTION_DOT
+using DotFn = void (*)(const bf16*, float, const bf16*, const bf16*, int64_t, int64_t, float*, bf16*);
+
+template <int C>
+DotFn pick_dot_group(int64_t G) {
+  switch (G) {
+    case 1: return attend_dot<1, C>;
+    case 2: return attend_dot<2, C>;
+    case 3: return attend_dot<3, C>;
+    case 4: return attend_dot<4, C>;
+    case 5: return attend_dot<5, C>;
+    case 6: return attend_dot<6, C>;
+    case 7: return attend_dot<7, C>;
+    case 8: return attend_dot<8, C>;
+    default: return nullptr;
+  }
+}
+
+DotFn pick_dot(int64_t G, int64_t D) {
+  if (D == 64) return pick_dot_group<2>(G);
+  if (D == 128) return pick_dot_group<4>(G);
+  return nullptr;
+}
+#endif
 #endif
 
 // One (row, kv head): G query heads of dim D against n keys. q is pre-scaled fp32 [G, D];
@@ -170,13 +286,22 @@ void row_attention_tasks(const bf16* qp, int64_t q_row, const bf16* kp, const bf
 #ifdef ROW_ATTENTION_AVX512
   const AttendFn fixed = pick(G, D);
 #endif
+#ifdef ROW_ATTENTION_DOT
+  const DotFn dot = pick_dot(G, D);
+#endif
   std::vector<float> qf(G * D), scores;
   for (int64_t t = a; t < b; ++t) {
     const int64_t r = t / H, h = t % H, n = pp[r] + 1;
     const bf16* qs = qp + r * q_row + h * G * D;
-    for (int64_t i = 0; i < G * D; ++i) qf[i] = static_cast<float>(qs[i]) * scale;
     scores.resize(G * n);
     const int64_t base = (sp[r] * H + h) * L * D;
+#ifdef ROW_ATTENTION_DOT
+    if (dot) {
+      dot(qs, scale, kp + base, vp + base, D, n, scores.data(), op + t * G * D);
+      continue;
+    }
+#endif
+    for (int64_t i = 0; i < G * D; ++i) qf[i] = static_cast<float>(qs[i]) * scale;
 #ifdef ROW_ATTENTION_AVX512
     if (fixed) {
       fixed(qf.data(), kp + base, vp + base, D, n, scores.data(), op + t * G * D);
