@@ -113,8 +113,11 @@ def cells_of(rows: list[ResultRow], primary: str, features: tuple[str, ...] = ()
 def copy_beside(rows: list[ResultRow]) -> float | None:
     """The copy bandwidth beside a cell: per repeat the better of the copies just before and after
     it, then the median over repeats; None where its rows measured none."""
-    return _median([max(copies) if (copies := [v for k in ("copy_bandwidth_before", "copy_bandwidth_after")
-                                                if (v := (r.machine or {}).get(k))]) else None for r in rows])
+    per_repeat = []
+    for r in rows:
+        copies = [v for k in ("copy_bandwidth_before", "copy_bandwidth_after") if (v := (r.machine or {}).get(k))]
+        per_repeat.append(max(copies) if copies else None)
+    return _median(per_repeat)
 
 
 MEASURED = ("ok", "partial")  # a cell whose outputs or guard failed has numbers, and no ratio

@@ -16,6 +16,7 @@
 #include <omp.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
@@ -34,16 +35,6 @@ using bf16 = at::BFloat16;
 inline __m512 load_bf16(const bf16* p) {  // 16 bf16 -> 16 fp32 (exact: bf16 is fp32's top half)
   __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
-
-inline void store_bf16(bf16* p, __m512 x) {  // round to nearest even, as bf16(float)
-#ifdef __AVX512BF16__
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh(x));
-#else
-  alignas(64) float tmp[16];
-  _mm512_store_ps(tmp, x);
-  for (int i = 0; i < 16; ++i) p[i] = bf16(tmp[i]);
-#endif
 }
 
 #endif
@@ -84,7 +75,8 @@ void softmax_inplace(float* s, int64_t n) {
   for (; j < n; ++j) s[j] *= inv;
 }
 
-// 16 fp32 values of even head dims and 16 of odd ones -> 32 bf16 in dim order (rounded as store_bf16).
+// 16 fp32 values of even head dims and 16 of odd ones -> 32 bf16 in dim order, each rounded to
+// nearest even, as bf16(float).
 inline void store_even_odd(bf16* p, __m512 even, __m512 odd) {
 #ifdef __AVX512BF16__
   const __m512i e = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(even));
@@ -204,50 +196,36 @@ void attend_dot(const bf16* q, float scale, const bf16* k, const bf16* v, int64_
 }
 #endif
 
-using AttendFn = void (*)(const float*, const bf16*, const bf16*, int64_t, int64_t, float*, bf16*);
-
-template <int B>
-AttendFn pick_group(int64_t G) {
+// make(std::integral_constant<int, G>{}) for the group sizes the kernels are built for (1-8), else null.
+template <typename Make>
+auto for_group(int64_t G, Make make) -> decltype(make(std::integral_constant<int, 1>{})) {
   switch (G) {
-    case 1: return attend_fixed<1, B>;
-    case 2: return attend_fixed<2, B>;
-    case 3: return attend_fixed<3, B>;
-    case 4: return attend_fixed<4, B>;
-    case 5: return attend_fixed<5, B>;
-    case 6: return attend_fixed<6, B>;
-    case 7: return attend_fixed<7, B>;
-    case 8: return attend_fixed<8, B>;
+    case 1: return make(std::integral_constant<int, 1>{});
+    case 2: return make(std::integral_constant<int, 2>{});
+    case 3: return make(std::integral_constant<int, 3>{});
+    case 4: return make(std::integral_constant<int, 4>{});
+    case 5: return make(std::integral_constant<int, 5>{});
+    case 6: return make(std::integral_constant<int, 6>{});
+    case 7: return make(std::integral_constant<int, 7>{});
+    case 8: return make(std::integral_constant<int, 8>{});
     default: return nullptr;
   }
 }
 
+using AttendFn = void (*)(const float*, const bf16*, const bf16*, int64_t, int64_t, float*, bf16*);
+
 AttendFn pick(int64_t G, int64_t D) {
-  if (D == 64) return pick_group<4>(G);
-  if (D == 128) return pick_group<8>(G);
+  if (D == 64) return for_group(G, [](auto g) -> AttendFn { return attend_fixed<decltype(g)::value, 4>; });
+  if (D == 128) return for_group(G, [](auto g) -> AttendFn { return attend_fixed<decltype(g)::value, 8>; });
   return nullptr;
 }
 
 #ifdef ROW_ATTENTION_DOT
 using DotFn = void (*)(const bf16*, float, const bf16*, const bf16*, int64_t, int64_t, float*, bf16*);
 
-template <int C>
-DotFn pick_dot_group(int64_t G) {
-  switch (G) {
-    case 1: return attend_dot<1, C>;
-    case 2: return attend_dot<2, C>;
-    case 3: return attend_dot<3, C>;
-    case 4: return attend_dot<4, C>;
-    case 5: return attend_dot<5, C>;
-    case 6: return attend_dot<6, C>;
-    case 7: return attend_dot<7, C>;
-    case 8: return attend_dot<8, C>;
-    default: return nullptr;
-  }
-}
-
 DotFn pick_dot(int64_t G, int64_t D) {
-  if (D == 64) return pick_dot_group<2>(G);
-  if (D == 128) return pick_dot_group<4>(G);
+  if (D == 64) return for_group(G, [](auto g) -> DotFn { return attend_dot<decltype(g)::value, 2>; });
+  if (D == 128) return for_group(G, [](auto g) -> DotFn { return attend_dot<decltype(g)::value, 4>; });
   return nullptr;
 }
 #endif
