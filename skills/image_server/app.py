@@ -34,6 +34,9 @@ def png(image: np.ndarray) -> bytes:
 
 
 def _error(message: str, status: int, param: str | None, kind: str = "invalid_request_error") -> JSONResponse:
+    # A message may quote what the client sent, and JSON's "\ud800" is a lone surrogate that UTF-8
+    # cannot encode: it is escaped here, or the 4xx would become a 500 while rendering.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}}, status_code=status)
 
 

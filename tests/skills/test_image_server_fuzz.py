@@ -72,10 +72,11 @@ def test_any_body_is_answered_without_a_5xx(client, body):
     {**VALID, "prompt": "x" * 4000, "num_inference_steps": 1},
     {**VALID, "prompt": "\ud800 \x00 \u202e"},
     {**VALID, "guidance_scale": 1},
+    {**VALID, "guidance_scale": "\ud800"},  # quoted back in the 400's message (hypothesis found its 500)
     {**VALID, "num_inference_steps": None, "guidance_scale": None, "n": None, "response_format": None, "size": None},
 ], ids=["nested-past-the-recursion-limit", "largest-seed-and-guidance", "longest-prompt", "odd-characters",
         "guidance-1-no-uncond",
-        "nulls-read-as-defaults"])
+        "lone-surrogate-quoted-in-the-error", "nulls-read-as-defaults"])
 def test_edge_requests_are_answered_without_a_5xx(client, body):
     post(client, body)
     still_serves(client)
