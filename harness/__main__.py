@@ -78,7 +78,20 @@ def cmd_instrument(args) -> None:
     from harness.instrument import run
 
     run(args.stack, args.scenario, args.pool, args.num_prompts, args.output_len, args.concurrency, args.repeats,
-        args.scenarios, args.results_dir)
+        args.scenarios, args.results_dir, args.temperature)
+
+
+def temperature_arg(value: str) -> float | None:
+    """A temperature >= 0, or 'server' (None) for the server's default."""
+    if value == "server":
+        return None
+    try:
+        t = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or 'server': {value!r}") from None
+    if not t >= 0:
+        raise argparse.ArgumentTypeError(f"a temperature is >= 0, not {value}")
+    return t
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--temperature", type=temperature_arg, default=0.0,
+                   help="sent by both instruments (default 0, greedy); 'server': neither sends one, as "
+                        "`vllm bench serve` does unless told, so the server's default sampling is measured")
     p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
     p.set_defaults(func=cmd_instrument)
     args = parser.parse_args(argv)

@@ -47,3 +47,21 @@ def test_a_harness_that_reads_differently_is_caught(delay, tokenizer, monkeypatc
     assert result["median_tpot_ms"]["difference"] < -harness.instrument.TOLERANCE
     with pytest.raises(HarnessError, match="differ by more than 5% on median_tpot_ms"):
         harness.instrument.report(result)
+
+
+@pytest.mark.parametrize("temperature", [0.0, None], ids=["greedy", "server-default"])
+def test_both_instruments_send_the_same_sampling(delay, tokenizer, temperature):
+    """`--temperature server` leaves the temperature out of both instruments' requests, as `vllm bench
+    serve` does when not told one; the default sends 0 through both. The double counts the greedy
+    requests it got (each instrument sends one warm-up request beside the prompts)."""
+    import httpx
+
+    def counts():
+        m = httpx.get(delay.base_url + "/metrics", timeout=10).json()
+        return m["requests_total"], m["greedy_requests"]
+
+    work = Workload(WORK.prompts, WORK.output_len, WORK.concurrency, temperature)
+    total, greedy = counts()
+    compare(delay.base_url, "delay", tokenizer, work, repeats=1)
+    sent = 2 * (len(work.prompts) + 1)
+    assert counts() == (total + sent, greedy + (sent if temperature == 0 else 0))

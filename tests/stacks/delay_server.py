@@ -88,6 +88,7 @@ class State:
         self.crash_after = crash_after
         self.forward_passes = 0
         self.requests_total = 0
+        self.greedy_requests = 0  # temperature 0 asked for: what an instrument sent, for the tests
         self.prefix_cache = prefix_cache  # "none" | "honest" | "sticky"
         self.cached: list[list[str]] = []  # prompts (as words) whose K/V a later request would reuse
         self.prefix_cache_hit_tokens = 0
@@ -105,7 +106,8 @@ class State:
             self.cached.append(words)
 
     def metrics(self) -> dict[str, int]:
-        out = {"forward_passes": self.forward_passes, "requests_total": self.requests_total}
+        out = {"forward_passes": self.forward_passes, "requests_total": self.requests_total,
+               "greedy_requests": self.greedy_requests}
         if self.prefix_cache != "none":
             out["prefix_cache_hit_tokens"] = self.prefix_cache_hit_tokens
         return out
@@ -178,6 +180,7 @@ def requested_top_k(kind: str, body: dict) -> int | None:
 
 def parse_job(kind: str, body: dict, state: State, arrival: float) -> Job:
     state.requests_total += 1
+    state.greedy_requests += body.get("temperature") == 0
     options = body.get("stream_options") or {}
     if kind == "chat":
         prompt_tokens = chat_prompt_tokens(body.get("messages"))
