@@ -100,10 +100,10 @@ def compare(base_url: str, model: str, tokenizer: Path, work: Workload, repeats:
             readings["vllm"].append(vllm_reading(base_url, model, tokenizer, work, Path(scratch)))
     out = {}
     for k in METRICS:
-        ours, theirs = (statistics.median(r[k] for r in readings[side]) for side in ("harness", "vllm"))
-        spread = {side: (min(r[k] for r in readings[side]), max(r[k] for r in readings[side]))
-                  for side in ("harness", "vllm")}
-        out[k] = {"harness": ours, "vllm": theirs, "difference": ours / theirs - 1, "spread": spread}
+        values = {side: [r[k] for r in turns] for side, turns in readings.items()}
+        ours, theirs = statistics.median(values["harness"]), statistics.median(values["vllm"])
+        out[k] = {"harness": ours, "vllm": theirs, "difference": ours / theirs - 1,
+                  "spread": {side: (min(v), max(v)) for side, v in values.items()}}
     return out
 
 
@@ -140,5 +140,5 @@ def report(result: dict) -> None:
 def _range(reading: dict, side: str) -> str:
     """The turns' spread beside their median: at a burst of many requests each turn's TTFT p50 is
     nearly one number (one prefill), so a few turns can sit 5% apart on noise alone."""
-    lo, hi = reading.get("spread", {}).get(side, (None, None))
-    return "" if lo is None or lo == hi else f" ({lo:.2f}-{hi:.2f})"
+    lo, hi = reading["spread"][side]
+    return "" if lo == hi else f" ({lo:.2f}-{hi:.2f})"
