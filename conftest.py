@@ -31,6 +31,10 @@ def pytest_addoption(parser):
     group.addoption("--results-dir", default=str(REPO_ROOT / "results"), help="where rows and LEADERBOARD.md go")
     group.addoption("--run-id", default=None, help="label rows with this run id (default: a new one)")
     group.addoption("--repeats", type=int, default=1, help="repeat each load point this many times")
+    group.addoption("--first-repeat", type=int, default=0, metavar="N",
+                    help="number this session's repeats from N (each keeps its own salt); a session starting past 0 "
+                         "runs only the repeated cells, the run's first having judged the rest "
+                         "(`python -m harness compare --rounds` uses it)")
     group.addoption("--copy-bandwidth", action="store_true",
                     help="measure the machine's copy bandwidth just before and after each concurrency-1 cell "
                          "(recorded in its row; `python -m harness compare` judges bandwidth achieved against it)")
@@ -69,6 +73,8 @@ def pytest_configure(config):
         raise pytest.UsageError(str(exc)) from None
     if config.getoption("repeats") < 1:
         raise pytest.UsageError("--repeats must be at least 1")
+    if config.getoption("first_repeat") < 0:
+        raise pytest.UsageError("--first-repeat must be at least 0")
     config.servebench_run_id = config.getoption("run_id") or new_run_id()
     chosen = config.getoption("salt")
     config.servebench_salt = None if chosen == "none" else chosen or secrets.token_hex(4)
@@ -126,12 +132,17 @@ def pytest_generate_tests(metafunc):
             metafunc.parametrize("load_point,repeat", [])  # collected as skipped: see the `profile` fixture
             return
         points = load_points(scenario.profile(config.getoption("profile"))["load"])
-        repeats = range(config.getoption("repeats"))
+        repeats = _repeats(config)
         cells = [(p, r) for p in points for r in repeats]
         # Test ids avoid "=" so that `-k "rate-1.0"` selects a cell.
-        ids = [p.label.replace("=", "-").replace(",", "-") + (f"-r{r}" if len(repeats) > 1 else "") for p, r in cells]
+        ids = [p.label.replace("=", "-").replace(",", "-") + (f"-r{r}" if repeats != range(1) else "") for p, r in cells]
         metafunc.parametrize("load_point,repeat", cells, ids=ids)
 
+
+
+def _repeats(config) -> range:
+    first = config.getoption("first_repeat")
+    return range(first, first + config.getoption("repeats"))
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -139,7 +150,13 @@ def pytest_collection_modifyitems(session, config, items):
 
     pytest's own grouping of parametrized module fixtures interleaves stacks once load points are
     parametrized too; two engines alive at once skew each other (vLLM's engine busy-polls a core).
+    A session numbering its repeats past 0 is a later round of a run: only repeated cells run.
     """
+    if config.getoption("first_repeat") > 0:
+        later = [item for item in items if "repeat" not in getattr(getattr(item, "callspec", None), "params", {})]
+        if later:
+            config.hook.pytest_deselected(items=later)
+            items[:] = [item for item in items if item not in later]
     modules = {}
     for item in items:
         modules.setdefault(item.module.__name__ if item.module else "", len(modules))
@@ -186,7 +203,7 @@ def bench(request, stack_spec, scenario, profile, model_dir):
     running, failed = None, None
     if not unmet and usable:
         # every repeat's salt: each repeat sends its own prompts (harness.prompts.repeat_salt)
-        salts = [repeat_salt(config.servebench_salt, r) for r in range(config.getoption("repeats"))]
+        salts = [repeat_salt(config.servebench_salt, r) for r in _repeats(config)]
         if _accuracy_selected(request):
             for salt in salts:
                 _reference_first(request.module, profile, model_dir, salt)

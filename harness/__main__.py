@@ -46,7 +46,7 @@ def cmd_compare(args) -> None:
     # Piped into a file or `tee`, rich would squeeze the table into 80 columns of ellipses.
     console = Console() if sys.stdout.isatty() else Console(width=200)
     summary = compare(args.scenario, args.stack, args.baseline or [], args.profile, args.results_dir, args.run_id,
-                      args.pytest_args, console)
+                      args.pytest_args, console, rounds=args.rounds)
     if summary["pytest_exit_code"] not in (0, 1):  # 1: some cell failed, and the table says which
         raise HarnessError(f"pytest exited with code {summary['pytest_exit_code']}")
 
@@ -114,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="tiny")
     p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
     p.add_argument("--run-id", default=None)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="score N times, one repeat of each cell a round, the stack order reversed every other "
+                        "round, so slow phases of the machine fall on every stack alike (instead of pytest's "
+                        "--repeats, which measures one stack's repeats back to back)")
     p.add_argument("pytest_args", nargs="*", help="passed to pytest after --, e.g. -- -k 'conc-1 or rate-inf'")
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("capacity", help="the load generator's own ceiling: req/s against a server that answers at once")

@@ -12,6 +12,7 @@ that says it speculates and shows no forward count, gets the reason instead of a
 from __future__ import annotations
 
 import json
+import secrets
 import statistics
 import subprocess
 import sys
@@ -185,6 +186,35 @@ def render(scenario: ScenarioSpec, cells: list[Cell], rs: list[Ratio], weights: 
     return table
 
 
+@dataclass(frozen=True)
+class Round:
+    """One pytest session of a compare run: its stacks in the order they are scored, and its arguments."""
+
+    stacks: list[str]
+    args: list[str]
+
+
+def plan_rounds(stacks: list[str], rounds: int, extra: list[str], salt: str) -> list[Round]:
+    """`--rounds N`: N sessions of one repeat each, the stack order reversed every other round (a b c,
+    c b a, a b c), so a phase of the machine slower than a round (a neighbour, a memory bandwidth
+    that halves for minutes) falls on every stack alike instead of on whichever was up then.
+    Round r measures repeat r, salted as a repeat is; only the first judges accuracy; all share
+    one salt, and only the last rewrites the leaderboard."""
+    if rounds < 1:
+        raise HarnessError("--rounds must be at least 1")
+    if rounds == 1:
+        return [Round(list(stacks), list(extra))]
+    clash = [a for a in extra if a.split("=")[0] in ("--repeats", "--first-repeat")]
+    if clash:
+        raise HarnessError(f"--rounds sets the repeats itself: drop {' '.join(clash)} from the pytest arguments "
+                           "(with --rounds N each cell is measured N times, once a round)")
+    salted = [] if any(a.split("=")[0] == "--salt" for a in extra) else ["--salt", salt]
+    quiet = ["--no-leaderboard"]
+    return [Round(list(stacks) if r % 2 == 0 else list(reversed(stacks)),
+                  [*extra, *salted, "--first-repeat", str(r), *(quiet if r < rounds - 1 else [])])
+            for r in range(rounds)]
+
+
 def run_pytest(scenario_file: Path, stacks: list[str], profile: str, run_id: str, results_dir: Path,
                extra: list[str]) -> int:
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", str(scenario_file), "--profile", profile,
@@ -194,14 +224,30 @@ def run_pytest(scenario_file: Path, stacks: list[str], profile: str, run_id: str
     return subprocess.run(cmd + extra, cwd=REPO_ROOT).returncode
 
 
+def score_rounds(scenario_file: Path, plan: list[Round], profile: str, run_id: str, results_dir: Path,
+                 console: Console) -> int:
+    """pytest's exit code over the rounds: 0 when all passed, 1 when some cell failed; anything else
+    (an interrupt, a usage error) ends the run at that round and is returned."""
+    worst = 0
+    for i, r in enumerate(plan):
+        if len(plan) > 1:
+            console.print(f"round {i + 1} of {len(plan)}: {', '.join(r.stacks)}")
+        code = run_pytest(scenario_file, r.stacks, profile, run_id, results_dir, r.args)
+        if code not in (0, 1):
+            return code
+        worst = max(worst, code)
+    return worst
+
+
 def compare(scenario_name: str, stacks: list[str], baselines: list[str], profile: str, results_dir: Path,
-            run_id: str | None, extra: list[str], console: Console) -> dict:
+            run_id: str | None, extra: list[str], console: Console, rounds: int = 1) -> dict:
     """Score, then print and write (`runs/<run>/compare.json`) the comparison; returns the summary."""
     path = REPO_ROOT / "scenarios" / f"{scenario_name}.yaml"
     if not path.is_file():
         raise HarnessError(f"unknown scenario {scenario_name!r}: no {path.relative_to(REPO_ROOT)}")
     scenario = load_scenario(path)
     prof = scenario.profile(profile)
+    plan = plan_rounds(stacks, rounds, extra, secrets.token_hex(4))
     from harness.assets import ensure_model
 
     model_dir = ensure_model(prof["model"])
@@ -209,7 +255,7 @@ def compare(scenario_name: str, stacks: list[str], baselines: list[str], profile
     console.print(f"run {run_id}: {', '.join(stacks)} on {scenario.title} ({profile}); measuring memory bandwidth")
     bw_before = memory_bandwidth()
     load_before = host.loadavg()
-    code = run_pytest(REPO_ROOT / "scenarios" / f"test_{scenario_name}.py", stacks, profile, run_id, results_dir, extra)
+    code = score_rounds(REPO_ROOT / "scenarios" / f"test_{scenario_name}.py", plan, profile, run_id, results_dir, console)
     bw_after, load_after = memory_bandwidth(), host.loadavg()
     copy_bw = max(bw_before, bw_after)
     rows = [r for r in read_rows(results_dir) if r.run_id == run_id]
@@ -224,6 +270,7 @@ def compare(scenario_name: str, stacks: list[str], baselines: list[str], profile
                   f"{bw_after / 1e9:.1f} GB/s before / after; load average {load_before} -> {load_after}; "
                   f"pytest exit code {code}")
     summary = {"run_id": run_id, "scenario": scenario_name, "profile": profile, "stacks": stacks, "baselines": base,
+               "rounds": rounds,
                "weights": {s: asdict(w) if w else None for s, w in weights.items()},
                "copy_bandwidth_before": bw_before, "copy_bandwidth_after": bw_after,
                "loadavg_before": load_before, "loadavg_after": load_after, "pytest_exit_code": code,

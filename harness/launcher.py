@@ -148,7 +148,8 @@ def launch(spec: StackSpec, model: Path | str, log_dir: Path, scenario: str = ""
     env = {**os.environ, **fields.env, **{k: fields.fill(v) for k, v in spec.env.items()}}
     env["PYTHONUNBUFFERED"] = "1"
     ledger.reap()  # stacks a killed harness left running
-    with log_path.open("w") as log:
+    # appended: the rounds of a compare run launch each stack once a round, into one log
+    with log_path.open("a") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
         try:

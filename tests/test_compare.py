@@ -160,3 +160,30 @@ def test_a_failed_cell_gets_no_ratio():
              Cell("mine", "rate=inf", "ok", 90.0, 1.0, 10.0, None), Cell("vllm", "rate=inf", "ok", 45.0, 1.0, 20.0, None)]
     got = {(r.stack, r.label): r.value for r in ratios(cells, ["vllm"], "higher")}
     assert got == {("mine", "conc=1"): None, ("mine", "rate=inf"): 2.0}
+
+
+def test_rounds_alternate_the_stack_order_and_number_their_repeats():
+    """`compare --rounds 3`: three sessions a b c, c b a, a b c, measuring repeats 0, 1 and 2 of one
+    salt; only the last rewrites the leaderboard. One round is the plain run, arguments untouched."""
+    from harness.compare import plan_rounds
+
+    plan = plan_rounds(["a", "b", "c"], 3, ["-k", "conc-1"], "5a17")
+    assert [r.stacks for r in plan] == [["a", "b", "c"], ["c", "b", "a"], ["a", "b", "c"]]
+    assert [r.args for r in plan] == [
+        ["-k", "conc-1", "--salt", "5a17", "--first-repeat", "0", "--no-leaderboard"],
+        ["-k", "conc-1", "--salt", "5a17", "--first-repeat", "1", "--no-leaderboard"],
+        ["-k", "conc-1", "--salt", "5a17", "--first-repeat", "2"]]
+    assert plan_rounds(["a", "b"], 2, ["--salt=mine"], "5a17")[1].args == ["--salt=mine", "--first-repeat", "1"]
+    only = plan_rounds(["a", "b"], 1, ["--repeats", "3"], "5a17")
+    assert [(r.stacks, r.args) for r in only] == [(["a", "b"], ["--repeats", "3"])]
+
+
+@pytest.mark.parametrize("extra", [["--repeats", "3"], ["--repeats=2"], ["--first-repeat", "1"]])
+def test_rounds_refuse_repeats_of_their_own(extra):
+    from harness.compare import plan_rounds
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match="--rounds sets the repeats itself"):
+        plan_rounds(["a", "b"], 2, extra, "5a17")
+    with pytest.raises(HarnessError, match="at least 1"):
+        plan_rounds(["a"], 0, [], "5a17")

@@ -82,3 +82,13 @@ def test_each_repeat_of_a_cell_sends_prompts_of_its_own_salt_and_is_judged_on_th
     first, second = rows[("Y", "performance", "rate=20.0", 0)], rows[("Y", "performance", "rate=20.0", 1)]
     assert first.status == second.status == "ok" and first.outputs["verdict"] == second.outputs["verdict"] == "pass"
     assert second.salt == f"{first.salt}.r1" and rows[("Y", "accuracy", None, 0)].salt == first.salt
+
+
+def test_a_later_round_measures_its_repeat_alone_under_that_repeats_salt(tmp_path):
+    """`--first-repeat 1` (a later round of `compare --rounds`): only the repeated cells run, as repeat
+    1, salted as repeat 1 of the run's salt, and still judged; accuracy was the first round's."""
+    out, rows = score(tmp_path, "honest", "--first-repeat", "1", "--salt", "5a17c0de", "-k", "Y")
+    assert out.returncode == 0 and "deselected" in out.stdout, (out.stdout + out.stderr)[-3000:]
+    assert rows and {kind for (_, kind, _, _) in rows} == {"performance"}, sorted(rows)
+    assert {r.repeat for r in rows.values()} == {1} and {r.salt for r in rows.values()} == {"5a17c0de.r1"}
+    assert all(r.status == "ok" and r.outputs["verdict"] == "pass" for r in rows.values())
