@@ -55,6 +55,7 @@ class Cell:
     primary_range: tuple[float, float] | None = None  # (min, max) of the primary metric over them
     bandwidth_withheld: str | None = None  # why weights x tok/s is not this stack's memory traffic
     copy_bandwidth: float | None = None  # B/s of the copies beside the cell (harness.bench: `--copy-bandwidth`)
+    per_repeat: tuple[tuple[int, float], ...] = ()  # (repeat, primary) of each measured repeat
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class Ratio:
     baseline: str
     label: str
     value: float | None  # > 1: the stack is better, whatever the metric's direction
+    per_repeat: tuple[float, ...] = ()  # repeat r against the baseline's repeat r: a round's pair with --rounds
 
 
 def ratio(value: float | None, base: float | None, direction: str) -> float | None:
@@ -107,7 +109,8 @@ def cells_of(rows: list[ResultRow], primary: str, features: tuple[str, ...] = ()
                         _median([r.metrics.get("median_tpot_ms") for r in measured]),
                         (group[0].load_point or {}).get("concurrency"), len(measured),
                         (min(values), max(values)) if len(values) > 1 else None,
-                        bandwidth_withheld(measured, features), copy_beside(measured)))
+                        bandwidth_withheld(measured, features), copy_beside(measured),
+                        tuple(sorted((r.repeat, v) for r in measured if (v := r.metrics.get(primary)) is not None))))
     return out
 
 
@@ -127,10 +130,15 @@ MEASURED = ("ok", "partial")  # a cell whose outputs or guard failed has numbers
 def ratios(cells: list[Cell], baselines: list[str], direction: str) -> list[Ratio]:
     """Each stack against each baseline at the same load point; None where either cell failed."""
     by_key = {(c.stack, c.label): c for c in cells}
-    return [Ratio(c.stack, b, c.label,
-                  ratio(c.primary, base.primary, direction)
-                  if c.status in MEASURED and base.status in MEASURED else None)
+    return [Ratio(c.stack, b, c.label, ratio(c.primary, base.primary, direction), paired(c, base, direction))
+            if c.status in MEASURED and base.status in MEASURED else Ratio(c.stack, b, c.label, None)
             for c in cells for b in baselines if b != c.stack and (base := by_key.get((b, c.label)))]
+
+
+def paired(cell: Cell, base: Cell, direction: str) -> tuple[float, ...]:
+    """The ratio of each repeat both cells measured: with --rounds, two stacks measured minutes apart."""
+    theirs = dict(base.per_repeat)
+    return tuple(ratio(v, theirs[r], direction) for r, v in cell.per_repeat if r in theirs and v and theirs[r])
 
 
 def decode_bandwidth(cell: Cell, model_bytes: int) -> float | None:
@@ -167,8 +175,14 @@ def _fmt(x: float | None, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def ratio_text(r: Ratio, rounds: int) -> str:
+    """"5.76x vllm", and with several rounds each round's own: "5.76x vllm (rounds 6.29 5.86 3.73)"."""
+    text = f"{r.value:.2f}x {r.baseline}"
+    return text + f" (rounds {' '.join(f'{v:.2f}' for v in r.per_repeat)})" if rounds > 1 and r.per_repeat else text
+
+
 def render(scenario: ScenarioSpec, cells: list[Cell], rs: list[Ratio], weights: dict[str, Weights | None],
-           copy_bw: float, labels: list[str]) -> Table:
+           copy_bw: float, labels: list[str], rounds: int = 1) -> Table:
     primary = metric_label(scenario.leaderboard.primary, scenario.leaderboard.labels)
     table = Table(title=f"{scenario.title}: {primary} ({scenario.leaderboard.direction} is better)")
     for col in ("stack", "load point", primary, "TTFT p99 ms", "TPOT p50 ms", "vs baselines", "bandwidth achieved"):
@@ -176,7 +190,7 @@ def render(scenario: ScenarioSpec, cells: list[Cell], rs: list[Ratio], weights: 
                          no_wrap=col in ("stack", "load point", primary))
     order = {label: i for i, label in enumerate(labels)}
     for c in sorted(cells, key=lambda c: (order.get(c.label, len(order)), c.stack)):
-        vs = ", ".join(f"{r.value:.2f}x {r.baseline}" for r in rs
+        vs = ", ".join(ratio_text(r, rounds) for r in rs
                        if r.stack == c.stack and r.label == c.label and r.value is not None)
         bw_text = bandwidth_text(c, weights.get(c.stack), copy_bw)
         value = _fmt(c.primary) if c.status in MEASURED else c.status
@@ -264,7 +278,7 @@ def compare(scenario_name: str, stacks: list[str], baselines: list[str], profile
     base = [b for b in baselines if b in stacks] or [s for s in stacks[1:]]
     rs = ratios(cells, base, scenario.leaderboard.direction)
     labels = [c.label for c in cells_of(sorted(rows, key=lambda r: r.started_at), scenario.leaderboard.primary)]
-    console.print(render(scenario, cells, rs, weights, copy_bw, list(dict.fromkeys(labels))))
+    console.print(render(scenario, cells, rs, weights, copy_bw, list(dict.fromkeys(labels)), rounds))
     read = "; ".join(sorted({f"{w.nbytes / 1e6:.0f} MB {w.source}" for w in weights.values() if w}))
     console.print(f"weights read per decode step: {read or '-'}; copy bandwidth {bw_before / 1e9:.1f} / "
                   f"{bw_after / 1e9:.1f} GB/s before / after; load average {load_before} -> {load_after}; "

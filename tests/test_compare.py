@@ -187,3 +187,28 @@ def test_rounds_refuse_repeats_of_their_own(extra):
         plan_rounds(["a", "b"], 2, extra, "5a17")
     with pytest.raises(HarnessError, match="at least 1"):
         plan_rounds(["a"], 0, [], "5a17")
+
+
+def test_each_round_pairs_the_stacks_it_measured_and_the_table_shows_it():
+    """With --rounds the ratio stays between medians; each round's own ratio (repeat r against
+    repeat r) is kept beside it and shown, so a round that fell in a slow phase is visible. A repeat
+    one stack lacks pairs with nothing."""
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    from harness.compare import ratio_text, render
+    from harness.scenario import load_scenario
+    from harness.stack import REPO_ROOT
+
+    rows = [replace(row("fast", "conc=1", v, 5.0, concurrency=1), repeat=i) for i, v in enumerate([250.0, 240.0, 160.0])]
+    rows += [replace(row("slow", "conc=1", v, 25.0, concurrency=1), repeat=i) for i, v in enumerate([40.0, 40.0])]
+    (r,) = ratios(cells_of(rows, "output_throughput"), ["slow"], "higher")
+    assert r.value == pytest.approx(240.0 / 40.0) and r.per_repeat == pytest.approx((6.25, 6.0))
+    assert ratio_text(r, 3) == "6.00x slow (rounds 6.25 6.00)" and ratio_text(r, 1) == "6.00x slow"
+    console = Console(width=250, record=True)
+    scenario = load_scenario(REPO_ROOT / "scenarios" / "standard_serving.yaml")
+    console.print(render(scenario, cells_of(rows, "output_throughput"), [r], {}, 40e9, ["conc=1"], rounds=3))
+    assert "6.00x slow (rounds 6.25 6.00)" in console.export_text()
+    (lower,) = ratios(cells_of(rows, "output_throughput"), ["slow"], "lower")
+    assert lower.per_repeat == pytest.approx((40 / 250, 40 / 240))
