@@ -153,10 +153,10 @@ def pytest_collection_modifyitems(session, config, items):
     A session numbering its repeats past 0 is a later round of a run: only repeated cells run.
     """
     if config.getoption("first_repeat") > 0:
-        later = [item for item in items if "repeat" not in getattr(getattr(item, "callspec", None), "params", {})]
-        if later:
-            config.hook.pytest_deselected(items=later)
-            items[:] = [item for item in items if item not in later]
+        repeated = [item for item in items if "repeat" in getattr(getattr(item, "callspec", None), "params", {})]
+        if len(repeated) < len(items):
+            config.hook.pytest_deselected(items=[item for item in items if item not in repeated])
+            items[:] = repeated
     modules = {}
     for item in items:
         modules.setdefault(item.module.__name__ if item.module else "", len(modules))

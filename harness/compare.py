@@ -103,14 +103,14 @@ def cells_of(rows: list[ResultRow], primary: str, features: tuple[str, ...] = ()
     out = []
     for (stack, label), group in groups.items():
         measured = [r for r in group if r.status in MEASURED] or group
-        values = [r.metrics.get(primary) for r in measured if r.metrics.get(primary) is not None]
+        per_repeat = tuple(sorted((r.repeat, v) for r in measured if (v := r.metrics.get(primary)) is not None))
+        values = [v for _, v in per_repeat]
         out.append(Cell(stack, label, measured[-1].status, _median(values),
                         _median([r.metrics.get("p99_ttft_ms") for r in measured]),
                         _median([r.metrics.get("median_tpot_ms") for r in measured]),
                         (group[0].load_point or {}).get("concurrency"), len(measured),
                         (min(values), max(values)) if len(values) > 1 else None,
-                        bandwidth_withheld(measured, features), copy_beside(measured),
-                        tuple(sorted((r.repeat, v) for r in measured if (v := r.metrics.get(primary)) is not None))))
+                        bandwidth_withheld(measured, features), copy_beside(measured), per_repeat))
     return out
 
 
