@@ -142,6 +142,7 @@ def patch() -> None:
     from mlx_lm import server
 
     mlx_token_prompts.patch()
+    mlx_token_prompts.keep_leading_space()
     for name in ("handle_chat_completions", "handle_text_completions"):
         setattr(server.APIHandler, name, _reading_response_format(getattr(server.APIHandler, name)))
 

@@ -68,7 +68,8 @@ class OutputCheck:
         prompts = [self.prompts[i] for i in drawn]
         refs = reference_outputs(bench.model_dir, prompts, self.top_k, bench.log)
         verdict = judge_texts(prompts, refs, [records[i].text for i in drawn], special_strings(bench.model_dir),
-                              eos_strings(bench.model_dir), [records[i].reported_units for i in drawn])
+                              eos_strings(bench.model_dir), [records[i].reported_units for i in drawn],
+                              stops_at_eos=bench.spec.ignore_eos == "unsupported")
         return OutputsVerdict(verdict, drawn, len(records))
 
 

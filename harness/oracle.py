@@ -15,7 +15,7 @@ a near-tie from a real bug.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from harness.generation import INCOMPLETE, Generation
 
@@ -85,11 +85,15 @@ def _token_at(gen: Generation, i: int) -> str | None:
     return END if gen.finish_reason == "stop" else None
 
 
-def _alternatives(gen: Generation, i: int, eos: set[str]) -> set[str]:
+def _alternatives(gen: Generation, i: int, eos: set[str], unprinted_may_end: bool = False) -> set[str]:
+    """The top-k at step i, END among them where an end-of-sequence token is. `unprinted_may_end`
+    (a stack's side): a token that prints nothing counts as one, since some servers render special
+    tokens empty in their logprobs (llama-cpp-python: '' where <|im_end|> is), and a byte-level
+    token that is not special always prints something."""
     if i >= len(gen.top):
         return set()
     alts = set(gen.top[i])
-    return alts | {END} if alts & eos else alts
+    return alts | {END} if alts & eos or (unprinted_may_end and "" in alts) else alts
 
 
 def _show(tok: str | None) -> str:
@@ -130,7 +134,7 @@ def compare(prompt_id: str, ref: Generation, got: Generation, eos: set[str]) -> 
         if r is None:
             return PromptVerdict(prompt_id, False, i, i, f"stack went past max_tokens: token {i} is {_show(g)}")
         g_ok = g in _alternatives(ref, i, eos)
-        r_ok = r in _alternatives(got, i, eos) or (i >= len(got.top) and g == END)
+        r_ok = r in _alternatives(got, i, eos, unprinted_may_end=True) or (i >= len(got.top) and g == END)
         if g_ok and r_ok:
             return PromptVerdict(prompt_id, True, i, i, f"near-tie at token {i}: {_show(r)} vs {_show(g)}")
         side = "stack's" if not g_ok else "reference's"
@@ -271,7 +275,27 @@ def _walk(prompt_id: str, ref: Generation, pieces: list[str], full: str, text: s
     got = repr(rest[:24]) if rest else "the end of the text"
     return PromptVerdict(prompt_id, False, i, i, f"text differs at token {i} of {n}, after {full[max(0, start - 40):start]!r}: "
                                                  f"reference {expected}, stack {got}; not in the reference's top-"
-                                                 f"{len(ref.top[i]) if i < len(ref.top) else 0}")
+                                                 f"{len(ref.top[i]) if i < len(ref.top) else 0}"
+                                                 + _trimmed(full, text, starts))
+
+
+def _trimmed(full: str, text: str, starts: list[int]) -> str:
+    """Where the text is the reference's less its opening space: said, since the cause is then a
+    streaming detokenizer trimming the first token's space (right for a chat turn's first word,
+    wrong for a completion, which must continue its prompt as the tokenizer decodes it), not the
+    model. It still fails: a client appending the completion to its prompt gets the words joined."""
+    if not (full.startswith(" ") and text and not text.startswith(" ")):
+        return ""
+    same = 0
+    for a, b in zip(full[1:], text):
+        if a != b:
+            break
+        same += 1
+    tokens = sum(1 for end in starts[1:] if end <= same + 1)
+    if same < len(text) and tokens < 2:
+        return ""
+    return (f"; the text is the reference's without its opening space for {tokens} of {len(starts) - 1} tokens"
+            " (a detokenizer that trims the first token's leading space)")
 
 
 def _resplits(ref: Generation) -> int:
@@ -352,10 +376,35 @@ def _hidden_runner_up(ref: Generation, i: int, silent: frozenset[str]) -> int | 
 
 
 def judge_texts(prompts: list, refs: list[Generation], texts: list[str], silent: frozenset[str],
-                eos: set[str], usage: list[int | None]) -> Verdict:
-    """Each measured text against its prompt's reference (prompts: harness.generation.Prompt)."""
-    return Verdict([compare_text(p.id, r, t, silent, eos, u, may_end=not p.ignore_eos)
-                    for p, r, t, u in zip(prompts, refs, texts, usage, strict=True)])
+                eos: set[str], usage: list[int | None], stops_at_eos: bool = False) -> Verdict:
+    """Each measured text against its prompt's reference (prompts: harness.generation.Prompt).
+    `stops_at_eos`: the stack's spec says it cannot ignore end-of-sequence, so where a request asked
+    it to, its text is judged against the reference cut at the reference's first end-of-sequence
+    (which the model chose there: stopping is then right) as a request without ignore_eos is."""
+    out = []
+    for p, r, t, u in zip(prompts, refs, texts, usage, strict=True):
+        whole = compare_text(p.id, r, t, silent, eos, u, may_end=not p.ignore_eos)
+        cut = until_eos(r, eos, silent) if p.ignore_eos and stops_at_eos and not whole.ok else None
+        if cut is None:
+            out.append(whole)
+            continue
+        verdict = compare_text(p.id, cut, t, silent, eos, u, may_end=True)
+        note = (f"the reference chose end-of-sequence at token {len(cut.tokens)} of {len(r.tokens)}, where this "
+                "stack, unable to ignore it, stops")
+        out.append(replace(verdict, reason=f"{verdict.reason}; {note}" if verdict.reason else note))
+    return Verdict(out)
+
+
+def until_eos(ref: Generation, eos: set[str], silent: frozenset[str]) -> Generation | None:
+    """The reference generated past its end-of-sequence (a request with ignore_eos) cut where it first
+    chose one, as it would have stopped without ignore_eos; None where it chose none."""
+    j = next((i for i, token in enumerate(ref.tokens) if token in eos), None)
+    if j is None:
+        return None
+    exact = len(ref.ends) == len(ref.tokens)
+    text = (ref.text[:ref.ends[j - 1]] if j else "") if exact else "".join(t for t in ref.tokens[:j] if t not in silent)
+    return Generation(tokens=ref.tokens[:j], top=ref.top[:j + 1], finish_reason="stop", text=text,
+                      ends=ref.ends[:j] if exact else [])
 
 
 def _shown(value) -> str:

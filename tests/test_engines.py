@@ -183,10 +183,43 @@ def test_mlx_token_prompts_shim_takes_token_ids_and_leaves_text_to_mlx_lm(monkey
     assert tokenize(None, request(request_type="chat", prompt=[5]), None) == ("mlx-lm's own", [5])
 
 
+def test_mlx_token_prompts_shim_keeps_the_first_tokens_space(monkeypatch):
+    """keep_leading_space against a stand-in for mlx_lm.tokenizer_utils: the byte-level detokenizer's
+    trim of the first flushed text (mlx-lm 0.32.2's) is gone, the SentencePiece one left alone. The
+    real mlx-lm is in test_mlx_lm_hybrid_serves_token_id_prompts_as_transformers_generates."""
+    import types
+
+    from baselines import mlx_token_prompts
+
+    class Trimming:
+        text = ""
+
+        def _maybe_trim_space(self, current_text):
+            return current_text[1:] if current_text.startswith(" ") and not self.text else current_text
+
+    class BPEStreamingDetokenizer(Trimming):
+        pass
+
+    class SPMStreamingDetokenizer(Trimming):
+        pass
+
+    utils = types.ModuleType("mlx_lm.tokenizer_utils")
+    utils.BPEStreamingDetokenizer, utils.SPMStreamingDetokenizer = BPEStreamingDetokenizer, SPMStreamingDetokenizer
+    package = types.ModuleType("mlx_lm")
+    package.tokenizer_utils = utils
+    monkeypatch.setitem(sys.modules, "mlx_lm", package)
+    monkeypatch.setitem(sys.modules, "mlx_lm.tokenizer_utils", utils)
+    assert BPEStreamingDetokenizer()._maybe_trim_space(" ape") == "ape"
+    mlx_token_prompts.keep_leading_space()
+    assert BPEStreamingDetokenizer()._maybe_trim_space(" ape") == " ape"
+    assert SPMStreamingDetokenizer()._maybe_trim_space(" ape") == "ape"
+
+
 @pytest.mark.slow
 def test_mlx_lm_hybrid_serves_token_id_prompts_as_transformers_generates(tmp_path):
     """The mlx-lm-hybrid spec on olmo-hybrid-tiny: converted (fp32 kept), served through the shim,
-    greedy ids equal to transformers'. Its detokenizer drops the first token's leading space."""
+    greedy ids equal to transformers', and the text what the tokenizer decodes from them, the first
+    token's leading space included (mlx-lm's own detokenizer trims it; the shim keeps it)."""
     import random
 
     import httpx
@@ -216,4 +249,5 @@ def test_mlx_lm_hybrid_serves_token_id_prompts_as_transformers_generates(tmp_pat
                              eos_token_id=[], pad_token_id=2)
     expected = out[0, len(ids):].tolist()
     assert served == expected
-    assert reply["choices"][0]["text"] == tokenizer.decode(expected).removeprefix(" ")
+    assert tokenizer.decode(expected).startswith(" ")  # the case the shim is for
+    assert reply["choices"][0]["text"] == tokenizer.decode(expected)

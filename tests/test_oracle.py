@@ -87,3 +87,19 @@ def test_a_listed_final_eos_token_is_the_same_as_stopping():
     tokens = ref_gen().tokens + ["<|im_end|>"]
     top = [{t: -0.1} for t in tokens]
     assert compare("p", ref_gen(), stack_gen(tokens, top=top), EOS).ok
+
+
+def test_running_past_the_reference_eos_where_the_stack_printed_its_eos_empty():
+    """Seen on llama.cpp (llama-cpp-python 0.3.36, A's accuracy cell): its completions logprobs list
+    <|im_end|> as '' (special tokens are not rendered), so the reference's end-of-sequence, its close
+    second, read as missing there. A token printing nothing in the stack's top-k may be it; the
+    stack's own token must still be in the reference's top-k."""
+    ref = ref_gen()
+    longer = ref.tokens + ["\n"]
+    top = [{t: -0.1} for t in longer]
+    top[7] = {"\n": -1.34, "": -1.6, ".": -1.87}
+    assert compare("p", ref, stack_gen(longer, finish="length", top=top), EOS).ok
+    other = ref.tokens + ["!"]  # a token the reference's top-5 lacks
+    assert not compare("p", ref, stack_gen(other, finish="length", top=top[:7] + [{"!": -1.3, "": -1.6}]), EOS).ok
+    top[7] = {"\n": -1.34, ".": -1.87}
+    assert not compare("p", ref, stack_gen(longer, finish="length", top=top), EOS).ok

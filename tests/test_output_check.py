@@ -39,6 +39,21 @@ def test_text_against_the_reference(text, usage, ok, says):
     assert verdict.ok == ok and says in verdict.reason, verdict
 
 
+@pytest.mark.parametrize("text, says", [
+    ("the cat sat and ran", "without its opening space for 6 of 6 tokens"),  # all of it, less the space
+    ("the cat sat or ran", "without its opening space for 4 of 6 tokens"),   # then another word (EOS unprinted)
+    ("the dog sat and ran", None),                                           # one word alike is no sign
+    ("cat sat and ran", None),                                               # a word dropped, not a space
+])
+def test_a_text_without_the_references_opening_space_fails_and_says_so(text, says):
+    """Seen on mlx-lm (setting C): its byte-level streaming detokenizer trims the first token's
+    leading space, so a completion's text is the reference's less one space: still a failure (the
+    completion no longer continues its prompt), but the reason names the trim, not the model."""
+    verdict = compare_text("p", ref(TOKENS), text, SILENT, {EOS}, 6, may_end=False)
+    assert not verdict.ok and verdict.diverged_at == 0, verdict
+    assert (says in verdict.reason) if says else "opening space" not in verdict.reason, verdict.reason
+
+
 def test_a_longer_runner_up_that_begins_like_the_reference_is_a_near_tie_at_its_own_token():
     """Seen on engine-a: the reference wrote ' condition' then ' of', the stack ' conditions' (the
     reference's runner-up, 0.1 nats behind); the texts part at ' of', but the choice was a token before."""
@@ -226,3 +241,26 @@ def test_the_reference_records_where_each_token_s_text_ends():
     assert not compare_text("p", gen, "Answer: 🎉!", SILENT, {EOS}, len(ids), may_end=False).ok
     step = [(ids[2], -0.1), (tok.encode(" ✨")[0], -0.2), (tok.encode(" ok")[0], -0.3)]  # two print " \ufffd"
     assert list(reference._by_text(tok, step)) == [" \ufffd", " \ufffd\ufffd", " ok"]
+
+
+@pytest.mark.parametrize("text, usage, ok, says", [
+    (" the cat sat", 4, True, "end-of-sequence at token 3 of 6"),  # stopped where the model chose EOS
+    (" the cat sat", 3, True, "end-of-sequence at token 3 of 6"),  # its EOS left out of the count
+    (" the cat sat and ran", 6, True, ""),                          # it went on after all: the reference's
+    (" the cat", 3, False, "text differs at token 2"),              # stopped where the model did not
+    (" the dog sat", 4, False, "text differs at token 1"),
+    (" the cat sat", 9, False, "usage says 9 tokens"),
+])
+def test_a_stack_that_cannot_ignore_eos_is_judged_to_the_references_first_eos(text, usage, ok, says):
+    """Seen on mlx-lm (setting A, ignore_eos requests): it stops where the model chooses <|im_end|>,
+    as its spec declares (`ignore_eos: unsupported`); the reference went on past it. Its text is
+    right to that point, so it is judged as a request without ignore_eos would be, and no further."""
+    from harness.oracle import judge_texts
+
+    prompt = Prompt(id="p", text="x", chat=False, max_tokens=6, ignore_eos=True)
+    verdict = judge_texts([prompt], [ref(TOKENS)], [text], SILENT, {EOS}, [usage], stops_at_eos=True)
+    (judged,) = verdict.prompts
+    assert judged.ok == ok and says in judged.reason, judged
+    # A stack that says it ignores EOS and stops there anyway fails, as before.
+    strict = judge_texts([prompt], [ref(TOKENS)], [text], SILENT, {EOS}, [usage])
+    assert strict.prompts[0].ok == (text == " the cat sat and ran"), strict.prompts[0]
