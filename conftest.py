@@ -36,8 +36,9 @@ def pytest_addoption(parser):
                          "runs only the repeated cells, the run's first having judged the rest "
                          "(`python -m harness compare --rounds` uses it)")
     group.addoption("--copy-bandwidth", action="store_true",
-                    help="measure the machine's copy bandwidth just before and after each concurrency-1 cell "
-                         "(recorded in its row; `python -m harness compare` judges bandwidth achieved against it)")
+                    help="measure the machine's copy bandwidth and bf16 matmul speed just before and after each "
+                         "concurrency-1 cell (recorded in its row; `python -m harness compare` judges bandwidth "
+                         "achieved against the copies and prints both beside the cell)")
     group.addoption("--no-leaderboard", action="store_true", help="do not rewrite LEADERBOARD.md at the end")
     group.addoption("--salt", default=None, help="the run's workload salt, put into every prompt (default: a fresh "
                                                  "random one per run, so no answer table kept from before matches); "

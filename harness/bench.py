@@ -22,6 +22,7 @@ from harness import counters, prefix_cache
 from harness import machine as host
 from harness.assets import weights_checksum
 from harness.bandwidth import memory_bandwidth
+from harness.compute import matmul_speed
 from harness.client import ENDPOINTS, HTTPStatusError, MalformedStream, post_json, session
 from harness.engagement import Guard, GuardResult
 from harness.errors import HarnessError, StackError
@@ -124,7 +125,7 @@ class Bench:
     startup_timeout_s: float | None = None  # for launches of the stack's variants (None: its spec's)
     benchmark: object | None = None  # pytest-benchmark's fixture, where the test asked for it
     salt: str | None = None  # the run's workload salt, recorded in every row (a repeat's: harness.prompts.repeat_salt)
-    copy_bandwidth: bool = False  # measure the machine's copy bandwidth just before and after each concurrency-1 cell
+    copy_bandwidth: bool = False  # measure the machine's copy bandwidth and matmul speed just before and after each concurrency-1 cell
     rows: list[ResultRow] = field(default_factory=list)
     _model_card: dict | None = field(default=None, repr=False)
 
@@ -216,7 +217,7 @@ class Bench:
         row.stack_info["prefix_cache_reset"] = reset.status
         readings: list[counters.Counters | None] = []
         result = LoadResult.empty(point, len(payloads))
-        self._copy_beside(row, point, "before")
+        self._machine_beside(row, point, "before")
         try:
             with progress_bar(f"{self.spec.name} {point.label}", len(result.records)) as tick:
                 self._timed(lambda: asyncio.run(run_load_point(
@@ -232,7 +233,7 @@ class Bench:
             self._finish(row, result.warmup_records + result.records)
             raise
         row.counters = counters.delta(readings[0] if readings else None, counters.read(self.stack.base_url))
-        self._copy_beside(row, point, "after")
+        self._machine_beside(row, point, "after")
         row.metrics = summarize(result.records, slos_ms, self._metric_functions(), row.counters)
         if result.crashed:
             row.status, row.error = "crashed", result.crashed
@@ -259,12 +260,14 @@ class Bench:
             raise StackError(result.crashed)
         return row
 
-    def _copy_beside(self, row: ResultRow, point: LoadPoint, when: str) -> None:
-        """The copy bandwidth a concurrency-1 cell's "bandwidth achieved" is judged against, measured
-        while the stack idles just before and after the cell: a neighbour's memory-bound phase comes
-        and goes within minutes, so copies taken around a whole run can miss the cell's machine."""
+    def _machine_beside(self, row: ResultRow, point: LoadPoint, when: str) -> None:
+        """The copy bandwidth a concurrency-1 cell's "bandwidth achieved" is judged against, and the
+        cores' matmul speed, measured while the stack idles just before and after the cell: a
+        neighbour's phase comes and goes within minutes, so readings taken around a whole run can
+        miss the cell's machine, and a slow cell is told from a slow machine only beside it."""
         if self.copy_bandwidth and point.concurrency == 1:
             row.machine[f"copy_bandwidth_{when}"] = memory_bandwidth()
+            row.machine[f"matmul_flops_{when}"] = matmul_speed()
 
     def _metric_functions(self) -> dict:
         return resolve_metrics(self.scenario.metrics)

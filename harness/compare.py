@@ -5,7 +5,8 @@ command adds what a person comparing engines asks next: each stack's primary met
 load point as a ratio to each baseline measured in the same run, and, at concurrency 1, the
 "bandwidth achieved" (weight bytes x decode tokens/s, as gpt-fast prints it) against the
 machine's copy bandwidth measured just before and after that cell (the run's own copies, before
-and after it, stand in for a cell without them). The bytes are those the stack loads
+and after it, stand in for a cell without them), and beside it the cores' bf16 matmul speed
+measured with the copies, so a slow repeat shows whether the machine's memory or its cores slowed. The bytes are those the stack loads
 (harness.bandwidth.weights_read); a stack whose /metrics show several tokens per forward, or
 that says it speculates and shows no forward count, gets the reason instead of a number.
 """
@@ -33,6 +34,7 @@ from harness.bandwidth import (
     weights_read,
 )
 from harness.bench import new_run_id
+from harness.compute import matmul_speed
 from harness.errors import HarnessError
 from harness.leaderboard import metric_label
 from harness.row import ResultRow, read_rows
@@ -56,6 +58,8 @@ class Cell:
     bandwidth_withheld: str | None = None  # why weights x tok/s is not this stack's memory traffic
     copy_bandwidth: float | None = None  # B/s of the copies beside the cell (harness.bench: `--copy-bandwidth`)
     per_repeat: tuple[tuple[int, float], ...] = ()  # (repeat, primary) of each measured repeat
+    matmul_speed: float | None = None  # FLOP/s of the bf16 matmuls beside the cell (harness.compute)
+    beside: tuple[tuple[int, float | None, float | None], ...] = ()  # (repeat, copy B/s, matmul FLOP/s)
 
 
 @dataclass(frozen=True)
@@ -105,23 +109,32 @@ def cells_of(rows: list[ResultRow], primary: str, features: tuple[str, ...] = ()
         measured = [r for r in group if r.status in MEASURED] or group
         per_repeat = tuple(sorted((r.repeat, v) for r in measured if (v := r.metrics.get(primary)) is not None))
         values = [v for _, v in per_repeat]
+        beside = machine_beside(measured)
         out.append(Cell(stack, label, measured[-1].status, _median(values),
                         _median([r.metrics.get("p99_ttft_ms") for r in measured]),
                         _median([r.metrics.get("median_tpot_ms") for r in measured]),
                         (group[0].load_point or {}).get("concurrency"), len(measured),
                         (min(values), max(values)) if len(values) > 1 else None,
-                        bandwidth_withheld(measured, features), copy_beside(measured), per_repeat))
+                        bandwidth_withheld(measured, features), _median([b[1] for b in beside]), per_repeat,
+                        _median([b[2] for b in beside]), beside))
     return out
 
 
-def copy_beside(rows: list[ResultRow]) -> float | None:
-    """The copy bandwidth beside a cell: per repeat the better of the copies just before and after
-    it, then the median over repeats; None where its rows measured none."""
-    per_repeat = []
-    for r in rows:
-        copies = [v for k in ("copy_bandwidth_before", "copy_bandwidth_after") if (v := (r.machine or {}).get(k))]
-        per_repeat.append(max(copies) if copies else None)
-    return _median(per_repeat)
+def machine_beside(rows: list[ResultRow]) -> tuple[tuple[int, float | None, float | None], ...]:
+    """Per repeat the machine beside a cell: the better of the copies just before and after it, and
+    of the matmul speeds; repeats that measured neither are left out."""
+    out = []
+    for r in sorted(rows, key=lambda r: r.repeat):
+        copy, flops = (_best(r.machine or {}, f"{name}_before", f"{name}_after")
+                       for name in ("copy_bandwidth", "matmul_flops"))
+        if copy is not None or flops is not None:
+            out.append((r.repeat, copy, flops))
+    return tuple(out)
+
+
+def _best(values: dict, *keys: str) -> float | None:
+    present = [v for k in keys if (v := values.get(k))]
+    return max(present) if present else None
 
 
 MEASURED = ("ok", "partial")  # a cell whose outputs or guard failed has numbers, and no ratio
@@ -181,11 +194,27 @@ def ratio_text(r: Ratio, rounds: int) -> str:
     return text + f" (rounds {' '.join(f'{v:.2f}' for v in r.per_repeat)})" if rounds > 1 and r.per_repeat else text
 
 
+def beside_text(cell: Cell, rounds: int) -> str:
+    """The machine beside a cell: "45.7 GB/s, 424 GFLOP/s" (medians), or with several rounds each
+    round's: "45.7 44.6 27.8 GB/s, 424 420 301 GFLOP/s"; "-" where none was measured."""
+    if not cell.beside:
+        return "-"
+    def part(values: list[float | None], median: float | None, scale: float, unit: str, spec: str) -> str | None:
+        if median is None:
+            return None
+        shown = values if rounds > 1 and len(values) > 1 else [median]
+        return " ".join("-" if v is None else format(v / scale, spec) for v in shown) + f" {unit}"
+    parts = (part([b[1] for b in cell.beside], cell.copy_bandwidth, 1e9, "GB/s", ".1f"),
+             part([b[2] for b in cell.beside], cell.matmul_speed, 1e9, "GFLOP/s", ".0f"))
+    return ", ".join(p for p in parts if p)
+
+
 def render(scenario: ScenarioSpec, cells: list[Cell], rs: list[Ratio], weights: dict[str, Weights | None],
            copy_bw: float, labels: list[str], rounds: int = 1) -> Table:
     primary = metric_label(scenario.leaderboard.primary, scenario.leaderboard.labels)
     table = Table(title=f"{scenario.title}: {primary} ({scenario.leaderboard.direction} is better)")
-    for col in ("stack", "load point", primary, "TTFT p99 ms", "TPOT p50 ms", "vs baselines", "bandwidth achieved"):
+    for col in ("stack", "load point", primary, "TTFT p99 ms", "TPOT p50 ms", "vs baselines", "bandwidth achieved",
+                "machine beside"):
         table.add_column(col, justify="left" if col in ("stack", "load point", "vs baselines") else "right",
                          no_wrap=col in ("stack", "load point", primary))
     order = {label: i for i, label in enumerate(labels)}
@@ -196,7 +225,8 @@ def render(scenario: ScenarioSpec, cells: list[Cell], rs: list[Ratio], weights: 
         value = _fmt(c.primary) if c.status in MEASURED else c.status
         if c.primary_range is not None and c.status in MEASURED:
             value += f" (median of {c.repeats}: {c.primary_range[0]:.1f}-{c.primary_range[1]:.1f})"
-        table.add_row(c.stack, c.label, value, _fmt(c.p99_ttft_ms), _fmt(c.median_tpot_ms), vs or "-", bw_text)
+        table.add_row(c.stack, c.label, value, _fmt(c.p99_ttft_ms), _fmt(c.median_tpot_ms), vs or "-", bw_text,
+                      beside_text(c, rounds))
     return table
 
 
@@ -267,10 +297,10 @@ def compare(scenario_name: str, stacks: list[str], baselines: list[str], profile
     model_dir = ensure_model(prof["model"])
     run_id = run_id or new_run_id()
     console.print(f"run {run_id}: {', '.join(stacks)} on {scenario.title} ({profile}); measuring memory bandwidth")
-    bw_before = memory_bandwidth()
+    bw_before, flops_before = memory_bandwidth(), matmul_speed()
     load_before = host.loadavg()
     code = score_rounds(REPO_ROOT / "scenarios" / f"test_{scenario_name}.py", plan, profile, run_id, results_dir, console)
-    bw_after, load_after = memory_bandwidth(), host.loadavg()
+    bw_after, flops_after, load_after = memory_bandwidth(), matmul_speed(), host.loadavg()
     copy_bw = max(bw_before, bw_after)
     rows = [r for r in read_rows(results_dir) if r.run_id == run_id]
     cells = cells_of(rows, scenario.leaderboard.primary, scenario.features)
@@ -281,12 +311,14 @@ def compare(scenario_name: str, stacks: list[str], baselines: list[str], profile
     console.print(render(scenario, cells, rs, weights, copy_bw, list(dict.fromkeys(labels)), rounds))
     read = "; ".join(sorted({f"{w.nbytes / 1e6:.0f} MB {w.source}" for w in weights.values() if w}))
     console.print(f"weights read per decode step: {read or '-'}; copy bandwidth {bw_before / 1e9:.1f} / "
-                  f"{bw_after / 1e9:.1f} GB/s before / after; load average {load_before} -> {load_after}; "
+                  f"{bw_after / 1e9:.1f} GB/s, bf16 matmul {flops_before / 1e9:.0f} / {flops_after / 1e9:.0f} GFLOP/s "
+                  f"before / after; load average {load_before} -> {load_after}; "
                   f"pytest exit code {code}")
     summary = {"run_id": run_id, "scenario": scenario_name, "profile": profile, "stacks": stacks, "baselines": base,
                "rounds": rounds,
                "weights": {s: asdict(w) if w else None for s, w in weights.items()},
                "copy_bandwidth_before": bw_before, "copy_bandwidth_after": bw_after,
+               "matmul_flops_before": flops_before, "matmul_flops_after": flops_after,
                "loadavg_before": load_before, "loadavg_after": load_after, "pytest_exit_code": code,
                "cells": [asdict(c) for c in cells], "ratios": [asdict(r) for r in rs],
                "bandwidth_achieved": {c.stack: bw for c in cells

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from harness.bandwidth import Weights, memory_bandwidth, tokens_per_forward, weight_bytes, weights_read
-from harness.compare import Cell, bandwidth_text, cells_of, decode_bandwidth, ratio, ratios, stack_weights
+from harness.compare import Cell, bandwidth_text, beside_text, cells_of, decode_bandwidth, ratio, ratios, stack_weights
 from harness.row import ResultRow
 
 
@@ -106,6 +106,27 @@ def test_a_cell_is_judged_against_the_copies_beside_it():
     assert bandwidth_text(cell, WEIGHTS, 100e9) == "13.5 GB/s = 45% of 30.0"
     assert conc1("engine-a", {"forward_passes": OUT}).copy_bandwidth is None
     assert bandwidth_text(conc1("engine-a", {"forward_passes": OUT}), WEIGHTS, 100e9) == "13.5 GB/s = 14% of 100.0"
+
+
+def test_the_machine_beside_each_repeat_is_kept_and_shown_per_round():
+    """With the copies, the cores' bf16 matmul speed is measured beside each concurrency-1 repeat: the
+    cell keeps both per repeat and their medians, and the table shows each round's with --rounds, so
+    a slow round says whether the memory or the cores slowed (or neither: the stack did)."""
+    beside = [(45.7e9, 424e9), (44.6e9, 420e9), (27.8e9, 301e9)]
+    rows = [row("engine-b", "conc=1", 50.0, 20.0, 1, counters={"forward_passes": OUT}, out=OUT) for _ in beside]
+    for i, (r, (copy, flops)) in enumerate(zip(rows, beside)):
+        r.repeat = i
+        r.machine = {"copy_bandwidth_before": copy, "copy_bandwidth_after": copy / 2,
+                     "matmul_flops_before": flops / 2, "matmul_flops_after": flops}
+    [cell] = cells_of(rows, "output_throughput")
+    assert cell.beside == ((0, 45.7e9, 424e9), (1, 44.6e9, 420e9), (2, 27.8e9, 301e9))
+    assert cell.copy_bandwidth == 44.6e9 and cell.matmul_speed == 420e9
+    assert beside_text(cell, rounds=3) == "45.7 44.6 27.8 GB/s, 424 420 301 GFLOP/s"
+    assert beside_text(cell, rounds=1) == "44.6 GB/s, 420 GFLOP/s"
+    rows[1].machine = {}  # a repeat measured without them
+    [cell] = cells_of(rows, "output_throughput")
+    assert beside_text(cell, rounds=2) == "45.7 27.8 GB/s, 424 301 GFLOP/s"
+    assert beside_text(conc1("engine-a", {"forward_passes": OUT}), rounds=3) == "-"
 
 
 def test_counts_that_disagree_withhold_bandwidth():

@@ -144,15 +144,16 @@ def test_stack_dying_mid_run_keeps_rows_and_reports_its_log(tmp_path):
 
 
 def test_copies_are_measured_beside_concurrency_one_cells_only_when_asked(delay_stack, tmp_path):
-    """`--copy-bandwidth`: a concurrency-1 cell's row carries the copies measured just before and
-    after it; other cells, and runs that did not ask, carry none."""
+    """`--copy-bandwidth`: a concurrency-1 cell's row carries the copies and the matmul speed measured
+    just before and after it; other cells, and runs that did not ask, carry none."""
     spec = load_spec(STACKS / "delay.yaml")
     asked = Bench(run_id="copies", results_dir=tmp_path, scenario=load_scenario(SCENARIO), profile="tiny", spec=spec,
                   stack=delay_stack, copy_bandwidth=True)
     one = asked.measure("completions", payloads(2), LoadPoint(num_prompts=2, concurrency=1), 30)
     assert one.machine["copy_bandwidth_before"] > 1e8 and one.machine["copy_bandwidth_after"] > 1e8
+    assert one.machine["matmul_flops_before"] > 1e8 and one.machine["matmul_flops_after"] > 1e8
     two = asked.measure("completions", payloads(2), LoadPoint(num_prompts=2, concurrency=2), 30)
-    assert "copy_bandwidth_before" not in two.machine
+    assert "copy_bandwidth_before" not in two.machine and "matmul_flops_before" not in two.machine
     plain = Bench(run_id="no-copies", results_dir=tmp_path, scenario=load_scenario(SCENARIO), profile="tiny",
                   spec=spec, stack=delay_stack)
     row = plain.measure("completions", payloads(2), LoadPoint(num_prompts=2, concurrency=1), 30)
