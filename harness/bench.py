@@ -22,8 +22,8 @@ from harness import counters, prefix_cache
 from harness import machine as host
 from harness.assets import weights_checksum
 from harness.bandwidth import memory_bandwidth
-from harness.compute import matmul_speed
 from harness.client import ENDPOINTS, HTTPStatusError, MalformedStream, post_json, session
+from harness.compute import matmul_speed
 from harness.engagement import Guard, GuardResult
 from harness.errors import HarnessError, StackError
 from harness.generation import Generation, Prompt, from_openai

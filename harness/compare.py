@@ -5,10 +5,11 @@ command adds what a person comparing engines asks next: each stack's primary met
 load point as a ratio to each baseline measured in the same run, and, at concurrency 1, the
 "bandwidth achieved" (weight bytes x decode tokens/s, as gpt-fast prints it) against the
 machine's copy bandwidth measured just before and after that cell (the run's own copies, before
-and after it, stand in for a cell without them), and beside it the cores' bf16 matmul speed
-measured with the copies, so a slow repeat shows whether the machine's memory or its cores slowed. The bytes are those the stack loads
+and after it, stand in for a cell without them). The bytes are those the stack loads
 (harness.bandwidth.weights_read); a stack whose /metrics show several tokens per forward, or
-that says it speculates and shows no forward count, gets the reason instead of a number.
+that says it speculates and shows no forward count, gets the reason instead of a number. Beside
+each such cell, the copies and the cores' bf16 matmul speed measured with them (harness.compute):
+a slow repeat then shows whether the machine's memory, its cores, or neither slowed.
 """
 from __future__ import annotations
 
@@ -199,6 +200,7 @@ def beside_text(cell: Cell, rounds: int) -> str:
     round's: "45.7 44.6 27.8 GB/s, 424 420 301 GFLOP/s"; "-" where none was measured."""
     if not cell.beside:
         return "-"
+
     def part(values: list[float | None], median: float | None, scale: float, unit: str, spec: str) -> str | None:
         if median is None:
             return None
