@@ -201,13 +201,13 @@ def beside_text(cell: Cell, rounds: int) -> str:
     if not cell.beside:
         return "-"
 
-    def part(values: list[float | None], median: float | None, scale: float, unit: str, spec: str) -> str | None:
+    def part(values: list[float | None], median: float | None, unit: str, spec: str) -> str | None:
         if median is None:
             return None
         shown = values if rounds > 1 and len(values) > 1 else [median]
-        return " ".join("-" if v is None else format(v / scale, spec) for v in shown) + f" {unit}"
-    parts = (part([b[1] for b in cell.beside], cell.copy_bandwidth, 1e9, "GB/s", ".1f"),
-             part([b[2] for b in cell.beside], cell.matmul_speed, 1e9, "GFLOP/s", ".0f"))
+        return " ".join("-" if v is None else format(v / 1e9, spec) for v in shown) + f" {unit}"
+    parts = (part([b[1] for b in cell.beside], cell.copy_bandwidth, "GB/s", ".1f"),
+             part([b[2] for b in cell.beside], cell.matmul_speed, "GFLOP/s", ".0f"))
     return ", ".join(p for p in parts if p)
 
 

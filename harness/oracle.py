@@ -222,11 +222,7 @@ def _walk(prompt_id: str, ref: Generation, pieces: list[str], full: str, text: s
           max_gap: float | None = None) -> PromptVerdict:
     """compare_text on one rendering: `pieces[i]` is how reference token i shows in `full`. `unseen`:
     the stack prints no special tokens, so it may have taken one a little before the divergence."""
-    same = 0
-    for a, b in zip(full, text):
-        if a != b:
-            break
-        same += 1
+    same = _common_prefix(full, text)
     n = len(ref.tokens)
     if same == len(full) == len(text) or full.rstrip(INCOMPLETE) == text.rstrip(INCOMPLETE):
         # (a stream may hold back, or print as U+FFFD, the bytes of a character cut by max_tokens)
@@ -279,6 +275,16 @@ def _walk(prompt_id: str, ref: Generation, pieces: list[str], full: str, text: s
                                                  + _trimmed(full, text, starts))
 
 
+def _common_prefix(a: str, b: str) -> int:
+    """How many characters `a` and `b` share at their start."""
+    same = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        same += 1
+    return same
+
+
 def _trimmed(full: str, text: str, starts: list[int]) -> str:
     """Where the text is the reference's less its opening space: said, since the cause is then a
     streaming detokenizer trimming the first token's space (right for a chat turn's first word,
@@ -286,11 +292,7 @@ def _trimmed(full: str, text: str, starts: list[int]) -> str:
     model. It still fails: a client appending the completion to its prompt gets the words joined."""
     if not (full.startswith(" ") and text and not text.startswith(" ")):
         return ""
-    same = 0
-    for a, b in zip(full[1:], text):
-        if a != b:
-            break
-        same += 1
+    same = _common_prefix(full[1:], text)
     tokens = sum(1 for end in starts[1:] if end <= same + 1)
     if same < len(text) and tokens < 2:
         return ""
