@@ -12,7 +12,7 @@ else (text prompts, chat, batching, the prompt cache, sampling) is mlx-lm's unch
 Its byte-level BPE streaming detokenizer trims the first token's leading space, which
 `tokenizer.decode` (and so transformers, vLLM, llama.cpp) keeps. A completion then no longer
 continues its prompt: " ape strides" comes back "ape strides", glued to the prompt's last word.
-On setting C's random-id prompts most continuations start with a spaced word, so 5-7 of 8 outputs
+On setting C's random-id prompts most continuations start with a spaced word, so 3-7 of 8 outputs
 per point failed the oracle on that space alone. `keep_leading_space` makes the text what the
 tokenizer decodes (as upstream mlx-lm pull request 1754 proposed); SentencePiece detokenizers,
 whose decoder does strip one space, keep their trim. Only this module's Python runs in the
