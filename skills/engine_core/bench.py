@@ -1,4 +1,5 @@
 """python -m skills.engine_core.bench [--model DIR] [--dtype bfloat16] [--tokens 128] [--batch-sizes 1,8,32] [--no-native]
+    [--few-row-matmul small_gemm|onednn|auto]
 
 Concurrency-1 decode speed and "bandwidth achieved" (model bytes x tokens/s, as gpt-fast prints
 it) against the machine's memory bandwidth, measured in the same run by a large array copy.
@@ -23,6 +24,7 @@ from skills.openai_server.engine_api import SamplingParams  # noqa: E402
 from .engine import EngineConfig, LLMEngine  # noqa: E402
 from .kernels import Kernels  # noqa: E402
 from .loader import default_threads, load_engine  # noqa: E402
+from .row_invariance import CHOICES  # noqa: E402
 
 
 def model_bytes(engine: LLMEngine) -> int:
@@ -54,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokens", type=int, default=128, help="tokens decoded per sequence")
     p.add_argument("--batch-sizes", default="1", help="comma-separated decode batch sizes")
     p.add_argument("--compile", default="", help="comma-separated kernels.py names to torch.compile")
+    p.add_argument("--few-row-matmul", default="small_gemm", choices=CHOICES,
+                   help="the matmul of steps of up to 32 rows (row_invariance.py; engine-a's default: small_gemm)")
+    p.add_argument("--small-gemm-rows", default=None, help="a row count or auto (EngineConfig.small_gemm_rows)")
     p.add_argument("--native", action=argparse.BooleanOptionalAction, default=True,
                    help="the fused C++ kernels of skills/cpu_kernels (engine-a's default)")
     args = p.parse_args(argv)
@@ -63,7 +68,9 @@ def main(argv: list[str] | None = None) -> None:
         args.model = Path(ensure_model("smollm2-135m-instruct"))
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     cfg = EngineConfig(max_num_seqs=max(sizes), max_num_batched_tokens=max(256, max(sizes)), max_model_len=1024,
-                       dtype=args.dtype, threads=args.threads,
+                       dtype=args.dtype, threads=args.threads, few_row_matmul=args.few_row_matmul,
+                       small_gemm_rows=(args.small_gemm_rows if args.small_gemm_rows in (None, "auto")
+                                        else int(args.small_gemm_rows)),
                        compile=tuple(n for n in args.compile.split(",") if n))
     native = Kernels.use_native(args.native)
     engine = load_engine(args.model, cfg)
@@ -74,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     cores = default_threads()
     print(f"machine: {cores} cores, load average {os.getloadavg()[0]:.2f}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'default')}, "
-          f"{'native' if native else 'eager'} kernels; "
+          f"{'native' if native else 'eager'} kernels, few-row matmul {engine.runtime['few_row_matmul']} "
+          f"(up to {engine.runtime['small_gemm_rows']} rows); "
           f"model {size / 1e6:.0f} MB ({args.dtype})")
     print(f"memory bandwidth (copy, read+write): {bandwidth / 1e9:.1f} GB/s")
     for batch in sizes:

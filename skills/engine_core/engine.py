@@ -49,6 +49,10 @@ class EngineConfig:
     # The matmul of decode and verify steps, with the native kernels: small_gemm | onednn | auto
     # (row_invariance.py: oneDNN only where it is row-invariant on this CPU; auto: the faster).
     few_row_matmul: str = "small_gemm"
+    # Where that is small_gemm, steps of more rows than this take oneDNN. None: all small_gemm takes
+    # (32 rows). "auto" (row_invariance.small_gemm_rows): 8 on a CPU with AMX, else None. Rows then
+    # round by their step's size, so a speculating engine keeps None (its verify check would fail).
+    small_gemm_rows: int | str | None = None
     # Before the next step, wait (at most this long) until the event loop has handed this step's
     # outputs to their streams, so its burst of Python does not preempt an OpenMP thread mid-matmul.
     output_sync_s: float = 0.0
@@ -66,6 +70,9 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.stream_interval < 1:
             raise ValueError("stream_interval must be positive")
+        if not (self.small_gemm_rows in (None, "auto") or (isinstance(self.small_gemm_rows, int)
+                                                         and self.small_gemm_rows >= 0)):
+            raise ValueError(f"small_gemm_rows: a row count, auto or None, not {self.small_gemm_rows!r}")
 
     def scheduler(self) -> SchedulerConfig:
         return SchedulerConfig(self.max_num_seqs, self.max_num_batched_tokens, self.max_model_len)

@@ -16,7 +16,7 @@ from .config import ModelConfig
 from .engine import EngineConfig, LLMEngine
 from .kernels import Kernels
 from .packing import SMALL_ROWS, can_pack
-from .row_invariance import first_choice, has_amx
+from .row_invariance import first_choice, has_amx, small_gemm_rows
 from .runner import ModelRunner
 from .step_invariance import check_steps
 from .weights import build_model, read_safetensors
@@ -54,6 +54,10 @@ def load_engine(model_dir: Path, cfg: EngineConfig, speculator=None) -> LLMEngin
             first = first_choice(cfg.few_row_matmul, model.has_small_matmuls)
             model.use_few_row_matmul(first)
             kernel_check = settle_few_row_matmul(model, cfg, dtype)
+            rows_cap = None if cfg.small_gemm_rows is None else small_gemm_rows(
+                None if cfg.small_gemm_rows == "auto" else cfg.small_gemm_rows)
+            if rows_cap is not None and model.few_row_kernel == "small_gemm":
+                model.limit_small_gemm_rows(rows_cap)
     runner, speculator, check = checked_runner(model, cfg, dtype, speculator)
     model.drop_unused_copies()
     cfg = runner.engine_cfg
@@ -62,7 +66,7 @@ def load_engine(model_dir: Path, cfg: EngineConfig, speculator=None) -> LLMEngin
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     engine = LLMEngine(runner, tokenizer, eos_ids(model_dir, hf_config, tokenizer), cfg, speculator)
     engine.runtime = {"dtype": cfg.dtype, "few_row_matmul": model.few_row_kernel,
-                      "few_row_matmul_first": first, "cpu_amx": has_amx(),
+                      "few_row_matmul_first": first, "cpu_amx": has_amx(), "small_gemm_rows": model.small_rows,
                       "few_row_matmul_check": kernel_check.to_json() if kernel_check else None,
                       "speculation": ({"num_speculative_tokens": speculator.cfg.num_speculative_tokens}
                                       if hasattr(speculator, "cfg") else speculator is not None),

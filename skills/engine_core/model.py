@@ -17,7 +17,7 @@ from .batch import ForwardBatch
 from .config import ModelConfig
 from .kernels import Kernels
 from .layers import RMSNorm, Rotary, SwiGLU
-from .packing import PackedHead, PackedLinear, pack_linears
+from .packing import SMALL_ROWS, PackedHead, PackedLinear, pack_linears
 from .state import StatePool, StateSpec
 
 
@@ -49,6 +49,7 @@ class CausalLM(nn.Module):
         self._loop_weights: list[torch.Tensor] | None = None  # for Kernels.decoder_layers (see pack)
         self.has_small_matmuls = False  # every matmul has small_gemm's copy of its weight (see pack)
         self.packed = False  # the matmul weights are prepacked for oneDNN (see pack)
+        self.small_rows = SMALL_ROWS  # the most rows a step gives small_gemm (see limit_small_gemm_rows)
         # Tied: lm_head is the embedding matrix itself (until `pack` gives it a packed copy).
         self.lm_head: nn.Module | None = None if cfg.tie_embeddings else nn.Linear(
             cfg.hidden_size, cfg.vocab_size, bias=False)
@@ -97,6 +98,14 @@ class CausalLM(nn.Module):
             raise ValueError(f"few-row matmul {kernel!r}: small_gemm or onednn")
         self.has_small_matmuls = bool(linears) and all(m.small is not None for m in linears)
         self._loop_weights = self._native_loop_weights()
+
+    def limit_small_gemm_rows(self, rows: int) -> None:
+        """Steps of more than `rows` rows take oneDNN even where small_gemm is the few-row matmul
+        (row_invariance.small_gemm_rows): on an AMX CPU oneDNN is faster from ~10 rows. A row's bits
+        then depend on its step's row count, so an engine that verifies drafts keeps SMALL_ROWS."""
+        self.small_rows = max(0, min(rows, SMALL_ROWS))
+        for m in self._packed_linears():
+            m.small_rows = self.small_rows
 
     def drop_unused_copies(self) -> None:
         """Free the small_gemm copies of a model that runs oneDNN (they double the weights' memory),
@@ -153,7 +162,7 @@ class CausalLM(nn.Module):
             x, out = Kernels.decoder_layers(x, h, self._loop_weights, [s.k for s in pool.layers],
                                             [s.v for s in pool.layers], batch.slots, batch.positions, cos, sin,
                                             cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size, cfg.rms_eps,
-                                            Kernels.small_gemm is not None)
+                                            Kernels.small_gemm is not None and x.shape[0] <= self.small_rows)
         else:
             for i, (layer, state) in enumerate(zip(self.layers, pool.layers)):
                 x, out = layer(x, h, batch, state, self.rotary, cos, sin)

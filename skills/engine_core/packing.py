@@ -57,9 +57,10 @@ class PackedLinear(nn.Module):
         self.bias = None if bias is None else bias.detach().to(self.compute)
         self.small = _small_pack(weight, bias)  # None: oneDNN for every row count
         self.aside: torch.Tensor | None = None  # small_gemm's copy while oneDNN is tried (CausalLM.use_few_row_matmul)
+        self.small_rows = SMALL_ROWS  # steps of more rows take oneDNN (CausalLM.limit_small_gemm_rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.small is not None and x.shape[0] <= SMALL_ROWS and Kernels.small_gemm is not None:
+        if self.small is not None and x.shape[0] <= self.small_rows and Kernels.small_gemm is not None:
             return self.small_gemm(x)
         return self.onednn(x)
 

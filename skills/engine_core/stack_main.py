@@ -39,6 +39,10 @@ def engine_arguments(description: str | None, defaults: dict) -> argparse.Argume
                         "by construction), onednn, or auto (oneDNN where the CPU has AMX, else small_gemm); with "
                         "speculation, kept only where verify steps equal one-token decodes at load "
                         "(skills/engine_core/row_invariance.py, step_invariance.py)")
+    p.add_argument("--small-gemm-rows", type=_rows_or_auto, default=defaults.get("small_gemm_rows"),
+                   help="where small_gemm is the few-row matmul, steps of more rows take oneDNN: a row count, or "
+                        "auto (8 on a CPU with AMX, where oneDNN is faster from ~10 rows; else all up to 32); "
+                        "default: all up to 32")
     p.add_argument("--idle-gather-ms", type=float, default=defaults.get("idle_gather_ms", 0.0),
                    help="an idle engine that receives a request waits until none has followed for this long "
                         "(at most 10 times it) before its first step, so a burst is prefilled together (0: off)")
@@ -52,6 +56,18 @@ def engine_arguments(description: str | None, defaults: dict) -> argparse.Argume
     p.add_argument("--omp-spincount", default=None,
                    help="GOMP_SPINCOUNT: how long idle OpenMP threads spin before sleeping (engine_core NOTE.md)")
     return p
+
+
+def _rows_or_auto(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        rows = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a row count or auto, not {text!r}") from None
+    if rows < 0:
+        raise argparse.ArgumentTypeError(f"a row count or auto, not {text!r}")
+    return rows
 
 
 def serve_engine(name: str, args: argparse.Namespace, speculator=None, **config) -> None:
@@ -68,7 +84,8 @@ def serve_engine(name: str, args: argparse.Namespace, speculator=None, **config)
     cfg = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                        max_model_len=args.max_model_len, dtype=args.dtype, threads=args.threads,
                        compile=tuple(n for n in args.compile.split(",") if n),
-                       few_row_matmul=args.few_row_matmul, idle_gather_s=args.idle_gather_ms / 1e3,
+                       few_row_matmul=args.few_row_matmul, small_gemm_rows=args.small_gemm_rows,
+                       idle_gather_s=args.idle_gather_ms / 1e3,
                        stream_interval=args.stream_interval, greedy_screen=args.greedy_screen, **config)
     if args.native_kernels and not Kernels.use_native():
         logging.getLogger(name).warning("native kernels unavailable: running the eager torch kernels")

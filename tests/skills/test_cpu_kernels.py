@@ -110,14 +110,36 @@ LOOP_BATCHES = {
 }
 
 
+def _forward(model, where: list[tuple[int, int]], loop: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The logits and K/V of one step over rows at (slot, position) `where`, on K/V seeded alike, through
+    decoder.cpp's loop or the Python layers."""
+    from skills.engine_core.batch import ForwardBatch
+    from skills.engine_core.state import StatePool
+
+    torch.manual_seed(0)
+    pool = StatePool(model.state_specs(), 3, 64, BF16)
+    for state in pool.layers:
+        state.k.normal_(), state.v.normal_()
+    batch = ForwardBatch(input_ids=torch.tensor([(3 + 7 * i) % model.cfg.vocab_size for i in range(len(where))]),
+                         positions=torch.tensor([p for _, p in where]),
+                         slots=torch.tensor([s for s, _ in where]), num_decodes=len(where), decode=None,
+                         prefills=(), sample_rows=torch.arange(len(where)), rows_alone=True)
+    saved = Kernels.decoder_layers
+    Kernels.decoder_layers = saved if loop else None
+    try:
+        with torch.inference_mode():
+            logits = model(batch, pool)
+    finally:
+        Kernels.decoder_layers = saved
+    return logits, [t for state in pool.layers for t in (state.k, state.v)]
+
+
 @pytest.mark.parametrize("rows", list(LOOP_BATCHES))
 def test_cpp_layer_loop_equals_the_python_layers(make_llama, native_kernels, rows) -> None:
     """decoder.cpp runs the same kernels on the same rows as the Python layers: bit-identical logits
     and K/V, whether its few-row steps split them between threads in one parallel region or not
     (rows attending alone need no spans, as the runner builds them)."""
-    from skills.engine_core.batch import ForwardBatch
     from skills.engine_core.config import ModelConfig
-    from skills.engine_core.state import StatePool
     from skills.engine_core.weights import build_model
 
     hf = make_llama(3, hidden_size=192, num_attention_heads=6, num_key_value_heads=2, head_dim=64)  # group 3, dim 64
@@ -126,29 +148,41 @@ def test_cpp_layer_loop_equals_the_python_layers(make_llama, native_kernels, row
     assert model._loop_weights is not None
 
     def run(loop) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        torch.manual_seed(0)
-        pool = StatePool(model.state_specs(), 3, 64, BF16)
-        for state in pool.layers:
-            state.k.normal_(), state.v.normal_()
-        where = LOOP_BATCHES[rows]
-        batch = ForwardBatch(input_ids=torch.tensor([(3 + 7 * i) % model.cfg.vocab_size for i in range(len(where))]),
-                             positions=torch.tensor([p for _, p in where]),
-                             slots=torch.tensor([s for s, _ in where]), num_decodes=len(where), decode=None,
-                             prefills=(), sample_rows=torch.arange(len(where)), rows_alone=True)
-        saved = Kernels.decoder_layers
-        Kernels.decoder_layers = saved if loop else None
-        try:
-            with torch.inference_mode():
-                logits = model(batch, pool)
-        finally:
-            Kernels.decoder_layers = saved
-        return logits, [t for state in pool.layers for t in (state.k, state.v)]
+        return _forward(model, LOOP_BATCHES[rows], loop)
 
     (cpp, cpp_kv), (py, py_kv) = run(True), run(False)
     assert torch.equal(cpp, py)
     assert all(torch.equal(a, b) for a, b in zip(cpp_kv, py_kv))
     if len(cpp) > 1:
         assert not torch.equal(cpp[0], cpp[-1])  # distinct rows: the comparison is not of constants
+
+
+@pytest.mark.parametrize("loop", [True, False], ids=["cpp-loop", "python-layers"])
+def test_steps_past_the_small_gemm_row_cap_take_onednn(make_llama, native_kernels, loop) -> None:
+    """limit_small_gemm_rows(2): a 1-row step still runs small_gemm, a 6-row step runs oneDNN: its
+    logits and K/V are those of the same model with oneDNN as the few-row matmul, and not small_gemm's."""
+    from skills.engine_core.config import ModelConfig
+    from skills.engine_core.weights import build_model
+
+    hf = make_llama(3, hidden_size=192, num_attention_heads=6, num_key_value_heads=2, head_dim=64)
+    model = build_model(ModelConfig.from_hf(hf.config), dict(hf.state_dict()), BF16)
+    model.pack()
+    if not model.has_small_matmuls:
+        pytest.skip("small_gemm needs AVX-512 BF16")
+    few, six = LOOP_BATCHES["one-decode"], LOOP_BATCHES["decodes+verify"]
+    small = {n: _forward(model, where, loop) for n, where in (("few", few), ("six", six))}
+    model.use_few_row_matmul("onednn")
+    onednn = {n: _forward(model, where, loop) for n, where in (("few", few), ("six", six))}
+    model.use_few_row_matmul("small_gemm")
+    model.limit_small_gemm_rows(2)
+    capped = {n: _forward(model, where, loop) for n, where in (("few", few), ("six", six))}
+
+    def same(a, b) -> bool:
+        return torch.equal(a[0], b[0]) and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
+
+    assert not same(small["six"], onednn["six"])  # the two matmuls round apart: the checks below can fail
+    assert same(capped["six"], onednn["six"])
+    assert same(capped["few"], small["few"])
 
 
 def test_float32_stays_on_the_eager_path(native_kernels) -> None:

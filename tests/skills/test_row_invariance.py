@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from skills.engine_core import row_invariance
-from skills.engine_core.row_invariance import cpu_flags, first_choice
+from skills.engine_core.row_invariance import AMX_SMALL_GEMM_ROWS, cpu_flags, first_choice, small_gemm_rows
 
 
 @pytest.mark.parametrize("amx, small, wanted, expected", [
@@ -37,3 +37,40 @@ def test_cpu_flags_are_read_on_linux() -> None:
 def test_a_clear_error_for_an_unknown_kernel() -> None:
     with pytest.raises(ValueError, match="one of small_gemm, onednn, auto"):
         first_choice("amx", small_available=True)
+
+
+@pytest.mark.parametrize("wanted, amx, expected", [(None, True, AMX_SMALL_GEMM_ROWS), (None, False, None),
+                                                   (12, True, 12), (0, False, 0)])
+def test_the_small_gemm_row_cap_follows_the_cpu_unless_given(wanted, amx, expected) -> None:
+    assert small_gemm_rows(wanted, amx=amx) == expected
+
+
+@pytest.mark.parametrize("rows", [-1, "many", 2.5])
+def test_a_bad_small_gemm_row_cap_is_refused(rows) -> None:
+    from skills.engine_core.engine import EngineConfig
+
+    with pytest.raises(ValueError, match="small_gemm_rows"):
+        EngineConfig(small_gemm_rows=rows)
+
+
+def _engine_a_arguments(*argv: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "results" / "stacks" / "engine-a" / "main.py"
+    spec = importlib.util.spec_from_file_location("engine_a_main", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.parse_args(["--model", ".", "--port", "1", *argv])
+
+
+def test_engine_a_caps_small_gemm_rows_by_the_cpu_and_takes_a_count() -> None:
+    assert _engine_a_arguments().small_gemm_rows == "auto"
+    assert _engine_a_arguments("--small-gemm-rows", "12").small_gemm_rows == 12
+
+
+@pytest.mark.parametrize("bad", ["-3", "many"])
+def test_a_bad_small_gemm_rows_flag_is_one_line_from_argparse(bad, capsys) -> None:
+    with pytest.raises(SystemExit):
+        _engine_a_arguments("--small-gemm-rows", bad)
+    assert f"a row count or auto, not '{bad}'" in capsys.readouterr().err

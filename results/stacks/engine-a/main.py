@@ -30,8 +30,10 @@ from skills.engine_core.stack_main import engine_arguments, serve_engine  # noqa
 # gather, 453 -> 484 tok/s and p99 TTFT 391 -> 338 ms; skills/engine_core/NOTE.md). Tokens go to
 # the server 4 at a time after a request's first: each chunk woke the event loop and the client on
 # the cores the step runs on (concurrency 1, two A/B runs: 96.0 -> 126.6 and 95.3 -> 109.1 tok/s).
+# On a CPU with AMX, decode steps of more than 8 rows take oneDNN instead of small_gemm (Intel Xeon,
+# in-process, 16 rows: 340 and 368 -> 449 and 502 tok/s; 1 row unchanged; skills/engine_core/NOTE.md).
 DEFAULTS = dict(max_num_seqs=32, max_num_batched_tokens=2048, max_model_len=4096, dtype="bfloat16", compile="",
-                idle_gather_ms=2.0, stream_interval=4)
+                idle_gather_ms=2.0, stream_interval=4, small_gemm_rows="auto")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
