@@ -66,7 +66,8 @@ class Engine:
 
 
 # Why SGLang is not installed on a CPU machine: the sentence the stack's not-applicable rows give too
-# (checked against PyPI in December 2026, sgl-kernel 0.3.21), kept once, in the spec.
+# (checked against PyPI in December 2026, sgl-kernel 0.3.21 and sglang-kernel 0.4.10, the latter
+# installed and imported on an Intel Xeon with AMX), kept once, in the spec.
 SGLANG_ON_CPU = yaml.safe_load((Path(__file__).with_name("specs") / "sglang.yaml").read_text())["requires_why"]
 
 ENGINES: dict[str, Engine] = {
