@@ -59,15 +59,10 @@ def engine_arguments(description: str | None, defaults: dict) -> argparse.Argume
 
 
 def _rows_or_auto(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        rows = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a row count or auto, not {text!r}") from None
-    if rows < 0:
+    """--small-gemm-rows: "auto" or a row count >= 0."""
+    if text != "auto" and not text.isdigit():
         raise argparse.ArgumentTypeError(f"a row count or auto, not {text!r}")
-    return rows
+    return text if text == "auto" else int(text)
 
 
 def serve_engine(name: str, args: argparse.Namespace, speculator=None, **config) -> None:
