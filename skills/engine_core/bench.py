@@ -25,6 +25,7 @@ from .engine import EngineConfig, LLMEngine  # noqa: E402
 from .kernels import Kernels  # noqa: E402
 from .loader import default_threads, load_engine  # noqa: E402
 from .row_invariance import CHOICES  # noqa: E402
+from .stack_main import rows_or_auto  # noqa: E402
 
 
 def model_bytes(engine: LLMEngine) -> int:
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile", default="", help="comma-separated kernels.py names to torch.compile")
     p.add_argument("--few-row-matmul", default="small_gemm", choices=CHOICES,
                    help="the matmul of steps of up to 32 rows (row_invariance.py; engine-a's default: small_gemm)")
-    p.add_argument("--small-gemm-rows", default=None, help="a row count or auto (EngineConfig.small_gemm_rows)")
+    p.add_argument("--small-gemm-rows", type=rows_or_auto, default=None, help="a row count or auto (EngineConfig.small_gemm_rows)")
     p.add_argument("--native", action=argparse.BooleanOptionalAction, default=True,
                    help="the fused C++ kernels of skills/cpu_kernels (engine-a's default)")
     args = p.parse_args(argv)
@@ -69,8 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     cfg = EngineConfig(max_num_seqs=max(sizes), max_num_batched_tokens=max(256, max(sizes)), max_model_len=1024,
                        dtype=args.dtype, threads=args.threads, few_row_matmul=args.few_row_matmul,
-                       small_gemm_rows=(args.small_gemm_rows if args.small_gemm_rows in (None, "auto")
-                                        else int(args.small_gemm_rows)),
+                       small_gemm_rows=args.small_gemm_rows,
                        compile=tuple(n for n in args.compile.split(",") if n))
     native = Kernels.use_native(args.native)
     engine = load_engine(args.model, cfg)

@@ -54,8 +54,7 @@ def load_engine(model_dir: Path, cfg: EngineConfig, speculator=None) -> LLMEngin
             first = first_choice(cfg.few_row_matmul, model.has_small_matmuls)
             model.use_few_row_matmul(first)
             kernel_check = settle_few_row_matmul(model, cfg, dtype)
-            rows_cap = None if cfg.small_gemm_rows is None else small_gemm_rows(
-                None if cfg.small_gemm_rows == "auto" else cfg.small_gemm_rows)
+            rows_cap = small_gemm_rows(cfg.small_gemm_rows)
             if rows_cap is not None and model.few_row_kernel == "small_gemm":
                 model.limit_small_gemm_rows(rows_cap)
     runner, speculator, check = checked_runner(model, cfg, dtype, speculator)

@@ -40,10 +40,10 @@ def has_amx() -> bool:
     return {"amx_bf16", "amx_tile"} <= cpu_flags()
 
 
-def small_gemm_rows(wanted: int | None, amx: bool | None = None) -> int | None:
-    """The most rows a small_gemm step takes: `wanted`, or where None (auto) AMX_SMALL_GEMM_ROWS on a
-    CPU with AMX, else None (every step small_gemm can take)."""
-    if wanted is not None:
+def small_gemm_rows(wanted: int | str | None, amx: bool | None = None) -> int | None:
+    """The most rows a small_gemm step takes (EngineConfig.small_gemm_rows): a row count as given; None
+    (every step small_gemm can take); "auto": AMX_SMALL_GEMM_ROWS on a CPU with AMX, else None."""
+    if wanted != "auto":
         return wanted
     return AMX_SMALL_GEMM_ROWS if (has_amx() if amx is None else amx) else None
 

@@ -39,7 +39,7 @@ def engine_arguments(description: str | None, defaults: dict) -> argparse.Argume
                         "by construction), onednn, or auto (oneDNN where the CPU has AMX, else small_gemm); with "
                         "speculation, kept only where verify steps equal one-token decodes at load "
                         "(skills/engine_core/row_invariance.py, step_invariance.py)")
-    p.add_argument("--small-gemm-rows", type=_rows_or_auto, default=defaults.get("small_gemm_rows"),
+    p.add_argument("--small-gemm-rows", type=rows_or_auto, default=defaults.get("small_gemm_rows"),
                    help="where small_gemm is the few-row matmul, steps of more rows take oneDNN: a row count, or "
                         "auto (8 on a CPU with AMX, where oneDNN is faster from ~10 rows; else all up to 32); "
                         "default: all up to 32")
@@ -58,7 +58,7 @@ def engine_arguments(description: str | None, defaults: dict) -> argparse.Argume
     return p
 
 
-def _rows_or_auto(text: str) -> int | str:
+def rows_or_auto(text: str) -> int | str:
     """--small-gemm-rows: "auto" or a row count >= 0."""
     if text != "auto" and not text.isdigit():
         raise argparse.ArgumentTypeError(f"a row count or auto, not {text!r}")

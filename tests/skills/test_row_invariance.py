@@ -39,8 +39,8 @@ def test_a_clear_error_for_an_unknown_kernel() -> None:
         first_choice("amx", small_available=True)
 
 
-@pytest.mark.parametrize("wanted, amx, expected", [(None, True, AMX_SMALL_GEMM_ROWS), (None, False, None),
-                                                   (12, True, 12), (0, False, 0)])
+@pytest.mark.parametrize("wanted, amx, expected", [("auto", True, AMX_SMALL_GEMM_ROWS), ("auto", False, None),
+                                                   (None, True, None), (12, True, 12), (0, False, 0)])
 def test_the_small_gemm_row_cap_follows_the_cpu_unless_given(wanted, amx, expected) -> None:
     assert small_gemm_rows(wanted, amx=amx) == expected
 
