@@ -24,8 +24,12 @@ def native():
     try:
         from skills.cpu_kernels.build import load
 
-        return load("servebench_cpu_kernels", SOURCES)
+        ext = load("servebench_cpu_kernels", SOURCES)
     except Exception as exc:  # no compiler or headers: the eager path still runs
         log.warning("cpu_kernels: could not build the native kernels (%s); using eager torch",
                     str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__)
         return None
+    # small_gemm on AMX tiles where the CPU, the build and the OS allow it (see small_gemm.cpp);
+    # SERVEBENCH_SMALL_GEMM_AMX=0 keeps its AVX-512 loop, to compare the two.
+    ext.small_gemm_use_amx(os.environ.get("SERVEBENCH_SMALL_GEMM_AMX", "1") != "0")
+    return ext

@@ -271,6 +271,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decoder_layers", &decoder_layers);
   m.def("small_gemm_available", &small_gemm_available);
   m.def("small_gemm_pack", &small_gemm_pack);
+  m.def("small_gemm_amx", &small_gemm_amx);
+  m.def("small_gemm_use_amx", &small_gemm_use_amx);
   m.def("small_gemm", &small_gemm);
   m.def("sample_top_p", &sample_top_p);
   m.def("greedy_screen_available", &greedy_screen_available);

@@ -54,6 +54,9 @@ std::vector<torch::Tensor> decoder_layers(torch::Tensor x, torch::Tensor h, cons
                                           const torch::Tensor& sin_signed, int64_t heads, int64_t kv_heads,
                                           int64_t intermediate, double eps, bool use_small);
 bool small_gemm_available();
+// Whether small_gemm runs on AMX tiles (a CPU and kernel with AMX; off until asked for), and the switch.
+bool small_gemm_amx();
+bool small_gemm_use_amx(bool wanted);
 torch::Tensor small_gemm_pack(const torch::Tensor& weight);
 torch::Tensor small_gemm(const torch::Tensor& x, const torch::Tensor& packed, int64_t N);
 torch::Tensor sample_top_p(const torch::Tensor& logits, const torch::Tensor& temperature, const torch::Tensor& top_p,

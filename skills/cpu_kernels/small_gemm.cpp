@@ -9,15 +9,29 @@
 // Every row is accumulated by the same instruction sequence (over k in order, one fp32 lane per
 // output column) whatever the other rows are, so a row's result does not depend on how many
 // rows the call has: 1-row decodes and 9-row verify chunks give the same numbers.
+//
+// On a CPU with AMX the same tiles are AMX B tiles (16 pairs x 16 columns x 2 = 1 KB): each tile's
+// 32-k chunks go through the tile unit's bf16 dot product, up to 16 rows an A tile. The dot products
+// are then ~1/30 of the work (16 cycles for 16 x 16 x 32 multiply-adds whatever the rows), so every
+// row count up to 32 costs about the weight stream, where the AVX-512 loop is compute-bound from ~5
+// rows. Each row is still summed alone, by the same chunk sequence at any row count: a row's bits
+// do not depend on the call's rows. The two paths round differently; a process uses one (set once,
+// before the engine's first step: small_gemm_use_amx).
 #include "kernels.h"
 
 #include <ATen/Parallel.h>
 
+#include <atomic>
 #include <cstring>
 
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
 #include <immintrin.h>
 #define SMALL_GEMM_AVX512BF16 1
+#endif
+#if defined(SMALL_GEMM_AVX512BF16) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#define SMALL_GEMM_AMX 1
 #endif
 
 namespace {
@@ -62,12 +76,136 @@ void tile_rows(const bf16* x, int64_t x_stride, const bf16* w, int64_t pairs, fl
 using TileFn = void (*)(const bf16*, int64_t, const bf16*, int64_t, float*);
 constexpr TileFn kTileFns[kRowBlock + 1] = {nullptr, tile_rows<1>, tile_rows<2>, tile_rows<3>, tile_rows<4>,
                                             tile_rows<5>, tile_rows<6>, tile_rows<7>, tile_rows<8>};
+
+// 16 fp32 columns of `rows` rows (row stride 16) to bf16, nearest even as bf16(float) rounds.
+void store_rows(const float* tmp, int64_t rows, int64_t cols, bf16* op, int64_t N) {
+  for (int64_t r = 0; r < rows; ++r) {
+    bf16* dst = op + r * N;
+    if (cols == kTile) {  // 16 at a time (lm_head: 49K columns a row)
+      const __m256bh packed16 = _mm512_cvtneps_pbh(_mm512_loadu_ps(tmp + r * kTile));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)packed16);
+    } else {
+      for (int64_t c = 0; c < cols; ++c) dst[c] = bf16(tmp[r * kTile + c]);
+    }
+  }
+}
+#endif
+
+#ifdef SMALL_GEMM_AMX
+constexpr int64_t kChunkPairs = 16;  // k pairs per tile product: B is 16 rows of 64 bytes
+constexpr int64_t kAmxRows = 16;     // rows per A / C tile
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Linux hands out the tile registers' state only on request, once per process.
+bool amx_permitted() {
+  constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  static const bool ok = syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+  return ok;
+}
+
+// Tiles: 0, 1 the sums of rows [r0, r0 + 16) and [r0 + 16, r0 + 32); 2, 3 their x chunks; 4 the weight
+// chunk; 5, 6, 7 the same for the last chunk of fewer than 16 pairs.
+void amx_configure(int64_t rows0, int64_t rows1, int64_t tail_pairs) {
+  TileConfig cfg;
+  const int64_t rows[2] = {rows0, rows1};
+  for (int b = 0; b < 2; ++b) {
+    if (rows[b] == 0) continue;
+    cfg.rows[b] = cfg.rows[2 + b] = static_cast<uint8_t>(rows[b]);
+    cfg.colsb[b] = cfg.colsb[2 + b] = 64;
+    if (tail_pairs) {
+      cfg.rows[5 + 2 * b] = static_cast<uint8_t>(rows[b]);
+      cfg.colsb[5 + 2 * b] = static_cast<uint16_t>(4 * tail_pairs);
+    }
+  }
+  cfg.rows[4] = kChunkPairs;
+  cfg.colsb[4] = 64;
+  if (tail_pairs) {
+    cfg.rows[6] = static_cast<uint8_t>(tail_pairs);
+    cfg.colsb[6] = 64;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+// Rows [0, rows0 + rows1) of x against tiles [first, last), up to 32 rows.
+void amx_tiles(const bf16* xp, int64_t rows0, int64_t rows1, int64_t stride, const bf16* wp, int64_t pairs,
+               int64_t N, bf16* op, int64_t first, int64_t last) {
+  const int64_t chunks = pairs / kChunkPairs, tail = pairs % kChunkPairs, xb = stride * sizeof(bf16);
+  const bf16* x1 = xp + kAmxRows * stride;
+  alignas(64) float tmp[2 * kAmxRows * kTile];
+  amx_configure(rows0, rows1, tail);
+  for (int64_t t = first; t < last; ++t) {
+    const bf16* w = wp + t * pairs * 2 * kTile;
+    _tile_zero(0);
+    if (rows1) _tile_zero(1);
+    for (int64_t c = 0; c < chunks; ++c) {
+      const bf16* wc = w + c * kChunkPairs * 2 * kTile;
+      // The next chunk's 16 lines, 4 chunks ahead: the weight stream comes from DRAM.
+      for (int64_t l = 0; l < kChunkPairs; l += 2)
+        _mm_prefetch(reinterpret_cast<const char*>(wc + (4 * kChunkPairs + l) * 2 * kTile), _MM_HINT_T0);
+      _tile_loadd(4, wc, 64);
+      _tile_loadd(2, xp + c * 2 * kChunkPairs, xb);
+      _tile_dpbf16ps(0, 2, 4);
+      if (rows1) {
+        _tile_loadd(3, x1 + c * 2 * kChunkPairs, xb);
+        _tile_dpbf16ps(1, 3, 4);
+      }
+    }
+    if (tail) {
+      _tile_loadd(6, w + chunks * kChunkPairs * 2 * kTile, 64);
+      _tile_loadd(5, xp + chunks * 2 * kChunkPairs, xb);
+      _tile_dpbf16ps(0, 5, 6);
+      if (rows1) {
+        _tile_loadd(7, x1 + chunks * 2 * kChunkPairs, xb);
+        _tile_dpbf16ps(1, 7, 6);
+      }
+    }
+    _tile_stored(0, tmp, kTile * sizeof(float));
+    if (rows1) _tile_stored(1, tmp + kAmxRows * kTile, kTile * sizeof(float));
+    store_rows(tmp, rows0 + rows1, std::min<int64_t>(kTile, N - t * kTile), op + t * kTile, N);
+  }
+  _tile_release();
+}
+#endif
+
+#ifdef SMALL_GEMM_AMX
+std::atomic<bool> g_amx{false};  // small_gemm_use_amx
 #endif
 
 }  // namespace
 
+bool small_gemm_use_amx(bool wanted) {
+#ifdef SMALL_GEMM_AMX
+  g_amx = wanted && amx_permitted();
+  return g_amx;
+#else
+  return false;
+#endif
+}
+
+bool small_gemm_amx() {
+#ifdef SMALL_GEMM_AMX
+  return g_amx;
+#else
+  return false;
+#endif
+}
+
 void small_gemm_tiles(const bf16* xp, int64_t M, int64_t stride, const bf16* wp, int64_t pairs, int64_t N, bf16* op,
                       int64_t first, int64_t last) {
+#ifdef SMALL_GEMM_AMX
+  if (g_amx && stride % 2 == 0) {  // 4-byte pairs, as the A tile reads them
+    for (int64_t r0 = 0; r0 < M; r0 += 2 * kAmxRows) {
+      const int64_t rows0 = std::min<int64_t>(kAmxRows, M - r0), rows1 = std::min<int64_t>(kAmxRows, M - r0 - rows0);
+      amx_tiles(xp + r0 * stride, rows0, rows1, stride, wp, pairs, N, op + r0 * N, first, last);
+    }
+    return;
+  }
+#endif
 #ifdef SMALL_GEMM_AVX512BF16
   // Row blocks of equal size (9 rows: 5 + 4, not 8 + 1): a small block is latency-bound.
   const int64_t blocks = (M + kRowBlock - 1) / kRowBlock, block = (M + blocks - 1) / blocks;
@@ -78,15 +216,7 @@ void small_gemm_tiles(const bf16* xp, int64_t M, int64_t stride, const bf16* wp,
     for (int64_t r0 = 0; r0 < M; r0 += block) {
       const int64_t rows = std::min<int64_t>(block, M - r0);
       kTileFns[rows](xp + r0 * stride, stride, w, pairs, tmp);
-      for (int64_t r = 0; r < rows; ++r) {
-        bf16* dst = op + (r0 + r) * N + t * kTile;
-        if (cols == kTile) {  // round to nearest even, as bf16(float) does, 16 at a time (lm_head: 49K columns a row)
-          const __m256bh packed16 = _mm512_cvtneps_pbh(_mm512_loadu_ps(tmp + r * kTile));
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)packed16);
-        } else {
-          for (int64_t c = 0; c < cols; ++c) dst[c] = bf16(tmp[r * kTile + c]);
-        }
-      }
+      store_rows(tmp, rows, cols, op + r0 * N + t * kTile, N);
     }
   }
 #endif

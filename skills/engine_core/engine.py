@@ -50,7 +50,8 @@ class EngineConfig:
     # (row_invariance.py: oneDNN only where it is row-invariant on this CPU; auto: the faster).
     few_row_matmul: str = "small_gemm"
     # Where that is small_gemm, steps of more rows than this take oneDNN. None: all small_gemm takes
-    # (32 rows). "auto" (row_invariance.small_gemm_rows): 8 on a CPU with AMX, else None. Rows then
+    # (32 rows). "auto" (row_invariance.small_gemm_rows): 8 on a CPU with AMX where small_gemm runs
+    # without it (its AVX-512 loop), else None. Rows then
     # round by their step's size, so a speculating engine keeps None (its verify check would fail).
     small_gemm_rows: int | str | None = None
     # Before the next step, wait (at most this long) until the event loop has handed this step's

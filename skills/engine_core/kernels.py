@@ -106,6 +106,16 @@ def _native_kernels() -> dict:
     }
 
 
+def small_gemm_on_amx() -> bool:
+    """Whether the native small_gemm is in use and runs on AMX tiles (skills/cpu_kernels/small_gemm.cpp)."""
+    if Kernels.small_gemm is None:
+        return False
+    from skills.cpu_kernels import native
+
+    ext = native()
+    return ext is not None and ext.small_gemm_amx()
+
+
 class Kernels:
     """The functions layers call; `use_compiled()` swaps in compiled versions, `use_native()` fused C++ ones."""
 

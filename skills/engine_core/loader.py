@@ -14,9 +14,9 @@ from transformers import AutoConfig, AutoTokenizer
 
 from .config import ModelConfig
 from .engine import EngineConfig, LLMEngine
-from .kernels import Kernels
+from .kernels import Kernels, small_gemm_on_amx
 from .packing import SMALL_ROWS, can_pack
-from .row_invariance import first_choice, has_amx, small_gemm_rows
+from .row_invariance import first_choice, flat_in_rows, has_amx, small_gemm_rows
 from .runner import ModelRunner
 from .step_invariance import check_steps
 from .weights import build_model, read_safetensors
@@ -47,14 +47,14 @@ def load_engine(model_dir: Path, cfg: EngineConfig, speculator=None) -> LLMEngin
     model_cfg = ModelConfig.from_hf(hf_config)
     dtype = DTYPES[cfg.dtype]
     model = build_model(model_cfg, read_safetensors(model_dir), dtype)
-    first, kernel_check = None, None
+    first, kernel_check, small_amx = None, None, small_gemm_on_amx()
     if cfg.pack_weights and can_pack(dtype):
         model.pack()
         if Kernels.rows_alone(dtype):
-            first = first_choice(cfg.few_row_matmul, model.has_small_matmuls)
+            first = first_choice(cfg.few_row_matmul, model.has_small_matmuls, small_amx=small_amx)
             model.use_few_row_matmul(first)
             kernel_check = settle_few_row_matmul(model, cfg, dtype)
-            rows_cap = small_gemm_rows(cfg.small_gemm_rows)
+            rows_cap = small_gemm_rows(cfg.small_gemm_rows, small_amx=small_amx)
             if rows_cap is not None and model.few_row_kernel == "small_gemm":
                 model.limit_small_gemm_rows(rows_cap)
     runner, speculator, check = checked_runner(model, cfg, dtype, speculator)
@@ -65,7 +65,8 @@ def load_engine(model_dir: Path, cfg: EngineConfig, speculator=None) -> LLMEngin
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     engine = LLMEngine(runner, tokenizer, eos_ids(model_dir, hf_config, tokenizer), cfg, speculator)
     engine.runtime = {"dtype": cfg.dtype, "few_row_matmul": model.few_row_kernel,
-                      "few_row_matmul_first": first, "cpu_amx": has_amx(), "small_gemm_rows": model.small_rows,
+                      "few_row_matmul_first": first, "cpu_amx": has_amx(), "small_gemm_amx": small_amx,
+                      "small_gemm_rows": model.small_rows,
                       "few_row_matmul_check": kernel_check.to_json() if kernel_check else None,
                       "speculation": ({"num_speculative_tokens": speculator.cfg.num_speculative_tokens}
                                       if hasattr(speculator, "cfg") else speculator is not None),
@@ -101,7 +102,7 @@ def checked_runner(model, cfg: EngineConfig, dtype: torch.dtype, speculator):
     kernels, or fp32) are checked the same way: their padded matmuls are no more row-invariant.
     Returns (runner, speculator or None, the check or None where none ran)."""
     if hasattr(speculator, "matmul_chosen"):
-        speculator.matmul_chosen(model.few_row_kernel, has_amx())
+        speculator.matmul_chosen(flat_in_rows(model.few_row_kernel, small_amx=small_gemm_on_amx()))
     runner = _runner(model, cfg, dtype, speculator)
     if speculator is None:
         return runner, speculator, None

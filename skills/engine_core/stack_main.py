@@ -36,12 +36,14 @@ def engine_arguments(description: str | None, defaults: dict) -> argparse.Argume
                         "C++ layer loop; built once per machine")
     p.add_argument("--few-row-matmul", default=defaults.get("few_row_matmul", "small_gemm"), choices=CHOICES,
                    help="with the native kernels, the matmul of decode and verify steps: small_gemm (row-invariant "
-                        "by construction), onednn, or auto (oneDNN where the CPU has AMX, else small_gemm); with "
+                        "by construction; on AMX tiles where the CPU has them), onednn, or auto (oneDNN where the CPU "
+                        "has AMX that small_gemm cannot use, else small_gemm); with "
                         "speculation, kept only where verify steps equal one-token decodes at load "
                         "(skills/engine_core/row_invariance.py, step_invariance.py)")
     p.add_argument("--small-gemm-rows", type=rows_or_auto, default=defaults.get("small_gemm_rows"),
                    help="where small_gemm is the few-row matmul, steps of more rows take oneDNN: a row count, or "
-                        "auto (8 on a CPU with AMX, where oneDNN is faster from ~10 rows; else all up to 32); "
+                        "auto (8 on a CPU with AMX that small_gemm cannot use, where oneDNN is faster from ~10 rows; else "
+                        "all up to 32); "
                         "default: all up to 32")
     p.add_argument("--idle-gather-ms", type=float, default=defaults.get("idle_gather_ms", 0.0),
                    help="an idle engine that receives a request waits until none has followed for this long "

@@ -118,9 +118,9 @@ class Drafter:
 
 
 # K and the unsure caps by the cost of a verify step's matmuls (engine_core's few-row matmul), for
-# `Speculator(auto_k=True)`: with oneDNN on an AMX CPU a verify step of up to 17 rows costs about
-# what 1 row does, so longer drafts are nearly free; every other matmul's cost grows with the rows
-# (small_gemm: ~0.8 ms a row on top of ~5 ms at 1 row, SmolLM2-135M on an AMD EPYC), so a draft
+# `Speculator(auto_k=True)`: on AMX tiles (oneDNN on an AMX CPU, or small_gemm's AMX path) a verify
+# step of up to 17 rows costs about what 1 row does, so longer drafts are nearly free; every other matmul's cost grows with the rows
+# (small_gemm's AVX-512 loop: ~0.8 ms a row on top of ~5 ms at 1 row, SmolLM2-135M on an AMD EPYC), so a draft
 # is worth its rows only where it is likely to be accepted. Measured on setting B (NOTE.md).
 AUTO_K = {"flat": 12, "growing": 6}
 AUTO_UNSURE = {"flat": (5,), "growing": (2, 3, 3)}
@@ -147,11 +147,11 @@ class Speculator:
     def key_block(self) -> int:
         return self.cfg.key_block
 
-    def matmul_chosen(self, kernel: str, amx: bool) -> None:
-        """The engine's few-row matmul ("onednn" | "small_gemm" | "torch") and whether the CPU has
-        AMX: oneDNN there is the one whose cost stays flat in the rows."""
+    def matmul_chosen(self, flat_in_rows: bool) -> None:
+        """Whether the engine's few-row matmul costs about the same at 1 and at ~13 rows (AMX tiles:
+        oneDNN on an AMX CPU, or small_gemm on its AMX path; row_invariance.flat_in_rows)."""
         if self.auto_k:
-            cost = "flat" if kernel == "onednn" and amx else "growing"
+            cost = "flat" if flat_in_rows else "growing"
             self.cfg = replace(self.cfg, num_speculative_tokens=AUTO_K[cost], unsure_tokens=AUTO_UNSURE[cost])
 
     def start(self, prompt_ids: Sequence[int], params) -> Drafter | None:

@@ -157,10 +157,20 @@ def test_cpp_layer_loop_equals_the_python_layers(make_llama, native_kernels, row
         assert not torch.equal(cpp[0], cpp[-1])  # distinct rows: the comparison is not of constants
 
 
+@pytest.fixture
+def small_gemm_avx512():
+    """small_gemm's AVX-512 loop, not its AMX tiles: on AMX oneDNN's tile kernel gave small_gemm's bits."""
+    was = ext.small_gemm_amx()
+    ext.small_gemm_use_amx(False)
+    yield
+    ext.small_gemm_use_amx(was)
+
+
 @pytest.mark.parametrize("loop", [True, False], ids=["cpp-loop", "python-layers"])
-def test_steps_past_the_small_gemm_row_cap_take_onednn(make_llama, native_kernels, loop) -> None:
+def test_steps_past_the_small_gemm_row_cap_take_onednn(make_llama, native_kernels, small_gemm_avx512, loop) -> None:
     """limit_small_gemm_rows(2): a 1-row step still runs small_gemm, a 6-row step runs oneDNN: its
-    logits and K/V are those of the same model with oneDNN as the few-row matmul, and not small_gemm's."""
+    logits and K/V are those of the same model with oneDNN as the few-row matmul, and not small_gemm's
+    (its AVX-512 loop, the one the cap is for)."""
     from skills.engine_core.config import ModelConfig
     from skills.engine_core.weights import build_model
 

@@ -10,7 +10,7 @@ from skills.engine_core.row_invariance import AMX_SMALL_GEMM_ROWS, cpu_flags, fi
 
 
 @pytest.mark.parametrize("amx, small, wanted, expected", [
-    (True, True, "auto", "onednn"),  # AMX: one tile kernel, a 13-row step costs what one row does
+    (True, True, "auto", "onednn"),  # AMX that only oneDNN uses: a 13-row step costs what one row does
     (False, True, "auto", "small_gemm"),  # no AMX: oneDNN is no faster and rounded rows differently on an EPYC
     (False, False, "auto", "onednn"),  # no AVX-512 BF16: small_gemm does not exist here
     (True, True, "small_gemm", "small_gemm"),
@@ -19,6 +19,13 @@ from skills.engine_core.row_invariance import AMX_SMALL_GEMM_ROWS, cpu_flags, fi
 ])
 def test_the_first_choice_follows_the_cpu_and_the_flag(amx, small, wanted, expected) -> None:
     assert first_choice(wanted, small_available=small, amx=amx) == expected
+
+
+@pytest.mark.parametrize("wanted, expected", [("auto", "small_gemm"), ("onednn", "onednn"), ("small_gemm", "small_gemm")])
+def test_where_small_gemm_runs_on_amx_tiles_auto_takes_it(wanted, expected) -> None:
+    assert first_choice(wanted, small_available=True, amx=True, small_amx=True) == expected
+    assert small_gemm_rows("auto", amx=True, small_amx=True) is None  # no cap: its cost is flat in the rows
+    assert small_gemm_rows(8, amx=True, small_amx=True) == 8
 
 
 def test_auto_reads_this_machines_flags_and_answers_the_same_every_time(monkeypatch) -> None:

@@ -10,6 +10,7 @@ import torch
 from skills.engine_core.config import ModelConfig
 from skills.engine_core.engine import EngineConfig, LLMEngine
 from skills.engine_core.kernels import Kernels
+from skills.engine_core.row_invariance import flat_in_rows
 from skills.engine_core.runner import ModelRunner
 from skills.engine_core.weights import build_model
 from skills.openai_server.engine_api import SamplingParams
@@ -37,16 +38,18 @@ def test_auto_k_follows_the_cost_of_the_engines_few_row_matmul() -> None:
 
     spec = Speculator(SpecConfig(num_speculative_tokens=5), auto_k=True)
     assert spec.cfg.num_speculative_tokens == max(AUTO_K.values())  # the rows the engine checks
-    spec.matmul_chosen("small_gemm", amx=True)
+    spec.matmul_chosen(flat_in_rows("small_gemm", amx=True, small_amx=False))  # small_gemm's AVX-512 loop
     assert spec.cfg.num_speculative_tokens == AUTO_K["growing"] and spec.verify_rows == AUTO_K["growing"] + 1
     assert spec.cfg.unsure_tokens == AUTO_UNSURE["growing"]
-    spec.matmul_chosen("onednn", amx=True)
+    spec.matmul_chosen(flat_in_rows("onednn", amx=True))
     assert spec.cfg.num_speculative_tokens == AUTO_K["flat"] > AUTO_K["growing"]
     assert spec.cfg.unsure_tokens == AUTO_UNSURE["flat"]
-    spec.matmul_chosen("onednn", amx=False)  # oneDNN without AMX grows with the rows like the others
+    spec.matmul_chosen(flat_in_rows("onednn", amx=False))  # oneDNN without AMX grows with the rows like the others
     assert spec.cfg.num_speculative_tokens == AUTO_K["growing"]
+    spec.matmul_chosen(flat_in_rows("small_gemm", amx=True, small_amx=True))  # small_gemm on AMX tiles
+    assert spec.cfg.num_speculative_tokens == AUTO_K["flat"]
     fixed = Speculator(SpecConfig(num_speculative_tokens=5))
-    fixed.matmul_chosen("onednn", amx=True)
+    fixed.matmul_chosen(True)
     assert fixed.cfg.num_speculative_tokens == 5  # a K that was asked for stays
 
 
