@@ -114,9 +114,10 @@ def _save_olmo_hybrid(model, out: Path) -> None:
 
 
 def _build_olmo_hybrid_tiny(out: Path) -> dict:
-    """Seeded random weights in fp32 (the state recurrences are what the setting checks; bf16
-    rounding would make every engine's near ties the subject), SmolLM2's tokenizer so that text
-    requests work too."""
+    """Seeded random weights, each a bf16 value stored in fp32, as a bf16 checkpoint served in fp32
+    is: the model computes in fp32 (the state recurrences are what the setting checks; bf16
+    arithmetic would make every engine's near ties the subject), and an engine may keep the
+    weights in bf16 at no cost in exactness. SmolLM2's tokenizer so that text requests work too."""
     import torch
     from transformers import AutoTokenizer, GenerationConfig, OlmoHybridConfig, OlmoHybridForCausalLM
 
@@ -132,12 +133,14 @@ def _build_olmo_hybrid_tiny(out: Path) -> dict:
         # concatenation of its tokens and texts compare without detokenizer artefacts.
         text = set(text_token_ids(tokenizer))
         model.lm_head.weight[[i for i in range(config.vocab_size) if i not in text]] = 0
+        for weight in model.parameters():
+            weight.copy_(weight.to(torch.bfloat16).to(torch.float32))
     model.config.dtype = torch.float32
     _save_olmo_hybrid(model, out)
     tokenizer.save_pretrained(out)
     GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=2, do_sample=False).save_pretrained(out)
     return {"source": f"seeded random init (seed {OLMO_HYBRID_SEED}), lm_head x{OLMO_HYBRID_LM_HEAD_SCALE:g}, "
-                      "SmolLM2 tokenizer", "dtype": "float32",
+                      "rounded to bf16 values, SmolLM2 tokenizer", "dtype": "float32",
             "layer_types": list(config.layer_types)}
 
 
@@ -218,9 +221,9 @@ def _build_showo2_tiny(out: Path) -> dict:
 RECIPES: dict[str, Recipe] = {
     "olmo-hybrid-tiny": Recipe(
         name="olmo-hybrid-tiny",
-        version=2,
+        version=3,
         build=_build_olmo_hybrid_tiny,
-        describe="olmo_hybrid (GatedDeltaNet:attention 3:1, 8 layers, hidden 256), seeded random fp32 weights, "
+        describe="olmo_hybrid (GatedDeltaNet:attention 3:1, 8 layers, hidden 256), seeded random weights (bf16 values in fp32), "
                  "SmolLM2 tokenizer",
     ),
     "moonshine-streaming-tiny": Recipe(

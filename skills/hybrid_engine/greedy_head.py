@@ -5,7 +5,7 @@ At a decode step of a few rows the tied 49152 x 256 lm_head is the largest read 
 the bytes, AVX-512 BF16 dot products, fp32 sums); each screened logit y^_v is within a bound B of
 the logit y_v that `linear` computes; every maximal token then has y^_v >= max_u y^_u - 2 B, so only
 the tokens meeting that are computed again, by `linear`'s own multiply-add chain on their columns
-of the fp32 panels, and the first of the largest wins, as `argmax` picks it. The result is the fp32
+of the panels (fp32, or bf16 where the weights are bf16 values), and the first of the largest wins, as `argmax` picks it. The result is the fp32
 head's argmax, bit for bit, whatever the weights.
 
 The bound: x and w rounded to bf16 (2^-9 each, relative), the screen's fp32 sums and `linear`'s
@@ -30,7 +30,8 @@ ERROR = 0.0042  # that, with 4% to spare for the rounding of the norms and of th
 
 class GreedyHead:
     def __init__(self, panels: torch.Tensor, vocab: int, kernels, error: float = ERROR) -> None:
-        weight = panels.permute(0, 2, 1).reshape(-1, panels.shape[1])[:vocab]  # W [vocab, K], the same floats
+        # W [vocab, K], the same floats (from fp32 panels, or bf16 ones holding bf16 values)
+        weight = panels.permute(0, 2, 1).reshape(-1, panels.shape[1])[:vocab].float()
         self.k = kernels
         self.panels = panels
         self.vocab = vocab

@@ -128,16 +128,36 @@ void check_i64(const at::Tensor& t, const char* name) {
 constexpr int PANEL_VECS = 2;
 constexpr int64_t PANEL = PANEL_VECS * VW;  // output columns per weight panel
 
+// A panel's weights in fp32, or in bf16 where every weight of the matrix is a bf16 value (a bf16
+// checkpoint served in fp32): widened exactly (the bf16 bits are an fp32's upper half), the same
+// fp32 numbers at half the bytes, so the same bits out. Decode steps are a stream of the weights.
+typedef uint16_t vh __attribute__((vector_size(VW * sizeof(uint16_t))));
+typedef uint32_t vu __attribute__((vector_size(VW * sizeof(uint32_t))));
+
+inline vf load_w(const float* p) { return load(p); }
+
+inline vf load_w(const at::BFloat16* p) {
+  vh h;
+  std::memcpy(&h, p, sizeof(h));
+  const vu u = __builtin_convertvector(h, vu) << 16;
+  vf f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+inline float widen(float w) { return w; }
+inline float widen(at::BFloat16 w) { return static_cast<float>(w); }
+
 // y[r][n] = sum_k x[r][k] w[n][k] for R rows and one panel of PANEL columns: a fused multiply-add
 // chain over k in order, from 0, per output (so a row's result never depends on the other rows);
 // the panel ([K][PANEL], contiguous) is read once for all R rows.
-template <int R>
-inline void panel_rows(const float* __restrict__ x, int64_t k_dim, const float* __restrict__ panel,
+template <int R, typename W>
+inline void panel_rows(const float* __restrict__ x, int64_t k_dim, const W* __restrict__ panel,
                        float* __restrict__ out) {
   vf acc[R][PANEL_VECS] = {};
   for (int64_t k = 0; k < k_dim; ++k) {
     vf w[PANEL_VECS];
-    for (int v = 0; v < PANEL_VECS; ++v) w[v] = load(panel + k * PANEL + v * VW);
+    for (int v = 0; v < PANEL_VECS; ++v) w[v] = load_w(panel + k * PANEL + v * VW);
     for (int r = 0; r < R; ++r) {
       const float xr = x[r * k_dim + k];
       for (int v = 0; v < PANEL_VECS; ++v) acc[r][v] += w[v] * xr;
@@ -411,33 +431,26 @@ struct HeadChannels {
 
 }  // namespace
 
-// W [n, k] -> panels [ceil(n / PANEL), k, PANEL] (columns past n are zero), the layout `linear` reads.
-at::Tensor pack_linear(const at::Tensor& weight) {
-  check_f32(weight, "weight");
+namespace {
+
+template <typename W>
+at::Tensor pack_panels(const at::Tensor& weight) {
   const int64_t n = weight.size(0), k = weight.size(1), panels = (n + PANEL - 1) / PANEL;
   auto packed = at::zeros({panels, k, PANEL}, weight.options());
-  const float* pw = weight.data_ptr<float>();
-  float* pp = packed.data_ptr<float>();
+  const W* pw = weight.data_ptr<W>();
+  W* pp = packed.data_ptr<W>();
   for (int64_t c = 0; c < n; ++c)
     for (int64_t i = 0; i < k; ++i) pp[((c / PANEL) * k + i) * PANEL + c % PANEL] = pw[c * k + i];
   return packed;
 }
 
-// y = x W^T from `pack_linear`'s panels: every output a multiply-add chain over k in order, so a
-// row's bits are the same at any row count. Tasks are panels; rows go in blocks of 8, 4, 2, 1.
-at::Tensor linear(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
-  check_f32(x, "x");
-  check_f32(packed, "packed");
-  const int64_t rows = x.size(0), k = x.size(1), panels = packed.size(0);
-  TORCH_CHECK(packed.size(1) == k && packed.size(2) == PANEL && panels * PANEL >= n, "packed weight shape");
-  auto out = at::empty({rows, n}, x.options());
-  const float *px = x.data_ptr<float>(), *pp = packed.data_ptr<float>();
-  float* po = out.data_ptr<float>();
+template <typename W>
+void linear_panels(const float* px, int64_t rows, int64_t k, const W* pp, int64_t panels, int64_t n, float* po) {
   const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(rows * k, 1));  // >= ~256K multiply-adds a task
   at::parallel_for(0, panels, grain, [&](int64_t begin, int64_t end) {
     float tile[8 * PANEL];
     for (int64_t p = begin; p < end; ++p) {
-      const float* panel = pp + p * k * PANEL;
+      const W* panel = pp + p * k * PANEL;
       const int64_t c0 = p * PANEL, cols = std::min(PANEL, n - c0);
       for (int64_t r = 0; r < rows;) {
         const int64_t block = rows - r >= 8 ? 8 : rows - r >= 4 ? 4 : rows - r >= 2 ? 2 : 1;
@@ -453,6 +466,34 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
       }
     }
   });
+}
+
+}  // namespace
+
+// W [n, k] fp32 -> panels [ceil(n / PANEL), k, PANEL] (columns past n are zero), the layout `linear`
+// reads: in bf16 where every weight is a bf16 value (exactly the same numbers), else in fp32.
+at::Tensor pack_linear(const at::Tensor& weight) {
+  check_f32(weight, "weight");
+  const auto narrow = weight.to(at::kBFloat16);
+  return narrow.to(at::kFloat).equal(weight) ? pack_panels<at::BFloat16>(narrow) : pack_panels<float>(weight);
+}
+
+// y = x W^T from `pack_linear`'s panels: every output a multiply-add chain over k in order, so a
+// row's bits are the same at any row count. Tasks are panels; rows go in blocks of 8, 4, 2, 1.
+at::Tensor linear(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
+  check_f32(x, "x");
+  const bool narrow = packed.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(narrow || packed.scalar_type() == at::kFloat, "packed: fp32 or bf16 panels from pack_linear");
+  TORCH_CHECK(packed.is_contiguous(), "packed must be contiguous");
+  const int64_t rows = x.size(0), k = x.size(1), panels = packed.size(0);
+  TORCH_CHECK(packed.size(1) == k && packed.size(2) == PANEL && panels * PANEL >= n, "packed weight shape");
+  auto out = at::empty({rows, n}, x.options());
+  const float* px = x.data_ptr<float>();
+  float* po = out.data_ptr<float>();
+  if (narrow)
+    linear_panels(px, rows, k, packed.data_ptr<at::BFloat16>(), panels, n, po);
+  else
+    linear_panels(px, rows, k, packed.data_ptr<float>(), panels, n, po);
   return out;
 }
 
@@ -545,7 +586,8 @@ void screen_tiles(const int32_t* xb, int64_t rows, int64_t pairs, const at::BFlo
 at::Tensor greedy_ids(const at::Tensor& x, const at::Tensor& screen, const at::Tensor& panels, int64_t n,
                       double max_norm, double error) {
   check_f32(x, "x");
-  check_f32(panels, "panels");
+  TORCH_CHECK((panels.scalar_type() == at::kFloat || panels.scalar_type() == at::kBFloat16) && panels.is_contiguous(),
+              "greedy_ids: panels from pack_linear");
   const int64_t rows = x.size(0), k = x.size(1), pairs = (k + 1) / 2, tiles = screen.size(0);
   TORCH_CHECK(kGreedyHead, "greedy_ids: this build has no AVX-512 BF16");
   TORCH_CHECK(rows <= 16, "greedy_ids: at most 16 rows");
@@ -564,7 +606,9 @@ at::Tensor greedy_ids(const at::Tensor& x, const at::Tensor& screen, const at::T
   std::unique_ptr<float[]> approx(new float[rows * tiles * SCREEN_TILE]);  // every element written by screen_tiles
   std::vector<float> tile_max(rows * tiles);  // each tile's largest screen per row: the scans below skip the rest
   screen_tiles(xb.data(), rows, pairs, screen.data_ptr<at::BFloat16>(), tiles, n, approx.get(), tile_max.data());
-  const float* pp = panels.data_ptr<float>();
+  const bool narrow = panels.scalar_type() == at::kBFloat16;
+  const float* pp = narrow ? nullptr : panels.data_ptr<float>();
+  const at::BFloat16* pb = narrow ? panels.data_ptr<at::BFloat16>() : nullptr;
   auto* pid = ids.data_ptr<int64_t>();
   std::vector<float> panel(k * PANEL);
   float exact[PANEL];
@@ -598,8 +642,8 @@ at::Tensor greedy_ids(const at::Tensor& x, const at::Tensor& screen, const at::T
       std::fill(panel.begin(), panel.end(), 0.0f);
       for (int64_t j = 0; j < count; ++j) {
         const int64_t c = candidates[c0 + j];
-        const float* column = pp + (c / PANEL) * k * PANEL + c % PANEL;
-        for (int64_t i = 0; i < k; ++i) panel[i * PANEL + j] = column[i * PANEL];
+        const int64_t at = (c / PANEL) * k * PANEL + c % PANEL;  // the same fp32 numbers from either panels
+        for (int64_t i = 0; i < k; ++i) panel[i * PANEL + j] = narrow ? widen(pb[at + i * PANEL]) : pp[at + i * PANEL];
       }
       panel_rows<1>(px + r * k, k, panel.data(), exact);
       for (int64_t j = 0; j < count; ++j)

@@ -5,7 +5,9 @@
   construction). On the AMD EPYC (AVX-512, no AMX) this was built on, fp32: the 49152 x 256
   lm_head at 8 rows 3.8 ms (1 thread) / 2.7 ms (2), against oneDNN's 6.3 ms and MKL's 15.4 ms
   (MKL picks slow kernels on AMD); the layer matrices at 8 rows 2-4x faster than oneDNN (no per-call
-  overhead), at 512 rows as fast or faster.
+  overhead), at 512 rows as fast or faster. A matrix whose every weight is a bf16 value (a bf16
+  checkpoint served in fp32) is packed in bf16 and widened as it is read: the same fp32 numbers
+  and bits at half the bytes, which is what a decode step costs (`weight_dtype`).
 - "onednn": prepacked oneDNN weights (where the C++ kernels do not build); its rows came out
   bit-identical at every row count from 1 to 600 here.
 - "mkl": plain F.linear; its rows differ below 4 or 12 rows, so steps are padded (rows.py).
@@ -28,7 +30,6 @@ class Linear:
     def __init__(self, weight: torch.Tensor, backend: str = "mkl", kernels=None) -> None:
         weight = weight.detach().contiguous()
         self.out_features, self.in_features = weight.shape
-        self.nbytes = weight.nbytes
         self.kind = backend
         self._ext = kernels
         self.weight = weight if backend == "mkl" else None
@@ -38,6 +39,12 @@ class Linear:
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight)
         else:
             self.packed = None
+        self.nbytes = (self.packed if backend == "native" else weight).nbytes  # what a step reads
+
+    @property
+    def weight_dtype(self) -> str:
+        """How the matrix is stored: float32, or bfloat16 where the native panels hold it so."""
+        return "bfloat16" if self.kind == "native" and self.packed.dtype == torch.bfloat16 else "float32"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "native":

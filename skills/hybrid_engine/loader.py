@@ -48,7 +48,8 @@ def load_engine(model_dir: Path, cfg: EngineConfig, warmup: bool = True) -> Hybr
                       "matmul": weights.lm_head.kind, "shared_prefix_reads": share,
                       "row_padding": padding.to_json(), "prefix_cache": cfg.prefix_cache,
                       "state_block": cfg.state_block, "dtype": "float32", "threads": torch.get_num_threads(),
-                      "greedy_head": model.greedy_head is not None}
+                      "greedy_head": model.greedy_head is not None,
+                      "weight_dtypes": sorted({m.weight_dtype for m in [*weights.linears(), weights.lm_head]})}
     if warmup:
         engine.warmup()
     log.info("engine ready in %.1fs: %s kernels, %s matmuls, rows padded %s, %d threads, slot state %.2f GiB, "

@@ -237,3 +237,41 @@ def test_greedy_head_on_and_off_give_the_same_tokens(on, model_dir) -> None:
         pytest.skip("no greedy head on this machine (no AVX-512 BF16)")
     prompts = [ids(n) for n in (40, 90, 3, 150)]
     assert run(on, prompts, together=True)[0] == run(full, prompts, together=True)[0]
+
+
+def test_bf16_valued_weights_are_packed_in_bf16_and_give_the_fp32_panels_bits() -> None:
+    """A matrix of bf16 values (a bf16 checkpoint served in fp32) is packed in bf16: half the bytes,
+    the same products bit for bit as fp32 panels of it, at every row block (1, 2, 4, 8 and mixes),
+    for a partial last panel too, and through the greedy head's recheck. A matrix with one weight
+    that is no bf16 value stays in fp32."""
+    from skills.hybrid_engine.greedy_head import GreedyHead
+    from skills.hybrid_engine.kernels import kernels
+
+    ops, name = kernels(True)
+    if name != "native":
+        pytest.skip("the C++ kernels cannot be built here")
+    g = torch.Generator().manual_seed(7)
+    n, k = 1000, 256  # 1000 = 31 panels of 32 and 8 columns
+    w = (torch.randn(n, k, generator=g) * 0.05).bfloat16().float()
+    narrow = ops.pack_linear(w)
+    assert narrow.dtype == torch.bfloat16 and narrow.nbytes * 2 == ops.pack_linear(w + 2 ** -20).nbytes
+    wide = narrow.float()  # the same numbers as fp32 panels, read by the fp32 path
+    assert wide.dtype == torch.float32
+    for rows in (1, 2, 3, 7, 8, 13):
+        x = torch.randn(rows, k, generator=g)
+        got = ops.linear(x, narrow, n)
+        assert torch.equal(got, ops.linear(x, wide, n))
+        assert torch.allclose(got, x @ w.T, rtol=1e-5, atol=1e-5)  # and it is this matmul, not another
+    off = w.clone()
+    off[5, 3] += 2 ** -20  # no longer a bf16 value
+    assert ops.pack_linear(off).dtype == torch.float32
+    if ops.greedy_head_available():
+        x = torch.randn(8, k, generator=g)
+        assert GreedyHead(narrow, n, ops).ids(x) == GreedyHead(wide, n, ops).ids(x) \
+            == ops.linear(x, wide, n).argmax(dim=1).tolist()
+
+
+def test_the_tiny_model_is_served_from_bf16_panels(on) -> None:
+    if on.runtime["kernels"] != "native":
+        pytest.skip("the C++ kernels cannot be built here")
+    assert on.runtime["weight_dtypes"] == ["bfloat16"]
