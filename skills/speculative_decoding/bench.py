@@ -92,9 +92,13 @@ def main() -> None:
     args = p.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
     from skills.engine_core import EngineConfig, load_engine
+    from skills.engine_core.kernels import Kernels
     from skills.speculative_decoding import SpecConfig, Speculator
 
-    cfg = EngineConfig(max_num_seqs=2, max_num_batched_tokens=512, max_model_len=2048, dtype=args.dtype)
+    if not Kernels.use_native():  # engine-b's kernels (C++ layer loop, row attention, small_gemm)
+        print("the C++ kernels cannot be built here: the eager path runs (not what engine-b serves with)")
+    cfg = EngineConfig(max_num_seqs=2, max_num_batched_tokens=512, max_model_len=2048, dtype=args.dtype,
+                       few_row_matmul="auto")
     engines = {"plain": load_engine(args.model, cfg)}
     spec = load_engine(args.model, cfg, speculator=Speculator(SpecConfig(num_speculative_tokens=args.k)))
     engines["ngram"] = engines["prediction"] = spec
