@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from skills.engine_core import kernels as eager
 from skills.engine_core.engine import EngineConfig, LLMEngine
 from skills.engine_core.kernels import Kernels
+from skills.engine_core.packing import SMALL_ROWS
 from skills.openai_server.engine_api import SamplingParams, TokenOutput
 
 if TYPE_CHECKING:
@@ -179,16 +180,22 @@ def native_kernels() -> Iterator[bool]:
     Kernels.use_native(was_native)
 
 
-def load(model_dir: Path, max_num_seqs: int, speculator: Speculator | None = None) -> LLMEngine:
+def load(model_dir: Path, max_num_seqs: int, speculator: Speculator | None = None,
+         max_num_batched_tokens: int = 256) -> LLMEngine:
     from skills.engine_core import load_engine
 
-    cfg = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=256, max_model_len=1024, threads=THREADS)
+    cfg = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens, max_model_len=1024,
+                       threads=THREADS)
     return load_engine(model_dir, cfg, speculator)
 
 
 @pytest.fixture(scope="module")
 def decode_engine(smollm2, native_kernels) -> LLMEngine:
-    return load(smollm2, max_num_seqs=16)
+    """Steps of at most SMALL_ROWS rows, prompt chunks included: every matmul is small_gemm, whose rows
+    do not depend on the step's, so a prompt's K/V are the same prefilled alone or beside 15 others.
+    (A step of more rows takes oneDNN, which rounds a few outputs in 10^4 differently: on an Intel
+    Xeon with AMX that changed the tokens of PROMPT prefilled 16 at a time in one 208-row chunk.)"""
+    return load(smollm2, max_num_seqs=16, max_num_batched_tokens=SMALL_ROWS)
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +264,9 @@ def decode_batch(batch: int) -> ParameterSet:
 def test_decode_step(benchmark, rounds, decode_engine, batch) -> None:
     """One engine_core step with `batch` sequences decoding (no prompt chunk in it)."""
     engine = decode_engine
-    max_tokens = WARMUP + rounds.step + 2  # never finishes inside a timed step
+    # Never finishes inside a timed step: the first requests decode while the last are prefilled,
+    # at least one prompt a step (SMALL_ROWS - batch rows are left for prompt chunks).
+    max_tokens = WARMUP + rounds.step + 2 + batch
     reference = greedy(engine, max_tokens)
     outs = start(engine, batch, max_tokens)
     steps, moved = step_engine(benchmark, engine, rounds.step)
