@@ -223,8 +223,8 @@ RECIPES: dict[str, Recipe] = {
         name="olmo-hybrid-tiny",
         version=3,
         build=_build_olmo_hybrid_tiny,
-        describe="olmo_hybrid (GatedDeltaNet:attention 3:1, 8 layers, hidden 256), seeded random weights (bf16 values in fp32), "
-                 "SmolLM2 tokenizer",
+        describe="olmo_hybrid (GatedDeltaNet:attention 3:1, 8 layers, hidden 256), seeded random weights "
+                 "(bf16 values in fp32), SmolLM2 tokenizer",
     ),
     "moonshine-streaming-tiny": Recipe(
         name="moonshine-streaming-tiny",

@@ -170,9 +170,7 @@ void amx_tiles(const bf16* xp, int64_t rows0, int64_t rows1, int64_t stride, con
   }
   _tile_release();
 }
-#endif
 
-#ifdef SMALL_GEMM_AMX
 std::atomic<bool> g_amx{false};  // small_gemm_use_amx
 #endif
 

@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile", default="", help="comma-separated kernels.py names to torch.compile")
     p.add_argument("--few-row-matmul", default="small_gemm", choices=CHOICES,
                    help="the matmul of steps of up to 32 rows (row_invariance.py; engine-a's default: small_gemm)")
-    p.add_argument("--small-gemm-rows", type=rows_or_auto, default=None, help="a row count or auto (EngineConfig.small_gemm_rows)")
+    p.add_argument("--small-gemm-rows", type=rows_or_auto, default=None,
+                   help="a row count or auto (EngineConfig.small_gemm_rows)")
     p.add_argument("--native", action=argparse.BooleanOptionalAction, default=True,
                    help="the fused C++ kernels of skills/cpu_kernels (engine-a's default)")
     args = p.parse_args(argv)

@@ -57,7 +57,7 @@ def load_engine(model_dir: Path, cfg: EngineConfig, speculator=None) -> LLMEngin
             rows_cap = small_gemm_rows(cfg.small_gemm_rows, small_amx=small_amx)
             if rows_cap is not None and model.few_row_kernel == "small_gemm":
                 model.limit_small_gemm_rows(rows_cap)
-    runner, speculator, check = checked_runner(model, cfg, dtype, speculator)
+    runner, speculator, check = checked_runner(model, cfg, dtype, speculator, small_amx)
     model.drop_unused_copies()
     cfg = runner.engine_cfg
     if cfg.compile:
@@ -93,7 +93,7 @@ def settle_few_row_matmul(model, cfg: EngineConfig, dtype: torch.dtype):
     return check
 
 
-def checked_runner(model, cfg: EngineConfig, dtype: torch.dtype, speculator):
+def checked_runner(model, cfg: EngineConfig, dtype: torch.dtype, speculator, small_amx: bool):
     """The runner, and the speculator it may use. Where verify chunks attend row by row, they are
     checked against one-token decodes through this runner's forward (step_invariance.py), for every
     row count a step can take; where they do not, speculation is switched off (plain decoding is
@@ -102,7 +102,7 @@ def checked_runner(model, cfg: EngineConfig, dtype: torch.dtype, speculator):
     kernels, or fp32) are checked the same way: their padded matmuls are no more row-invariant.
     Returns (runner, speculator or None, the check or None where none ran)."""
     if hasattr(speculator, "matmul_chosen"):
-        speculator.matmul_chosen(flat_in_rows(model.few_row_kernel, small_amx=small_gemm_on_amx()))
+        speculator.matmul_chosen(flat_in_rows(model.few_row_kernel, small_amx=small_amx))
     runner = _runner(model, cfg, dtype, speculator)
     if speculator is None:
         return runner, speculator, None

@@ -42,9 +42,14 @@ def has_amx() -> bool:
     return {"amx_bf16", "amx_tile"} <= cpu_flags()
 
 
+def _cpu_amx(amx: bool | None) -> bool:
+    """`amx` as given, or where None whether this CPU's flags list AMX."""
+    return has_amx() if amx is None else amx
+
+
 def only_onednn_has_amx(amx: bool | None, small_amx: bool) -> bool:
     """Whether the CPU has AMX (amx None: read its flags) and small_gemm runs without it."""
-    return (has_amx() if amx is None else amx) and not small_amx
+    return _cpu_amx(amx) and not small_amx
 
 
 def small_gemm_rows(wanted: int | str | None, amx: bool | None = None, small_amx: bool = False) -> int | None:
@@ -72,4 +77,4 @@ def first_choice(wanted: str, small_available: bool, amx: bool | None = None, sm
 def flat_in_rows(kernel: str, amx: bool | None = None, small_amx: bool = False) -> bool:
     """Whether a step's matmuls cost about the same at 1 and at ~13 rows: AMX tiles, through oneDNN
     on a CPU with AMX or through small_gemm where it runs on them."""
-    return (kernel == "onednn" and (has_amx() if amx is None else amx)) or (kernel == "small_gemm" and small_amx)
+    return (kernel == "onednn" and _cpu_amx(amx)) or (kernel == "small_gemm" and small_amx)

@@ -42,9 +42,8 @@ def engine_arguments(description: str | None, defaults: dict) -> argparse.Argume
                         "(skills/engine_core/row_invariance.py, step_invariance.py)")
     p.add_argument("--small-gemm-rows", type=rows_or_auto, default=defaults.get("small_gemm_rows"),
                    help="where small_gemm is the few-row matmul, steps of more rows take oneDNN: a row count, or "
-                        "auto (8 on a CPU with AMX that small_gemm cannot use, where oneDNN is faster from ~10 rows; else "
-                        "all up to 32); "
-                        "default: all up to 32")
+                        "auto (8 on a CPU with AMX that small_gemm cannot use, where oneDNN is faster from ~10 "
+                        "rows; else all up to 32); default: all up to 32")
     p.add_argument("--idle-gather-ms", type=float, default=defaults.get("idle_gather_ms", 0.0),
                    help="an idle engine that receives a request waits until none has followed for this long "
                         "(at most 10 times it) before its first step, so a burst is prefilled together (0: off)")

@@ -5,8 +5,8 @@ At a decode step of a few rows the tied 49152 x 256 lm_head is the largest read 
 the bytes, AVX-512 BF16 dot products, fp32 sums); each screened logit y^_v is within a bound B of
 the logit y_v that `linear` computes; every maximal token then has y^_v >= max_u y^_u - 2 B, so only
 the tokens meeting that are computed again, by `linear`'s own multiply-add chain on their columns
-of the panels (fp32, or bf16 where the weights are bf16 values), and the first of the largest wins, as `argmax` picks it. The result is the fp32
-head's argmax, bit for bit, whatever the weights.
+of the panels (fp32, or bf16 where the weights are bf16 values), and the first of the largest wins,
+as `argmax` picks it. The result is the fp32 head's argmax, bit for bit, whatever the weights.
 
 The bound: x and w rounded to bf16 (2^-9 each, relative), the screen's fp32 sums and `linear`'s
 (K 2^-24 each, relative to sum_k |x_k||w_vk|): |y_v - y^_v| <= (2^-8 + 2^-18 + 2 K 2^-24)

@@ -21,7 +21,8 @@ def test_the_first_choice_follows_the_cpu_and_the_flag(amx, small, wanted, expec
     assert first_choice(wanted, small_available=small, amx=amx) == expected
 
 
-@pytest.mark.parametrize("wanted, expected", [("auto", "small_gemm"), ("onednn", "onednn"), ("small_gemm", "small_gemm")])
+@pytest.mark.parametrize("wanted, expected",
+                         [("auto", "small_gemm"), ("onednn", "onednn"), ("small_gemm", "small_gemm")])
 def test_where_small_gemm_runs_on_amx_tiles_auto_takes_it(wanted, expected) -> None:
     assert first_choice(wanted, small_available=True, amx=True, small_amx=True) == expected
     assert small_gemm_rows("auto", amx=True, small_amx=True) is None  # no cap: its cost is flat in the rows

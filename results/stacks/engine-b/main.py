@@ -41,9 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     spec.add_argument("--no-spec", action="store_true", help="off: one token per step, predictions ignored")
     spec.add_argument("--num-speculative-tokens", type=int, default=None,
                       help="K: draft tokens verified per forward (default: 12 where verify steps run on AMX tiles, "
-                           "small_gemm's or oneDNN's, whose cost is flat in the rows, else 6, with shorter drafts after "
-                           "weak matches; "
-                           "skills/speculative_decoding AUTO_K, AUTO_UNSURE)")
+                           "small_gemm's or oneDNN's, whose cost is flat in the rows, else 6, with shorter drafts "
+                           "after weak matches; skills/speculative_decoding AUTO_K, AUTO_UNSURE)")
     spec.add_argument("--adaptive-k", action="store_true",
                       help="grow K after full acceptance, shrink it after a rejection (default: always K)")
     spec.add_argument("--no-prediction", action="store_true", help="ignore `prediction` (prompt lookup only)")
