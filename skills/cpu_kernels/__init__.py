@@ -14,7 +14,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 SOURCES = [Path(__file__).with_name(name) for name in ("kernels.cpp", "row_attention.cpp", "small_gemm.cpp", "decoder.cpp",
-                                                         "greedy_head.cpp", "top_p.cpp")]
+                                                         "greedy_head.cpp", "top_p.cpp", "argmax.cpp")]
 
 
 @functools.cache

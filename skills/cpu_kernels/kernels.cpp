@@ -47,11 +47,28 @@ void check_bf16(const torch::Tensor& t, const char* name) {
 }
 
 // out = weight * bf16(x * rsqrt(mean(x^2) + eps)), the statistics in fp32 (as LlamaRMSNorm).
+// The sum of squares in 16 lanes (a scalar sum is one chain of dependent adds: 8% of a 256-token
+// prefill's time on an AMX Xeon), then the tail in order.
 void norm_row(const bf16* x, const bf16* w, bf16* out, int64_t n, float eps) {
   float ss = 0.f;
-  for (int64_t i = 0; i < n; ++i) ss += f(x[i]) * f(x[i]);
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  __m512 acc = _mm512_setzero_ps();
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = load16(x + i);
+    acc = _mm512_fmadd_ps(v, v, acc);
+  }
+  ss = _mm512_reduce_add_ps(acc);
+#endif
+  for (; i < n; ++i) ss += f(x[i]) * f(x[i]);
   const float inv = 1.f / std::sqrt(ss / n + eps);
-  for (int64_t i = 0; i < n; ++i) out[i] = bf16(f(w[i]) * r(f(x[i]) * inv));
+  i = 0;
+#if defined(__AVX512F__)
+  const __m512 vinv = _mm512_set1_ps(inv);
+  for (; i + 16 <= n; i += 16)
+    store16(out + i, _mm512_mul_ps(load16(w + i), round_bf16(_mm512_mul_ps(load16(x + i), vinv))));
+#endif
+  for (; i < n; ++i) out[i] = bf16(f(w[i]) * r(f(x[i]) * inv));
 }
 
 }  // namespace
@@ -62,7 +79,12 @@ void norm_row(const bf16* x, const bf16* w, bf16* out, int64_t n, float eps) {
 void add_rms_norm_rows(const bf16* x, const bf16* residual, const bf16* weight, bf16* sum, bf16* out, int64_t n,
                        float eps, int64_t a, int64_t b) {
   for (int64_t i = a; i < b; ++i) {  // sum may be x itself: each element is read before it is written
-    for (int64_t j = 0; j < n; ++j) sum[i * n + j] = bf16(f(x[i * n + j]) + f(residual[i * n + j]));
+    int64_t j = 0;
+#if defined(__AVX512F__)
+    for (; j + 16 <= n; j += 16)
+      store16(sum + i * n + j, _mm512_add_ps(load16(x + i * n + j), load16(residual + i * n + j)));
+#endif
+    for (; j < n; ++j) sum[i * n + j] = bf16(f(x[i * n + j]) + f(residual[i * n + j]));
     norm_row(sum + i * n, weight, out + i * n, n, eps);
   }
 }
@@ -275,6 +297,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("small_gemm_use_amx", &small_gemm_use_amx);
   m.def("small_gemm", &small_gemm);
   m.def("sample_top_p", &sample_top_p);
+  m.def("argmax_rows", &argmax_rows);
   m.def("greedy_screen_available", &greedy_screen_available);
   m.def("greedy_screen_pack", &greedy_screen_pack);
   m.def("greedy_screen_ids", &greedy_screen_ids, py::arg("x"), py::arg("q"), py::arg("scales"), py::arg("head"),

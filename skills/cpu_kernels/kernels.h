@@ -61,6 +61,7 @@ torch::Tensor small_gemm_pack(const torch::Tensor& weight);
 torch::Tensor small_gemm(const torch::Tensor& x, const torch::Tensor& packed, int64_t N);
 torch::Tensor sample_top_p(const torch::Tensor& logits, const torch::Tensor& temperature, const torch::Tensor& top_p,
                            const torch::Tensor& uniform);
+torch::Tensor argmax_rows(const torch::Tensor& logits);
 bool greedy_screen_available();
 std::vector<torch::Tensor> greedy_screen_pack(const torch::Tensor& weight);
 torch::Tensor greedy_screen_ids(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& scales,

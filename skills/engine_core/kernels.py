@@ -74,7 +74,7 @@ def _compiled_decode_attention():
 
 _EAGER = {"rms_norm": rms_norm, "add_rms_norm": add_rms_norm, "rope": rope, "silu_mul": silu_mul,
           "decode_attention": decode_attention, "row_attention": row_attention, "decoder_layers": None,
-          "small_gemm": None, "sample_top_p": None, "greedy_screen_ids": None}
+          "small_gemm": None, "sample_top_p": None, "argmax_rows": None, "greedy_screen_ids": None}
 _COMPILED = {"decode_attention": _compiled_decode_attention}
 COMPILABLE = ("rms_norm", "add_rms_norm", "rope", "silu_mul", "decode_attention")
 
@@ -102,6 +102,7 @@ def _native_kernels() -> dict:
         "decoder_layers": ext.decoder_layers,
         "small_gemm": ext.small_gemm if ext.small_gemm_available() else None,
         "sample_top_p": ext.sample_top_p,
+        "argmax_rows": ext.argmax_rows,
         "greedy_screen_ids": ext.greedy_screen_ids if ext.greedy_screen_available() else None,
     }
 
@@ -130,6 +131,7 @@ class Kernels:
     decoder_layers = None
     small_gemm = None  # skills/cpu_kernels' few-row matmul (packing.PackedLinear uses it when set)
     sample_top_p = None  # skills/cpu_kernels' temperature / top-p sampler (sampler.py uses it when set)
+    argmax_rows = None  # skills/cpu_kernels' argmax of bf16 rows (sampler.py's greedy rows when set)
     greedy_screen_ids = None  # skills/cpu_kernels' int8 head screen (packing.PackedHead.greedy_ids uses it when set)
 
     @classmethod

@@ -35,6 +35,9 @@ class SampleRequest:
 
 def sample(logits: torch.Tensor, requests: list[SampleRequest]) -> tuple[list[int], list[TokenLogprob | None]]:
     """logits: [rows, vocab], one row per request."""
+    if (Kernels.argmax_rows is not None and logits.dtype == torch.bfloat16
+            and all(r.params.greedy and r.params.top_logprobs is None for r in requests)):
+        return Kernels.argmax_rows(logits).tolist(), [None] * len(requests)
     logits = logits.float()  # (torch's argmax over bf16 rows is 4x slower than the copy and an fp32 argmax)
     rows = [i for i, req in enumerate(requests) if not req.params.greedy]
     if rows and len(rows) == len(requests):

@@ -82,10 +82,12 @@ def test_a_logit_that_is_not_finite_leaves_the_choice_to_the_head() -> None:
 
 
 def test_engine_decodes_the_same_tokens_with_the_screen(hf_model) -> None:
-    """Greedy requests through the engine (decodes of 1-3 rows, prompts ending in a step): the same
-    tokens with the screen as without, and the screen did pick them (its calls counted)."""
+    """Greedy requests through the engine (decodes of 1-3 rows, or of 1 where small_gemm runs on AMX
+    tiles and the screen takes 1 row; prompts ending in a step): the same tokens with the screen as
+    without, and the screen did pick them (its calls counted)."""
     from skills.engine_core.config import ModelConfig
     from skills.engine_core.engine import EngineConfig, LLMEngine
+    from skills.engine_core.packing import greedy_screen_rows
     from skills.engine_core.runner import ModelRunner
     from skills.engine_core.weights import build_model
     from skills.openai_server.engine_api import SamplingParams
@@ -93,11 +95,12 @@ def test_engine_decodes_the_same_tokens_with_the_screen(hf_model) -> None:
     prompts = [[5, 6, 7], list(range(10, 40)), [20, 21], list(range(50, 61)), [8]]
 
     def generate(screen: bool) -> tuple[list[list[int]], int]:
-        cfg = EngineConfig(max_num_seqs=3, max_num_batched_tokens=8, max_model_len=128, dtype="bfloat16",
+        seqs = min(3, greedy_screen_rows())
+        cfg = EngineConfig(max_num_seqs=seqs, max_num_batched_tokens=8, max_model_len=128, dtype="bfloat16",
                            greedy_screen=screen)
         model = build_model(ModelConfig.from_hf(hf_model.config), dict(hf_model.state_dict()), BF16)
         model.pack()
-        runner = ModelRunner(model, 3, 128, BF16)
+        runner = ModelRunner(model, seqs, 128, BF16)
         runner.engine_cfg = cfg
         picked = []
         screen_ids = model.greedy_ids

@@ -100,6 +100,26 @@ def test_greedy_rows_beside_sampled_ones_take_the_argmax():
     assert [ids[i] for i in (1, 3, 5)] == logits[[1, 3, 5]].argmax(dim=-1).tolist()
 
 
+@pytest.mark.parametrize("vocab", [VOCAB, 37, 1])
+def test_greedy_bf16_rows_take_torchs_argmax(vocab):
+    """All-greedy bf16 steps (the native path's argmax_rows): the first of equal maxima, the first NaN
+    of a row that has one, index 0 of an all -inf row, as torch.argmax picks; random rows too."""
+    gen = torch.Generator().manual_seed(7)
+    logits = torch.randn(8, vocab, generator=gen).to(torch.bfloat16)
+    last = vocab - 1
+    logits[1, last // 3] = logits[1, last] = 9.0  # two equal maxima: the first wins
+    logits[2, last // 2], logits[2, last] = float("nan"), float("nan")  # NaN counts as the largest
+    logits[3] = float("-inf")
+    logits[4, last] = 20.0  # in the vocabulary's last (partial) block of 16
+    logits[5] = 0.0
+    logits[5, last] = -0.0  # -0 equals +0: index 0 stays first
+    ids, logprobs = sample(logits.clone(), [_request(None, temperature=0.0) for _ in range(8)])
+    assert ids == logits.float().argmax(dim=-1).tolist()
+    assert logprobs == [None] * 8
+    if vocab > 2:
+        assert ids[1] == last // 3 and ids[2] == last // 2 and ids[3] == 0 and ids[4] == last and ids[5] == 0
+
+
 def test_different_seeds_draw_different_tokens_and_unseeded_requests_vary():
     logits = torch.zeros(64, VOCAB)  # uniform: any two draws collide with probability 1/VOCAB
     seeded, _ = sample(logits.clone(), [_request(i) for i in range(64)])

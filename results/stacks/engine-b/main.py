@@ -31,8 +31,10 @@ import argparse  # noqa: E402
 from skills.engine_core.stack_main import engine_arguments, serve_engine  # noqa: E402
 
 # Concurrency 1: few slots; one prefill chunk holds a whole bug-fix prompt (a few hundred tokens).
+# Outputs go to the server 8 at a time after the first (QueueStream): each hand-over wakes the
+# event loop on the cores a step runs on (skills/engine_core NOTE.md).
 DEFAULTS = {"max_num_seqs": 4, "max_num_batched_tokens": 1024, "max_model_len": 4096, "dtype": "bfloat16",
-            "few_row_matmul": "auto"}
+            "few_row_matmul": "auto", "stream_interval": 8}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
