@@ -21,9 +21,10 @@ int64_t first_nan(const bf16* row, int64_t n) {
   return -1;
 }
 
-#if defined(__AVX512F__) && defined(__AVX512BW__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 inline __m512 widen(const bf16* p) {  // 16 bf16 -> 16 fp32, exactly
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
 
 inline __m512 widen_masked(const bf16* p, __mmask16 m) {
@@ -51,7 +52,7 @@ int64_t argmax_row(const bf16* row, int64_t n) {
   for (j = 0; j + 16 <= n; j += 16)
     if (const __mmask16 hit = _mm512_cmp_ps_mask(widen(row + j), best, _CMP_EQ_OQ)) return j + __builtin_ctz(hit);
   const __mmask16 hit = _mm512_mask_cmp_ps_mask(tail, widen_masked(row + j, tail), best, _CMP_EQ_OQ);
-  return hit ? j + __builtin_ctz(hit) : 0;  // no hit: only an all -inf row, whose first index it is
+  return hit ? j + __builtin_ctz(hit) : 0;  // (always a hit: the largest value is one of the row's)
 }
 #else
 int64_t argmax_row(const bf16* row, int64_t n) {

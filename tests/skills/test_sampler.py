@@ -110,7 +110,7 @@ def test_greedy_bf16_rows_take_torchs_argmax(vocab):
     logits[1, last // 3] = logits[1, last] = 9.0  # two equal maxima: the first wins
     logits[2, last // 2], logits[2, last] = float("nan"), float("nan")  # NaN counts as the largest
     logits[3] = float("-inf")
-    logits[4, last] = 20.0  # in the vocabulary's last (partial) block of 16
+    logits[4, last] = 20.0  # in the last block of 16 (a partial one at vocab 37)
     logits[5] = 0.0
     logits[5, last] = -0.0  # -0 equals +0: index 0 stays first
     ids, logprobs = sample(logits.clone(), [_request(None, temperature=0.0) for _ in range(8)])
