@@ -18,7 +18,7 @@ from .batch import (
 )
 from .kernels import Kernels
 from .model import CausalLM
-from .sampler import SampleRequest, sample
+from .sampler import SampleRequest, greedy_ids_only, sample
 from .scheduler import Move, ScheduledStep
 from .sequence import Sequence
 from .state import StatePool
@@ -66,7 +66,7 @@ class ModelRunner:
         """Whether the head's int8 screen may pick this step's tokens: every row greedy, none asking
         for logprobs (the screen gives ids, not logits), and the engine allows it."""
         allowed = self.engine_cfg is None or self.engine_cfg.greedy_screen
-        return allowed and all(r.params.greedy and r.params.top_logprobs is None for r in requests)
+        return allowed and greedy_ids_only(requests)
 
     def apply(self, moves: list[Move]) -> None:
         for move in moves:

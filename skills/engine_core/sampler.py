@@ -33,10 +33,14 @@ class SampleRequest:
     generator: torch.Generator | None
 
 
+def greedy_ids_only(requests: list[SampleRequest]) -> bool:
+    """Whether every row is greedy and asks no logprobs: its token ids are all a step needs."""
+    return all(r.params.greedy and r.params.top_logprobs is None for r in requests)
+
+
 def sample(logits: torch.Tensor, requests: list[SampleRequest]) -> tuple[list[int], list[TokenLogprob | None]]:
     """logits: [rows, vocab], one row per request."""
-    if (Kernels.argmax_rows is not None and logits.dtype == torch.bfloat16
-            and all(r.params.greedy and r.params.top_logprobs is None for r in requests)):
+    if Kernels.argmax_rows is not None and logits.dtype == torch.bfloat16 and greedy_ids_only(requests):
         return Kernels.argmax_rows(logits).tolist(), [None] * len(requests)
     logits = logits.float()  # (torch's argmax over bf16 rows is 4x slower than the copy and an fp32 argmax)
     rows = [i for i, req in enumerate(requests) if not req.params.greedy]

@@ -121,7 +121,8 @@ class Drafter:
 # `Speculator(auto_k=True)`: on AMX tiles (oneDNN on an AMX CPU, or small_gemm's AMX path) a verify
 # step of up to 17 rows costs about what 1 row does, so longer drafts are nearly free; every other
 # matmul's cost grows with the rows (small_gemm's AVX-512 loop: ~0.8 ms a row on top of ~5 ms at 1
-# row, SmolLM2-135M on an AMD EPYC), so a draft is worth its rows only where it is likely to be accepted. Measured on setting B (NOTE.md).
+# row, SmolLM2-135M on an AMD EPYC), so a draft is worth its rows only where it is likely to be
+# accepted. Measured on setting B (NOTE.md).
 AUTO_K = {"flat": 12, "growing": 6}
 AUTO_UNSURE = {"flat": (5,), "growing": (2, 3, 3)}
 
