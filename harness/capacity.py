@@ -20,6 +20,7 @@ import statistics
 import time
 from contextlib import contextmanager
 
+from harness.errors import HarnessError
 from harness.launcher import free_port
 from harness.loadgen import LoadPoint, run_load_point
 from harness.machine import loadavg, usable_cpus
@@ -86,6 +87,10 @@ def _server():
             except httpx.HTTPError:
                 pass
             server.join(0.05)
+            if not server.is_alive():
+                raise HarnessError(f"the no-op server exited (code {server.exitcode}) before it answered on {base}")
+        else:
+            raise HarnessError(f"the no-op server did not answer {base}/health within 10 s")
         yield base
     finally:
         server.kill()

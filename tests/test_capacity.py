@@ -2,8 +2,14 @@
 every request and chunk; their numbers are benchmarks, printed, never asserted."""
 from __future__ import annotations
 
+import socket
+
+import pytest
+
+from harness import capacity
 from harness.__main__ import main
 from harness.capacity import clock_error, measure
+from harness.errors import HarnessError
 
 
 def test_every_request_to_the_instant_server_completes_and_is_timed():
@@ -25,3 +31,12 @@ def test_the_command_prints_a_line_per_reading(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("load generator: ") and "50 of 50 streamed requests" in lines[0]
     assert lines[1].startswith("clock at 2 streams (128 chunks") and len(lines) == 2
+
+
+def test_a_server_that_cannot_start_is_one_error_not_a_refused_connection_later(monkeypatch):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setattr(capacity, "free_port", lambda: taken.getsockname()[1])
+        with pytest.raises(HarnessError, match="no-op server exited"):
+            measure(requests=10, concurrency=2)
