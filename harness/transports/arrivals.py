@@ -15,8 +15,8 @@ read back to back), so only a wall clock stepped while the bytes waited can move
 later than the read and no earlier than the stream's previous arrival. Where the socket offers no
 timestamps (TLS, another event loop, a platform without them), the read's own time is taken.
 
-A chunk's time is when the bytes that completed it arrived; bytes already buffered when the watch began
-(headers and body in one read) get the time it began, which is no earlier than they arrived.
+A chunk's time is when the bytes that completed it arrived; bytes already buffered when the watch
+began (headers and body in one read) get the time it began, which is no earlier than they arrived.
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class StampedSocket:
             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= _TIMESPEC.size:
                 seconds, nanoseconds = _TIMESPEC.unpack_from(payload)
                 age = (wall - (seconds * 1_000_000_000 + nanoseconds)) / 1e9
-                self.arrived = read_at - min(max(age, 0.0), read_at)
+                self.arrived = read_at - max(age, 0.0)
         return data
 
     def recv_into(self, buffer, size: int = 0) -> int:
