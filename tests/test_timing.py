@@ -22,7 +22,7 @@ from harness.metrics import summarize
 from harness.row import read_rows
 from harness.scenario import load_scenario
 from harness.stack import load_spec
-from harness.transports import openai_sse
+from harness.transports import arrivals, openai_sse
 
 STACKS = Path(__file__).parent / "stacks"
 SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "standard_serving.yaml"
@@ -81,12 +81,17 @@ def test_known_delays_are_measured_within_tolerance(delay_stack, point):
     assert len(result.warmup_records) == 1 and result.warmup_records[0].ok
 
 
-def test_a_chunk_is_timed_when_it_came_off_the_socket_not_when_the_harness_parsed_it(delay_stack, monkeypatch):
+@pytest.mark.parametrize("stamps", ["kernel", "read-where-no-kernel-stamps"])
+def test_a_chunk_is_timed_when_it_came_off_the_socket_not_when_the_harness_parsed_it(delay_stack, monkeypatch,
+                                                                                     stamps):
     """With many streams, one event loop parses each stream's chunk after every other's: the chunk's
     time must be when its bytes were read, not when its parser got to it. Here each stream's parser
     starts 400 ms after its headers (the loop stays free meanwhile, as it is between other streams'
     parses); the double sends one token at 200 ms and three more at 260 ms. Two requests in turn on
-    one kept-alive connection: the second's reads are watched as well as the first's."""
+    one kept-alive connection: the second's reads are watched as well as the first's. Where the
+    socket gives no receive timestamps, the read's own time stands in."""
+    if stamps != "kernel":
+        monkeypatch.setattr(arrivals, "SO_TIMESTAMPNS", None)
     parse = openai_sse.sse_data
 
     async def parsed_late(response):
