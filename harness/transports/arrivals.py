@@ -103,12 +103,12 @@ class Arrivals:
             def data_received(data: bytes) -> None:
                 if not data:  # aiohttp re-enters with b"" to resume its parser; nothing arrived
                     return received(data)
-                now = time.perf_counter()
                 arrived = stamped.take_arrival() if stamped is not None else None
+                arrived = time.perf_counter() if arrived is None else arrived  # no kernel stamp: the read's
                 received(data)
                 # Never before an earlier mark: bytes that sat in the kernel from before the watch
                 # began are timed at its start, as bytes buffered in the reader are.
-                self._latest = max(min(arrived or now, now), self._latest)
+                self._latest = max(arrived, self._latest)
                 self._marks.append((self._reader.total_bytes, self._latest))
 
             self._hook = data_received
