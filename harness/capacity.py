@@ -32,7 +32,8 @@ TOKEN = {"id": "c", "object": "text_completion", "model": "noop",
          "choices": [{"index": 0, "text": " x", "logprobs": None, "finish_reason": None}]}
 
 
-def _serve(port: int) -> None:
+def _serve(port: int, failed) -> None:
+    """The no-op server on `port`; a start it cannot make goes to `failed` as one line, not a traceback."""
     from aiohttp import web
 
     stamps: dict[str, dict] = {}  # prompt -> when its request was read, and when each chunk was written
@@ -67,7 +68,11 @@ def _serve(port: int) -> None:
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/health", health)
     app.router.add_get("/stamps", read_stamps)
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+    try:
+        web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+    except OSError as error:  # e.g. the port taken meanwhile
+        failed.put(str(error))
+        raise SystemExit(1) from None
 
 
 @contextmanager
@@ -76,7 +81,9 @@ def _server():
     import httpx
 
     port = free_port()
-    server = multiprocessing.get_context("spawn").Process(target=_serve, args=(port,), daemon=True)
+    spawn = multiprocessing.get_context("spawn")
+    failed = spawn.SimpleQueue()
+    server = spawn.Process(target=_serve, args=(port, failed), daemon=True)
     server.start()
     base = f"http://127.0.0.1:{port}"
     try:
@@ -88,7 +95,9 @@ def _server():
                 pass
             server.join(0.05)
             if not server.is_alive():
-                raise HarnessError(f"the no-op server exited (code {server.exitcode}) before it answered on {base}")
+                why = f": {failed.get()}" if not failed.empty() else ""
+                raise HarnessError(f"the no-op server exited (code {server.exitcode}) before it answered on "
+                                   f"{base}{why}")
         else:
             raise HarnessError(f"the no-op server did not answer {base}/health within 10 s")
         yield base

@@ -22,7 +22,7 @@ from harness.metrics import summarize
 from harness.row import read_rows
 from harness.scenario import load_scenario
 from harness.stack import load_spec
-from harness.transports import arrivals, openai_sse
+from harness.transports import arrivals, openai_sse, ws_audio
 
 STACKS = Path(__file__).parent / "stacks"
 SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "standard_serving.yaml"
@@ -128,6 +128,59 @@ def assert_first_token_at_200_then_three_at_260(delay_stack, first_below_ms: flo
         first, second = (e.t * 1000 for e in record.events)
         assert 200 <= first < first_below_ms, first
         assert 60 - TOLERANCE_MS < second - first < 60 + 3 * TOLERANCE_MS, (first, second)
+
+
+@pytest.fixture(scope="module")
+def audio_stack(tmp_path_factory):
+    """The media double answering each audio frame 200 ms after it took it."""
+    spec = load_spec(STACKS / "media.yaml")
+    spec = spec.__class__(**{**spec.__dict__, "command": spec.command + ("--chunk-ms", "200")})
+    with launch(spec, "unused", tmp_path_factory.mktemp("logs")) as stack:
+        yield stack
+
+
+@pytest.mark.parametrize("stamps", ["kernel", "read-where-no-kernel-stamps"])
+def test_a_websocket_message_is_timed_when_it_came_off_the_socket_not_when_the_harness_took_it(audio_stack,
+                                                                                              monkeypatch, stamps):
+    """Setting D's partials: the receiving coroutine starts 400 ms into each stream (the loop free
+    meanwhile); the double answers the stream's one frame 200 ms after taking it."""
+    if stamps != "kernel":
+        monkeypatch.setattr(arrivals, "SO_TIMESTAMPNS", None)
+    receive = ws_audio.AudioStream._receive
+
+    async def taken_late(*args):
+        await asyncio.sleep(0.4)
+        await receive(*args)
+
+    monkeypatch.setattr(ws_audio.AudioStream, "_receive", staticmethod(taken_late))
+    assert_partial_200_ms_after_its_frame(audio_stack, below_ms=330)  # taken at 400 ms or later
+
+
+def test_a_websocket_message_is_timed_when_it_arrived_not_when_a_busy_loop_got_to_its_socket(audio_stack,
+                                                                                            monkeypatch):
+    """The loop is blocked from 150 to 255 ms into each stream; the partial arrives meanwhile, at
+    ~200 ms, and is timed by the kernel's receive stamp."""
+    exchange = ws_audio.AudioStream.exchange
+
+    async def blocked(self, *args):
+        asyncio.get_running_loop().call_later(0.15, time.sleep, 0.105)
+        await exchange(self, *args)
+
+    monkeypatch.setattr(ws_audio.AudioStream, "exchange", blocked)
+    assert_partial_200_ms_after_its_frame(audio_stack, below_ms=240)  # read at 255 ms or later
+
+
+def assert_partial_200_ms_after_its_frame(stack, below_ms: float) -> None:
+    """Two streams of one 1 s frame: the partial timed 200 ms (and less than `below_ms`) after the
+    frame went out, then the final."""
+    clip = {"audio": bytes(32000), "sample_rate": 16000, "chunk_s": 1.0, "realtime": True}
+    result = asyncio.run(run_load_point(stack.base_url, "audio_stream", [clip, clip],
+                                        LoadPoint(num_prompts=1, concurrency=1, warmup=1), request_timeout_s=30))
+    for record in result.warmup_records + result.records:
+        assert record.ok and len(record.events) == 2 and len(record.inputs) == 1, record
+        latency = (record.events[0].t - record.inputs[0]) * 1000
+        assert 200 <= latency < below_ms, latency
+        assert record.events[1].t >= record.events[0].t
 
 
 def test_chat_role_chunk_is_not_a_token(delay_stack):

@@ -17,6 +17,8 @@ timestamps (TLS, another event loop, a platform without them), the read's own ti
 
 A chunk's time is when the bytes that completed it arrived; bytes already buffered when the watch
 began (headers and body in one read) get the time it began, which is no earlier than they arrived.
+`Arrivals` keeps these times by body offset (an HTTP stream), `MessageArrivals` by message (a
+WebSocket, whose reads aiohttp parses into messages at once).
 """
 from __future__ import annotations
 
@@ -83,42 +85,31 @@ def _stamp(transport) -> StampedSocket | None:
     return stamped
 
 
-class Arrivals:
-    """Arrival times of one response body, by how many of its bytes had been read then."""
+class _Watch:
+    """A connection's reads, each handed to `_on_read` with the time its bytes arrived, until `close`."""
 
-    def __init__(self, response: aiohttp.ClientResponse):
-        self._reader = response.content
-        self._marks: deque[tuple[int, float]] = deque([(self._reader.total_bytes, time.perf_counter())])
-        self._latest = self._marks[0][1]
-        connection = response.connection
-        self._protocol = connection.protocol if connection is not None else None
-        self._transport = self._protocol.transport if self._protocol is not None else None
+    def __init__(self, protocol):
+        self._protocol = protocol
+        self._transport = protocol.transport if protocol is not None else None
         self._socket = _stamp(self._transport) if self._transport is not None else None
-        if self._protocol is not None:
-            # The class's own method, not an instance's: a connection reused while an earlier
-            # response's watch is still closing must not be read through that watch.
-            received = type(self._protocol).data_received.__get__(self._protocol)
-            stamped = self._socket
+        if self._protocol is None:
+            return
+        # The class's own method, not an instance's: a connection reused while an earlier
+        # response's watch is still closing must not be read through that watch.
+        received = type(self._protocol).data_received.__get__(self._protocol)
+        stamped = self._socket
 
-            def data_received(data: bytes) -> None:
-                if not data:  # aiohttp re-enters with b"" to resume its parser; nothing arrived
-                    return received(data)
-                arrived = stamped.take_arrival() if stamped is not None else None
-                arrived = time.perf_counter() if arrived is None else arrived  # no kernel stamp: the read's
-                received(data)
-                # Never before an earlier mark: bytes that sat in the kernel from before the watch
-                # began are timed at its start, as bytes buffered in the reader are.
-                self._latest = max(arrived, self._latest)
-                self._marks.append((self._reader.total_bytes, self._latest))
+        def data_received(data: bytes) -> None:
+            if not data:  # aiohttp re-enters with b"" to resume its parser; nothing arrived
+                return received(data)
+            arrived = stamped.take_arrival() if stamped is not None else None
+            self._on_read(time.perf_counter() if arrived is None else arrived, received, data)  # no stamp: the read's
 
-            self._hook = data_received
-            self._protocol.data_received = data_received
+        self._hook = data_received
+        self._protocol.data_received = data_received
 
-    def at(self, offset: int) -> float:
-        """perf_counter time by which the body's first `offset` bytes had arrived."""
-        while self._marks and self._marks[0][0] < offset:
-            self._marks.popleft()
-        return self._marks[0][1] if self._marks else time.perf_counter()
+    def _on_read(self, arrived: float, received, data: bytes) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
         """Stop watching: the connection goes back to the pool with its own `data_received` and
@@ -133,8 +124,61 @@ class Arrivals:
                 pass  # closed meanwhile
         self._protocol = self._transport = self._socket = None
 
-    def __enter__(self) -> Arrivals:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Arrivals(_Watch):
+    """Arrival times of one response body, by how many of its bytes had been read then."""
+
+    def __init__(self, response: aiohttp.ClientResponse):
+        self._reader = response.content
+        self._marks: deque[tuple[int, float]] = deque([(self._reader.total_bytes, time.perf_counter())])
+        self._latest = self._marks[0][1]
+        connection = response.connection
+        super().__init__(connection.protocol if connection is not None else None)
+
+    def _on_read(self, arrived: float, received, data: bytes) -> None:
+        received(data)
+        # Never before an earlier mark: bytes that sat in the kernel from before the watch began
+        # are timed at its start, as bytes buffered in the reader are.
+        self._latest = max(arrived, self._latest)
+        self._marks.append((self._reader.total_bytes, self._latest))
+
+    def at(self, offset: int) -> float:
+        """perf_counter time by which the body's first `offset` bytes had arrived."""
+        while self._marks and self._marks[0][0] < offset:
+            self._marks.popleft()
+        return self._marks[0][1] if self._marks else time.perf_counter()
+
+
+class MessageArrivals(_Watch):
+    """Arrival times of a WebSocket's messages, kept by message: a read's bytes are parsed into
+    aiohttp's message queue at once, so each message it queued gets that read's time. A message
+    queued otherwise (one parsed before the watch began, or when aiohttp resumes a parse it paused
+    for a full queue) is timed when it is taken, as every message was before."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse):
+        self._queued = getattr(getattr(ws, "_reader", None), "_buffer", None)  # (message, size) pairs
+        self._times: dict[int, tuple[object, float]] = {}  # id(message) -> (message, arrival)
+        self._latest = time.perf_counter()
+        connection = getattr(ws, "_conn", None)
+        super().__init__(connection.protocol if connection is not None and self._queued is not None else None)
+
+    def _on_read(self, arrived: float, received, data: bytes) -> None:
+        before = len(self._queued)
+        received(data)
+        self._latest = max(arrived, self._latest)
+        for index in range(before, len(self._queued)):
+            message = self._queued[index][0]
+            self._times[id(message)] = (message, self._latest)  # the message is held: its id stays its own
+        while len(self._times) > 4096:  # pings and pongs are taken inside aiohttp, never by `at`
+            del self._times[next(iter(self._times))]
+
+    def at(self, message) -> float:
+        """perf_counter time at which `message` (as `receive` returned it) arrived."""
+        held, arrived = self._times.pop(id(message), (None, None))
+        return arrived if held is message else time.perf_counter()

@@ -10,8 +10,9 @@ Unit: audio seconds. A partial carries the seconds of audio it newly covers; the
 no partial covered (0 when they all did). Each chunk's send time is kept (`record.inputs`), so a
 scenario can match a partial to its chunk and measure per-chunk latency; the final's event keeps
 when finalize went out (`finalize_sent`). Every partial is recorded as it came (a repeated or
-out-of-order chunk too: the scenario's oracle judges the order). After the final the server must
-close: a message that still comes within AFTER_FINAL_S fails the request.
+out-of-order chunk too: the scenario's oracle judges the order). A message is timed when its bytes
+arrived (harness/transports/arrivals.py), not when the event loop got to it. After the final the
+server must close: a message that still comes within AFTER_FINAL_S fails the request.
 
 Payload: {"audio": bytes (PCM16 little-endian mono), "sample_rate": 16000, "chunk_s": 2.0,
 "realtime": true}.
@@ -26,6 +27,7 @@ import aiohttp
 
 from harness.client import MalformedStream, json_object
 from harness.records import Event, RequestRecord
+from harness.transports.arrivals import MessageArrivals
 from harness.transports.base import Transport
 
 ROUTE = "/v1/audio/stream"
@@ -94,7 +96,8 @@ class AudioStream(Transport, unit="audio_s", unit_source="audio_covered"):
             finalize_sent: list[float] = []
             sender = asyncio.ensure_future(self._send_all(ws, parts, payload, record, start, finalize_sent))
             try:
-                await self._receive(ws, _Coverage(parts, rate), record, start, finalize_sent)
+                with MessageArrivals(ws) as arrivals:
+                    await self._receive(ws, arrivals, _Coverage(parts, rate), record, start, finalize_sent)
                 if record.final is not None and record.error is None:
                     await self._nothing_after_final(ws, record)
             finally:
@@ -128,10 +131,10 @@ class AudioStream(Transport, unit="audio_s", unit_source="audio_covered"):
             record.error = f"protocol: a message after the final transcript ({str(raw.data)[:80]})"
 
     @staticmethod
-    async def _receive(ws, coverage: _Coverage, record: RequestRecord, start: float,
+    async def _receive(ws, arrivals: MessageArrivals, coverage: _Coverage, record: RequestRecord, start: float,
                        finalize_sent: list[float]) -> None:
         async for raw in ws:
-            now = time.perf_counter() - start
+            now = arrivals.at(raw) - start
             if raw.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
                 return
             message = _message(raw)
