@@ -108,14 +108,19 @@ def test_a_chunk_is_timed_when_it_arrived_not_when_a_busy_loop_got_to_its_socket
     selects again; their time is the kernel's receive stamp, not the late read's. Here the loop is
     blocked from 150 to 255 ms after each request is sent; the double sends one token at 200 ms and
     three more at 260. (Bytes of two writes taken in one read share the later one's stamp.)"""
-    send = openai_sse.OpenAIStream.exchange
-
-    async def exchange(self, *args):
-        asyncio.get_running_loop().call_later(0.15, time.sleep, 0.105)
-        await send(self, *args)
-
-    monkeypatch.setattr(openai_sse.OpenAIStream, "exchange", exchange)
+    block_the_loop_from_150_to_255_ms(monkeypatch, openai_sse.OpenAIStream)
     assert_first_token_at_200_then_three_at_260(delay_stack, first_below_ms=240)  # read at 255 ms or later
+
+
+def block_the_loop_from_150_to_255_ms(monkeypatch, transport: type) -> None:
+    """Each exchange of `transport` blocks its event loop from 150 to 255 ms after it starts."""
+    exchange = transport.exchange
+
+    async def blocked(self, *args):
+        asyncio.get_running_loop().call_later(0.15, time.sleep, 0.105)
+        await exchange(self, *args)
+
+    monkeypatch.setattr(transport, "exchange", blocked)
 
 
 def assert_first_token_at_200_then_three_at_260(delay_stack, first_below_ms: float) -> None:
@@ -160,13 +165,7 @@ def test_a_websocket_message_is_timed_when_it_arrived_not_when_a_busy_loop_got_t
                                                                                             monkeypatch):
     """The loop is blocked from 150 to 255 ms into each stream; the partial arrives meanwhile, at
     ~200 ms, and is timed by the kernel's receive stamp."""
-    exchange = ws_audio.AudioStream.exchange
-
-    async def blocked(self, *args):
-        asyncio.get_running_loop().call_later(0.15, time.sleep, 0.105)
-        await exchange(self, *args)
-
-    monkeypatch.setattr(ws_audio.AudioStream, "exchange", blocked)
+    block_the_loop_from_150_to_255_ms(monkeypatch, ws_audio.AudioStream)
     assert_partial_200_ms_after_its_frame(audio_stack, below_ms=240)  # read at 255 ms or later
 
 

@@ -4,7 +4,7 @@ prefix with unique tails; aggregate output tok/s with the prefix cache on and of
     python -m skills.hybrid_engine.bench [--prefix 3456] [--tail 128] [--requests 8] [--output 128]
         [--threads N] [--modes on,off]
 
-Prints one line per mode, checks that both modes produced the same tokens, and the load average.
+Prints one line per mode, checks that every mode produced the same tokens, and the load average.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Run:
         p = self.prefill_steps
         d = self.decode_steps
         mean = lambda xs: sum(xs) / max(len(xs), 1)  # noqa: E731
-        return (f"{self.mode:>3}: {n_out / self.wall_s:7.1f} output tok/s ({self.wall_s:.2f} s), "
+        return (f"{self.mode:>9}: {n_out / self.wall_s:7.1f} output tok/s ({self.wall_s:.2f} s), "
                 f"TTFT mean {mean(self.ttft_s):.2f} s, cached {self.cached}; "
                 f"{len(p)} steps with prompt rows ({sum(r for _, r in p)} rows, {1e3 * mean([t for t, _ in p]):.0f} ms "
                 f"each), {len(d)} decode-only steps ({1e3 * mean([t for t, _ in d]):.1f} ms at "
@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--output", type=int, default=128)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--max-num-batched-tokens", type=int, default=512)
-    p.add_argument("--modes", default="on,off")
+    p.add_argument("--modes", default="on,off",
+                   help="runs in turn: on / off (the prefix cache), each with -python for the layers called from "
+                        "Python, kernel by kernel, instead of the C++ layer loop")
     args = p.parse_args(argv)
     if args.model is None:
         from harness.assets import ensure_model
@@ -100,12 +102,14 @@ def main(argv: list[str] | None = None) -> None:
     warm, prompts = workload(args.prefix, args.tail, args.requests)
     runs = []
     for mode in args.modes.split(","):
+        cache, _, layers = mode.partition("-")
         cfg = EngineConfig(max_num_seqs=max(16, args.requests), max_num_batched_tokens=args.max_num_batched_tokens,
-                           threads=args.threads, prefix_cache=mode == "on")
+                           threads=args.threads, prefix_cache=cache == "on", layer_loop=layers != "python")
         runs.append(measure(args.model, cfg, warm, prompts, args.output, mode))
         print(runs[-1].line(args.requests * args.output), flush=True)
     if len(runs) == 2:
-        print(f"on / off: {runs[1].wall_s / runs[0].wall_s:.2f}x; outputs equal: {runs[0].outputs == runs[1].outputs}")
+        print(f"{runs[0].mode} / {runs[1].mode}: {runs[1].wall_s / runs[0].wall_s:.2f}x")
+    print(f"outputs equal: {all(run.outputs == runs[0].outputs for run in runs)}")
     print(f"load average {os.getloadavg()}, {args.threads or default_threads()} threads")
 
 

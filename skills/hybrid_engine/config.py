@@ -81,6 +81,7 @@ class EngineConfig:
     share_prefix_reads: bool = True  # decode rows read a shared prompt prefix's K/V once (sharing.py)
     stream_interval: int = 1  # outputs handed to the server this many at a time after the first (QueueStream)
     greedy_head: bool = True  # greedy rows without logprobs: the argmax from a bf16 screen (greedy_head.py), exact
+    layer_loop: bool = True  # the C++ kernels' decoder layers as one call (kernels.cpp LayerLoop), the same bits
 
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens < self.max_num_seqs:

@@ -908,6 +908,103 @@ at::Tensor gdn(const at::Tensor& proj, const at::Tensor& conv_weight, const at::
   return out;
 }
 
+// ---------------------------------------------------------------- the layer loop (model.py)
+//
+// model.py's decoder layers in one call: the same kernels in the same order on the same tensors,
+// so the same bits, without a Python call (and a wait for the GIL) between each two of them. At a
+// decode step of 8 rows each kernel runs for tens of microseconds, about what a call from Python
+// costs; and the server's event loop holds the GIL while it formats the last step's tokens.
+
+struct PackedMatrix {
+  at::Tensor packed;  // pack_linear's panels
+  int64_t n = 0;      // output features
+  at::Tensor operator()(const at::Tensor& x) const { return linear(x, packed, n); }
+};
+
+struct DecoderLayer {
+  bool attention = false;
+  PackedMatrix in, out, gate_up, down;  // in: q|k|v|a|b|gate (GatedDeltaNet) or q|k|v (attention)
+  at::Tensor norm_a, norm_b;  // GatedDeltaNet: input and post norm; attention: post-attention and post-MLP norm
+  at::Tensor conv, a_log, dt_bias, o_norm;  // GatedDeltaNet
+  at::Tensor q_norm, k_norm;                // attention
+};
+
+class LayerLoop {
+ public:
+  void add_linear(at::Tensor input_norm, at::Tensor w_in, int64_t n_in, at::Tensor conv, at::Tensor a_log,
+                  at::Tensor dt_bias, at::Tensor o_norm, at::Tensor w_out, int64_t n_out, at::Tensor post_norm,
+                  at::Tensor w_gate_up, int64_t n_gate_up, at::Tensor w_down, int64_t n_down) {
+    DecoderLayer& l = add({w_in, n_in}, {w_out, n_out}, {w_gate_up, n_gate_up}, {w_down, n_down}, input_norm, post_norm);
+    l.conv = conv;
+    l.a_log = a_log;
+    l.dt_bias = dt_bias;
+    l.o_norm = o_norm;
+  }
+
+  void add_attention(at::Tensor w_qkv, int64_t n_qkv, at::Tensor q_norm, at::Tensor k_norm, at::Tensor w_out,
+                     int64_t n_out, at::Tensor post_attn_norm, at::Tensor w_gate_up, int64_t n_gate_up,
+                     at::Tensor w_down, int64_t n_down, at::Tensor post_ff_norm) {
+    DecoderLayer& l = add({w_qkv, n_qkv}, {w_out, n_out}, {w_gate_up, n_gate_up}, {w_down, n_down}, post_attn_norm,
+                          post_ff_norm);
+    l.attention = true;
+    l.q_norm = q_norm;
+    l.k_norm = k_norm;
+  }
+
+  // The residual stream after every layer; K/V pools, conv and recurrent states updated in place,
+  // snapshots written at save rows, as model.py's loop does.
+  at::Tensor forward(at::Tensor x, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& slots,
+                     const at::Tensor& positions, const at::Tensor& share_slot, const at::Tensor& share_len,
+                     const at::Tensor& seg_slot, const at::Tensor& seg_start, const at::Tensor& seg_len,
+                     const at::Tensor& save_rows, std::vector<at::Tensor> keys, std::vector<at::Tensor> values,
+                     const at::Tensor& conv_state, const at::Tensor& rec_state, const at::Tensor& conv_save,
+                     const at::Tensor& rec_save, int64_t num_heads, int64_t key_heads, double eps, double gdn_eps,
+                     double scale) const {
+    size_t attn_i = 0;
+    int64_t gdn_i = 0;
+    for (const DecoderLayer& l : layers_) {
+      if (l.attention) {
+        TORCH_CHECK(attn_i < keys.size() && attn_i < values.size(), "a K/V pool per attention layer");
+        at::Tensor& kp = keys[attn_i];
+        at::Tensor& vp = values[attn_i];
+        const at::Tensor q = attn_prep(l.in(x), l.q_norm, l.k_norm, cos, sin, slots, positions, kp, vp, num_heads, eps);
+        const at::Tensor mixed = row_attention(q, kp, vp, slots, positions, share_slot, share_len, scale);
+        x = x + rms_norm(l.out(mixed), l.norm_a, eps);
+        const at::Tensor mlp = l.down(silu_mul(l.gate_up(x)));
+        x = x + rms_norm(mlp, l.norm_b, eps);
+        ++attn_i;
+      } else {
+        at::Tensor cs = conv_state.select(0, gdn_i), rs = rec_state.select(0, gdn_i);
+        at::Tensor csave = conv_save.select(0, gdn_i), rsave = rec_save.select(0, gdn_i);
+        const at::Tensor proj = l.in(rms_norm(x, l.norm_a, eps));
+        const at::Tensor mixed = gdn(proj, l.conv, l.a_log, l.dt_bias, l.o_norm, cs, rs, seg_slot, seg_start, seg_len,
+                                     save_rows, csave, rsave, key_heads, gdn_eps);
+        x = x + l.out(mixed);
+        const at::Tensor h = rms_norm(x, l.norm_b, eps);
+        x = x + l.down(silu_mul(l.gate_up(h)));
+        ++gdn_i;
+      }
+    }
+    return x;
+  }
+
+ private:
+  DecoderLayer& add(PackedMatrix in, PackedMatrix out, PackedMatrix gate_up, PackedMatrix down, at::Tensor norm_a,
+                    at::Tensor norm_b) {
+    DecoderLayer l;
+    l.in = std::move(in);
+    l.out = std::move(out);
+    l.gate_up = std::move(gate_up);
+    l.down = std::move(down);
+    l.norm_a = std::move(norm_a);
+    l.norm_b = std::move(norm_b);
+    layers_.push_back(std::move(l));
+    return layers_.back();
+  }
+
+  std::vector<DecoderLayer> layers_;
+};
+
 // Every kernel lets go of the GIL: the server's event loop (another thread of this process)
 // formats and sends the previous step's tokens while the engine thread computes.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -922,4 +1019,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attn_prep", &attn_prep, no_gil);
   m.def("row_attention", &row_attention, no_gil);
   m.def("gdn", &gdn, no_gil);
+  py::class_<LayerLoop>(m, "LayerLoop")
+      .def(py::init<>())
+      .def("add_linear", &LayerLoop::add_linear)
+      .def("add_attention", &LayerLoop::add_attention)
+      .def("forward", &LayerLoop::forward, no_gil);
 }

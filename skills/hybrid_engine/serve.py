@@ -42,6 +42,9 @@ def engine_arguments(description: str | None, defaults: dict) -> argparse.Argume
     p.add_argument("--greedy-head", action=argparse.BooleanOptionalAction, default=True,
                    help="greedy requests without logprobs: the argmax from a bf16 screen of the lm_head and an fp32 "
                         "recheck of the tokens it cannot rule out, equal to the fp32 head's (greedy_head.py)")
+    p.add_argument("--layer-loop", action=argparse.BooleanOptionalAction, default=True,
+                   help="with the C++ kernels, run the decoder layers as one C++ call (the same kernels in the same "
+                        "order, so the same bits) rather than a Python call per kernel")
     p.add_argument("--min-rows", type=int, default=0,
                    help="pad matmuls to at least this many rows; 0: the row counts checked bit-stable at load")
     return p
@@ -54,7 +57,8 @@ def engine_config(args: argparse.Namespace):
                         max_model_len=args.max_model_len, threads=args.threads, native_kernels=args.native_kernels,
                         prefix_cache=not args.no_prefix_cache, state_block=args.state_block,
                         cache_bytes=args.cache_mb << 20, wait_for_shared=args.wait_for_shared, min_rows=args.min_rows,
-                        stream_interval=args.stream_interval, greedy_head=args.greedy_head)
+                        stream_interval=args.stream_interval, greedy_head=args.greedy_head,
+                        layer_loop=args.layer_loop)
 
 
 def serve_engine(name: str, args: argparse.Namespace) -> None:

@@ -183,6 +183,35 @@ def test_forward_is_split_invariant(on, model_dir) -> None:
     assert logprobs(chunked, [ids(50), ids(120)]) == logprobs(on, [])
 
 
+def test_the_cpp_layer_loop_gives_the_python_loops_bits(on, model_dir) -> None:
+    """The decoder layers as one C++ call (kernels.cpp LayerLoop) against a Python call per kernel:
+    prompts with a shared prefix (a cache hit, snapshots at save rows, decode rows reading the
+    prefix once) and others beside them, the same tokens and logprobs bit for bit."""
+    if on.runtime["kernels"] != "native":
+        pytest.skip("the layer loop is the C++ kernels'")
+    assert on.runtime["layer_loop"] is True
+    python = _engine(model_dir, True, layer_loop=False)
+    assert python.runtime["layer_loop"] is False
+    prefix = ids(150)
+    prompts = [prefix + ids(20), prefix + ids(70), ids(40), ids(5)]
+    params = SamplingParams(max_tokens=6, temperature=0.0, top_logprobs=3, ignore_eos=True)
+
+    def outputs(engine):
+        engine.reset_prefix_cache()
+        run(engine, [prefix + ids(9)])  # fills the cache
+        outs: list[list] = [[] for _ in prompts]
+        for prompt, out in zip(prompts, outs):
+            engine.add_request(prompt, params, out.extend)
+        engine.run_until_idle()
+        return [[(o.token_id, o.logprobs.logprob, o.logprobs.top, o.cached_tokens) for o in out] for out in outs]
+
+    state = _rng.getstate()
+    loop = outputs(on)
+    _rng.setstate(state)
+    assert outputs(python) == loop
+    assert loop[0][0][3] >= 128  # the shared prefix was a hit
+
+
 def test_torch_fallback_computes_the_same_model(on, model_dir) -> None:
     """Without the C++ kernels (no compiler): the same tokens, cache hits included."""
     fallback = _engine(model_dir, True, native_kernels=False)
