@@ -1,13 +1,14 @@
 """The olmo_hybrid forward over a step's packed rows, in fp32.
 
 Matmuls are linear.py's (the C++ panel kernel, or oneDNN / MKL without it), every one at a row
-count that rows.py found bit-stable; everything between them is a row kernel (kernels.py). GatedDeltaNet layers: pre-norm, fused q|k|v|a|b|gate
-projection, the delta-rule kernel (conv, recurrence, gated norm) on each sequence's segment from
-its slot state, output projection, residual; pre-norm SwiGLU MLP. Attention layers (Olmo 3 style):
-q|k|v projection of the residual stream itself, q/k norms and rope, K/V into the slot pool,
-causal row attention, output projection, then RMSNorm of the mixer's output before the residual
-add; the MLP likewise post-normed. With the C++ kernels the layers run as one call
-(kernels.cpp `LayerLoop`: the same kernels in the same order), not a Python call per kernel.
+count that rows.py found bit-stable; everything between them is a row kernel (kernels.py).
+GatedDeltaNet layers: pre-norm, fused q|k|v|a|b|gate projection, the delta-rule kernel (conv,
+recurrence, gated norm) on each sequence's segment from its slot state, output projection,
+residual; pre-norm SwiGLU MLP. Attention layers (Olmo 3 style): q|k|v projection of the residual
+stream itself, q/k norms and rope, K/V into the slot pool, causal row attention, output
+projection, then RMSNorm of the mixer's output before the residual add; the MLP likewise
+post-normed. With the C++ kernels the layers run as one call (kernels.cpp `LayerLoop`: the same
+kernels in the same order), not a Python call per kernel.
 """
 
 from __future__ import annotations
