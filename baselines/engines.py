@@ -107,7 +107,8 @@ ENGINES: dict[str, Engine] = {
             "mac": Recipe(requirements=("mlx-lm==0.32.2", "llguidance==1.9.1", *_OPENAI_SERVER, _PILLOW),
                           version_of="mlx-lm"),
             # On Linux mlx-lm does not pull mlx itself; mlx[cpu] is the CPU backend. Its matmuls
-            # are ~16x slower unless Debian's threaded OpenBLAS is preloaded.
+            # are ~16x slower unless Debian's threaded OpenBLAS is preloaded, and ~6x where that
+            # OpenBLAS does not know the CPU and is not told its kernels (baselines/openblas.py).
             "cpu": Recipe(requirements=("mlx[cpu]==0.32.4", "mlx-lm==0.32.2", "llguidance==1.9.1", *_OPENAI_SERVER,
                                         _PILLOW),
                           apt=("libopenblas0-pthread",), version_of="mlx-lm"),

@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from baselines import openblas
 from baselines.engines import ENGINES, Engine, Platform, Recipe
 from harness.atomic import atomic_write_json
 from harness.environments import INFO, engine_dir, engine_info
@@ -40,14 +41,6 @@ class Step:
         return done.stdout
 
 
-def _openblas_pthread() -> str | None:
-    try:
-        files = subprocess.run(["dpkg", "-L", "libopenblas0-pthread"], capture_output=True, text=True).stdout.split()
-    except OSError:
-        return None
-    return next((f for f in files if f.endswith("/libblas.so.3")), None)
-
-
 def _apt(step: Step, packages: tuple[str, ...]) -> None:
     missing = [p for p in packages if subprocess.run(["dpkg", "-s", p], capture_output=True).returncode != 0]
     if not missing:
@@ -61,11 +54,11 @@ def _apt(step: Step, packages: tuple[str, ...]) -> None:
 
 def _launch_env(recipe: Recipe) -> dict[str, str]:
     """Environment every launch of this engine needs (recorded so specs need not know paths)."""
-    if "libopenblas0-pthread" in recipe.apt:
-        lib = _openblas_pthread()
+    if openblas.PACKAGE in recipe.apt:
+        lib = openblas.library()
         if lib is None:
-            raise HarnessError("libopenblas0-pthread is installed but its libblas.so.3 was not found")
-        return {"LD_PRELOAD": lib}
+            raise HarnessError(f"{openblas.PACKAGE} is installed but its libblas.so.3 was not found")
+        return openblas.launch_env(lib)
     return {}
 
 

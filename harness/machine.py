@@ -29,6 +29,11 @@ def _cpuinfo(key: str) -> str | None:
     return None
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (x86 `flags`, Arm `Features`); empty where /proc/cpuinfo cannot be read."""
+    return set((_cpuinfo("flags") or _cpuinfo("Features") or "").split())
+
+
 def usable_cpus() -> list[int]:
     """The CPUs this process may run on: a `taskset`, a container's cpuset or a scheduler's pinning
     narrow them, and os.cpu_count() still counts every CPU online (threads sized from it oversubscribe)."""
@@ -73,7 +78,7 @@ def loadavg() -> list[float]:
 
 @cache
 def machine() -> dict:
-    flags = set((_cpuinfo("flags") or _cpuinfo("Features") or "").split())
+    flags = cpu_flags()
     family, model = _cpuinfo("cpu family"), _cpuinfo("model")
     return {"cpu": _cpu_model(), "cores": len(usable_cpus()), "cores_online": os.cpu_count(),
             "arch": platform.machine(),
