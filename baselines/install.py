@@ -75,6 +75,7 @@ def _distribution(requirement: str) -> str:
 def _record(engine: Engine, recipe: Recipe, here: Platform) -> dict:
     """Write engine.json: what is installed, which versions, what a launch needs."""
     versions = _versions(engine_dir(engine.name) / "venv" / "bin" / "python")
+    launch = _launch_env(recipe)
     info = {
         "engine": engine.name,
         "platform": engine.tag(here),
@@ -83,11 +84,13 @@ def _record(engine: Engine, recipe: Recipe, here: Platform) -> dict:
         "version": versions.get(recipe.version_of or _distribution(recipe.requirements[0])),
         "packages": {_distribution(r): versions.get(_distribution(r)) for r in recipe.requirements}
                     | {k: versions[k] for k in ("torch", "transformers") if k in versions},
-        "launch_env": _launch_env(recipe),
+        "launch_env": launch,
         "note": recipe.note,
         "installed_at": (engine_info(engine.name) or {}).get("installed_at")
                         or dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
+    if "LD_PRELOAD" in launch and openblas.PACKAGE in recipe.apt:  # recorded in every row of a stack using it
+        info["blas_kernels"] = openblas.kernels(launch)
     atomic_write_json(engine_dir(engine.name) / INFO, info)
     return info
 

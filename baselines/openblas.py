@@ -65,3 +65,9 @@ def launch_env(lib: str) -> dict[str, str]:
     if core and corename(lib, core) == core:
         env["OPENBLAS_CORETYPE"] = core
     return env
+
+
+def kernels(env: dict[str, str]) -> str | None:
+    """The kernels a process launched with `env` (launch_env's) runs, e.g. "OpenBLAS SkylakeX"."""
+    core = corename(env["LD_PRELOAD"], env.get("OPENBLAS_CORETYPE"))
+    return f"OpenBLAS {core}" if core else None
