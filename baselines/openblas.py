@@ -18,7 +18,8 @@ from harness.machine import cpu_flags
 
 PACKAGE = "libopenblas0-pthread"
 FALLBACK = "Prescott"  # what 0.3.x picks for an x86-64 CPU it does not know
-CORES = (("avx512f", "SkylakeX"), ("avx2", "Haswell"))  # the first whose flag the CPU has
+# The kernels to name, widest first, with the CPU flags each needs (as OpenBLAS's own checks).
+CORES = (({"avx512f", "avx512bw", "avx512vl"}, "SkylakeX"), ({"avx2", "fma"}, "Haswell"))
 
 _CORENAME = ("import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); lib.openblas_get_corename.restype = ctypes.c_char_p;"
              " print(lib.openblas_get_corename().decode())")
@@ -54,7 +55,7 @@ def coretype(picked: str | None, flags: set[str]) -> str | None:
     AVX-512 nor AVX2), else the widest kernels its flags allow."""
     if picked != FALLBACK:
         return None
-    return next((core for flag, core in CORES if flag in flags), None)
+    return next((core for needs, core in CORES if needs <= flags), None)
 
 
 def launch_env(lib: str) -> dict[str, str]:

@@ -10,8 +10,9 @@ needs_openblas = pytest.mark.skipif(LIB is None, reason=f"{openblas.PACKAGE} is 
 
 
 @pytest.mark.parametrize("picked, flags, want", [
-    ("Prescott", {"avx2", "avx512f", "avx512_bf16"}, "SkylakeX"),
-    ("Prescott", {"sse3", "avx", "avx2"}, "Haswell"),
+    ("Prescott", {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16"}, "SkylakeX"),
+    ("Prescott", {"avx2", "fma", "avx512f"}, "Haswell"),  # AVX-512 without BW/VL: not SkylakeX's
+    ("Prescott", {"sse3", "avx", "avx2", "fma"}, "Haswell"),
     ("Prescott", {"sse3"}, None),          # an old CPU: the fallback is what it can run
     ("Cooperlake", {"avx2", "avx512f"}, None),  # a CPU it knows keeps its choice
     ("Zen", {"avx2", "avx512f"}, None),
