@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=512)
     p.add_argument("--modes", default="on,off",
                    help="runs in turn: on / off (the prefix cache), each with -python for the layers called from "
-                        "Python, kernel by kernel, instead of the C++ layer loop")
+                        "Python, kernel by kernel, instead of the C++ layer loop, -bf16 for the greedy head's bf16 "
+                        "screen instead of int8, -fp32 for the fp32 head (e.g. on,on-bf16,on-python-fp32)")
     args = p.parse_args(argv)
     if args.model is None:
         from harness.assets import ensure_model
@@ -102,9 +103,10 @@ def main(argv: list[str] | None = None) -> None:
     warm, prompts = workload(args.prefix, args.tail, args.requests)
     runs = []
     for mode in args.modes.split(","):
-        cache, _, layers = mode.partition("-")
+        cache, *variant = mode.split("-")
         cfg = EngineConfig(max_num_seqs=max(16, args.requests), max_num_batched_tokens=args.max_num_batched_tokens,
-                           threads=args.threads, prefix_cache=cache == "on", layer_loop=layers != "python")
+                           threads=args.threads, prefix_cache=cache == "on", layer_loop="python" not in variant,
+                           greedy_head="fp32" not in variant, greedy_screen="bf16" if "bf16" in variant else "int8")
         runs.append(measure(args.model, cfg, warm, prompts, args.output, mode))
         print(runs[-1].line(args.requests * args.output), flush=True)
     if len(runs) == 2:

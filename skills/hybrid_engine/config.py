@@ -80,7 +80,8 @@ class EngineConfig:
     min_rows: int = 0  # pad every matmul to at least this many rows; 0: the load-time check decides
     share_prefix_reads: bool = True  # decode rows read a shared prompt prefix's K/V once (sharing.py)
     stream_interval: int = 1  # outputs handed to the server this many at a time after the first (QueueStream)
-    greedy_head: bool = True  # greedy rows without logprobs: the argmax from a bf16 screen (greedy_head.py), exact
+    greedy_head: bool = True  # greedy rows without logprobs: the argmax from a screen of the head (greedy_head.py)
+    greedy_screen: str = "int8"  # that screen's weights: int8 (AVX-512 VNNI) or bf16 (AVX-512 BF16); bf16 without VNNI
     layer_loop: bool = True  # the C++ kernels' decoder layers as one call (kernels.cpp LayerLoop), the same bits
 
     def __post_init__(self) -> None:
@@ -90,3 +91,5 @@ class EngineConfig:
             raise ValueError("state_block must be positive")
         if self.stream_interval < 1:
             raise ValueError("stream_interval must be positive")
+        if self.greedy_screen not in ("int8", "bf16"):
+            raise ValueError("greedy_screen must be int8 or bf16")

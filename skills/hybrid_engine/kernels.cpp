@@ -24,7 +24,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
-#if defined(__AVX512BF16__)
+#if defined(__AVX512BF16__) || defined(__AVX512VNNI__)
 #include <immintrin.h>
 #endif
 
@@ -580,6 +580,32 @@ void screen_tiles(const int32_t* xb, int64_t rows, int64_t pairs, const at::BFlo
 #endif
 }
 
+// The first of the largest of x W^T over `candidates` (ids in order), each computed by
+// panel_rows<1> on its column of the panels: `linear`'s own chain, so the same bits. -1 for none.
+int64_t recheck(const float* x, int64_t k, const std::vector<int64_t>& candidates, const at::Tensor& panels) {
+  if (candidates.size() == 1) return candidates[0];
+  const bool narrow = panels.scalar_type() == at::kBFloat16;
+  const float* pp = narrow ? nullptr : panels.data_ptr<float>();
+  const at::BFloat16* pb = narrow ? panels.data_ptr<at::BFloat16>() : nullptr;
+  std::vector<float> panel(k * PANEL);
+  float exact[PANEL];
+  float best = -INFINITY;
+  int64_t best_id = -1;
+  for (size_t c0 = 0; c0 < candidates.size(); c0 += PANEL) {  // up to PANEL candidates a pass, in id order
+    const int64_t count = std::min<int64_t>(PANEL, candidates.size() - c0);
+    std::fill(panel.begin(), panel.end(), 0.0f);
+    for (int64_t j = 0; j < count; ++j) {
+      const int64_t c = candidates[c0 + j];
+      const int64_t at = (c / PANEL) * k * PANEL + c % PANEL;  // the same fp32 numbers from either panels
+      for (int64_t i = 0; i < k; ++i) panel[i * PANEL + j] = narrow ? widen(pb[at + i * PANEL]) : pp[at + i * PANEL];
+    }
+    panel_rows<1>(x, k, panel.data(), exact);
+    for (int64_t j = 0; j < count; ++j)
+      if (exact[j] > best || best_id < 0) best = exact[j], best_id = candidates[c0 + j];
+  }
+  return best_id;
+}
+
 // x [rows, k] fp32 (rows <= 16), screen from pack_screen, panels from pack_linear of the same W
 // [n, k] -> int64 [rows]: each row's argmax of x W^T as `linear` gives it; -1 for a row whose
 // screen is not finite (the caller then takes the full head).
@@ -606,12 +632,7 @@ at::Tensor greedy_ids(const at::Tensor& x, const at::Tensor& screen, const at::T
   std::unique_ptr<float[]> approx(new float[rows * tiles * SCREEN_TILE]);  // every element written by screen_tiles
   std::vector<float> tile_max(rows * tiles);  // each tile's largest screen per row: the scans below skip the rest
   screen_tiles(xb.data(), rows, pairs, screen.data_ptr<at::BFloat16>(), tiles, n, approx.get(), tile_max.data());
-  const bool narrow = panels.scalar_type() == at::kBFloat16;
-  const float* pp = narrow ? nullptr : panels.data_ptr<float>();
-  const at::BFloat16* pb = narrow ? panels.data_ptr<at::BFloat16>() : nullptr;
   auto* pid = ids.data_ptr<int64_t>();
-  std::vector<float> panel(k * PANEL);
-  float exact[PANEL];
   for (int64_t r = 0; r < rows; ++r) {
     const float* a = approx.get() + r * tiles * SCREEN_TILE;
     const float* m = &tile_max[r * tiles];
@@ -631,25 +652,166 @@ at::Tensor greedy_ids(const at::Tensor& x, const at::Tensor& screen, const at::T
       for (int64_t c = t * SCREEN_TILE; c < std::min(n, (t + 1) * SCREEN_TILE); ++c)
         if (a[c] >= floor) candidates.push_back(c);
     }
-    if (candidates.size() == 1) {
-      pid[r] = candidates[0];
-      continue;
-    }
-    float best = -INFINITY;
-    int64_t best_id = -1;
-    for (size_t c0 = 0; c0 < candidates.size(); c0 += PANEL) {  // up to PANEL candidates a pass, in id order
-      const int64_t count = std::min<int64_t>(PANEL, candidates.size() - c0);
-      std::fill(panel.begin(), panel.end(), 0.0f);
-      for (int64_t j = 0; j < count; ++j) {
-        const int64_t c = candidates[c0 + j];
-        const int64_t at = (c / PANEL) * k * PANEL + c % PANEL;  // the same fp32 numbers from either panels
-        for (int64_t i = 0; i < k; ++i) panel[i * PANEL + j] = narrow ? widen(pb[at + i * PANEL]) : pp[at + i * PANEL];
+    pid[r] = recheck(px + r * k, k, candidates, panels);
+  }
+  return ids;
+}
+
+// ---------------------------------------------------------------- int8 screen (greedy_head.py)
+//
+// The same argmax from a screen that reads the head in int8 (a quarter of the fp32 bytes, half of
+// bf16's): column v holds q_v = round(w_v / s_v) (greedy_head.py packs it, with s_v = max|w_v| / 127),
+// a row x is rounded to q_x = round(x / s_x) the same way, and VNNI dot products sum q_x . q_v
+// exactly in int32. The screen y^_v = s_x s_v (q_x . q_v) is within
+//   B_v = |x|_1 A_v + e_x W1_v  (A_v = e_v + gamma_K max|w_v|, W1_v = s_v |q_v|_1)
+// of `linear`'s fp32 logit: e_v = max_k |w_vk - s_v q_vk| and e_x = max_k |x_k - s_x q_xk| are the
+// roundings' actual errors, gamma_K = K 2^-24 / (1 - K 2^-24) bounds `linear`'s own chain; plus 2^-20
+// |y^_v| and 2^-16 B_v for the float arithmetic of y^ and B here. So max_u (y^_u - B_u) is at most the
+// largest logit, and every token that reaches it has y^_v + B_v >= that: those are rechecked.
+
+#if defined(__AVX512VNNI__)
+constexpr bool kInt8Screen = true;
+#else
+constexpr bool kInt8Screen = false;
+#endif
+
+bool int8_screen_available() { return kInt8Screen; }
+
+#if defined(__AVX512VNNI__)
+// R rows of x's bytes (q_x + 128, four k's to an int32) against one tile's 16 columns of int8 quads:
+// exact int32 sums of (q_x + 128) q_v.
+template <int R>
+inline void screen_tile_i8(const int32_t* xq, int64_t quads, const int8_t* w, __m512i* acc) {
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_si512();
+  for (int64_t p = 0; p < quads; ++p) {
+    _mm_prefetch(reinterpret_cast<const char*>(w + (p + 16) * 4 * SCREEN_TILE), _MM_HINT_T0);
+    const __m512i wv = _mm512_loadu_si512(w + p * 4 * SCREEN_TILE);
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_set1_epi32(xq[r * quads + p]), wv);
+  }
+}
+#endif
+
+// One row's int8 screen inputs: its bytes, s_x, |x|_1 and e_x (rounded up); finite = false for a
+// row with a NaN or an infinity (the caller takes the full head).
+struct QuantRow {
+  float scale = 0, l1 = 0, err = 0;
+  bool finite = true;
+};
+
+QuantRow quantize_row(const float* x, int64_t k, int64_t quads, int32_t* out) {
+  QuantRow q;
+  float top = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    if (!std::isfinite(x[i])) q.finite = false;
+    top = std::max(top, std::fabs(x[i]));
+  }
+  uint8_t* bytes = reinterpret_cast<uint8_t*>(out);
+  std::fill(bytes, bytes + 4 * quads, uint8_t(128));  // padding k's: q_x = 0
+  if (!q.finite || top == 0) return q;
+  q.scale = top / 127.0f;
+  double l1 = 0, err = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    const float v = std::min(127.0f, std::max(-127.0f, std::nearbyint(x[i] / q.scale)));
+    bytes[i] = uint8_t(int(v) + 128);
+    l1 += std::fabs(double(x[i]));
+    err = std::max(err, std::fabs(double(x[i]) - double(q.scale) * v));
+  }
+  q.l1 = float(l1 * (1 + 1e-6));
+  q.err = float(err * (1 + 1e-6));
+  return q;
+}
+
+// Every tile of the int8 screen for every row: y^ + B per column into hi (-inf past n), each tile's
+// largest of those per row into tile_hi, each tile's largest y^ - B per row into tile_lo.
+void screen_tiles_i8(const int32_t* xq, const QuantRow* qr, int64_t rows, int64_t quads, const int8_t* ws,
+                     const float* cols, const int32_t* comp, int64_t tiles, int64_t n, float* hi, float* tile_hi,
+                     float* tile_lo) {
+#if defined(__AVX512VNNI__)
+  const int64_t stride = tiles * SCREEN_TILE, padded = tiles * SCREEN_TILE;
+  at::parallel_for(0, tiles, 16, [&](int64_t begin, int64_t end) {
+    __m512i acc[8];
+    for (int64_t t = begin; t < end; ++t) {
+      const int8_t* w = ws + t * quads * 4 * SCREEN_TILE;
+      const int64_t c0 = t * SCREEN_TILE, real_cols = std::min<int64_t>(SCREEN_TILE, n - c0);
+      const __mmask16 real = real_cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << real_cols) - 1);
+      const __m512 scale = _mm512_loadu_ps(cols + c0), a = _mm512_loadu_ps(cols + padded + c0),
+                   w1 = _mm512_loadu_ps(cols + 2 * padded + c0);
+      const __m512i offset = _mm512_loadu_si512(comp + c0);
+      for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+        const int64_t block = std::min<int64_t>(8, rows - r0);
+        const int32_t* x = xq + r0 * quads;
+        switch (block) {
+          case 8: screen_tile_i8<8>(x, quads, w, acc); break;
+          case 7: screen_tile_i8<7>(x, quads, w, acc); break;
+          case 6: screen_tile_i8<6>(x, quads, w, acc); break;
+          case 5: screen_tile_i8<5>(x, quads, w, acc); break;
+          case 4: screen_tile_i8<4>(x, quads, w, acc); break;
+          case 3: screen_tile_i8<3>(x, quads, w, acc); break;
+          case 2: screen_tile_i8<2>(x, quads, w, acc); break;
+          default: screen_tile_i8<1>(x, quads, w, acc);
+        }
+        for (int64_t j = 0; j < block; ++j) {
+          const QuantRow& q = qr[r0 + j];
+          const __m512 sums = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[j], offset));  // exact: |sum| < 2^24
+          const __m512 y = _mm512_mul_ps(sums, _mm512_mul_ps(scale, _mm512_set1_ps(q.scale)));
+          __m512 b = _mm512_fmadd_ps(_mm512_set1_ps(q.l1), a, _mm512_mul_ps(_mm512_set1_ps(q.err), w1));
+          b = _mm512_fmadd_ps(_mm512_abs_ps(y), _mm512_set1_ps(0x1p-20f),
+                              _mm512_fmadd_ps(b, _mm512_set1_ps(1.0f + 0x1p-16f), _mm512_set1_ps(1e-30f)));
+          const __m512 up = _mm512_mask_blend_ps(real, _mm512_set1_ps(-INFINITY), _mm512_add_ps(y, b));
+          const __m512 down = _mm512_mask_blend_ps(real, _mm512_set1_ps(-INFINITY), _mm512_sub_ps(y, b));
+          const int64_t r = r0 + j;
+          _mm512_storeu_ps(hi + r * stride + c0, up);
+          tile_hi[r * tiles + t] = _mm512_reduce_max_ps(up);
+          tile_lo[r * tiles + t] = _mm512_reduce_max_ps(down);
+        }
       }
-      panel_rows<1>(px + r * k, k, panel.data(), exact);
-      for (int64_t j = 0; j < count; ++j)
-        if (exact[j] > best || best_id < 0) best = exact[j], best_id = candidates[c0 + j];
     }
-    pid[r] = best_id;
+  });
+#endif
+}
+
+// x [rows <= 16, k] fp32; screen [tiles, k / 4, 16, 4] int8, cols [3, tiles * 16] (s_v, A_v, W1_v),
+// comp [tiles * 16] int32 (128 sum_k q_vk), all from greedy_head.py's packing; panels from
+// pack_linear of the same W [n, k] -> int64 [rows]: each row's argmax of x W^T as `linear` gives
+// it; -1 for a row that is not finite (the caller then takes the full head).
+at::Tensor greedy_ids_i8(const at::Tensor& x, const at::Tensor& screen, const at::Tensor& cols,
+                         const at::Tensor& comp, const at::Tensor& panels, int64_t n) {
+  check_f32(x, "x");
+  check_f32(cols, "cols");
+  TORCH_CHECK(kInt8Screen, "greedy_ids_i8: this build has no AVX-512 VNNI");
+  const int64_t rows = x.size(0), k = x.size(1), quads = (k + 3) / 4, tiles = screen.size(0);
+  TORCH_CHECK(rows <= 16, "greedy_ids_i8: at most 16 rows");
+  TORCH_CHECK(screen.scalar_type() == at::kChar && screen.is_contiguous() && screen.size(1) == quads &&
+              tiles * SCREEN_TILE >= n, "greedy_ids_i8: screen shape");
+  TORCH_CHECK(cols.size(0) == 3 && cols.size(1) == tiles * SCREEN_TILE, "greedy_ids_i8: cols shape");
+  TORCH_CHECK(comp.scalar_type() == at::kInt && comp.is_contiguous() && comp.size(0) == tiles * SCREEN_TILE,
+              "greedy_ids_i8: comp shape");
+  TORCH_CHECK(k <= 1024, "greedy_ids_i8: the int32 sums are exact in fp32 up to K = 1024");
+  TORCH_CHECK((panels.scalar_type() == at::kFloat || panels.scalar_type() == at::kBFloat16) && panels.is_contiguous() &&
+              panels.size(1) == k && panels.size(2) == PANEL && panels.size(0) * PANEL >= n,
+              "greedy_ids_i8: panels from pack_linear");
+  auto ids = at::full({rows}, -1, x.options().dtype(at::kLong));
+  if (rows == 0) return ids;
+  const float* px = x.data_ptr<float>();
+  std::vector<int32_t> xq(rows * quads);
+  std::vector<QuantRow> qr(rows);
+  for (int64_t r = 0; r < rows; ++r) qr[r] = quantize_row(px + r * k, k, quads, xq.data() + r * quads);
+  const int64_t stride = tiles * SCREEN_TILE;
+  std::unique_ptr<float[]> hi(new float[rows * stride]);  // every element written by screen_tiles_i8
+  std::vector<float> tile_hi(rows * tiles), tile_lo(rows * tiles);
+  screen_tiles_i8(xq.data(), qr.data(), rows, quads, screen.data_ptr<int8_t>(), cols.data_ptr<float>(),
+                  comp.data_ptr<int32_t>(), tiles, n, hi.get(), tile_hi.data(), tile_lo.data());
+  auto* pid = ids.data_ptr<int64_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    if (!qr[r].finite) continue;
+    const float floor = *std::max_element(tile_lo.begin() + r * tiles, tile_lo.begin() + (r + 1) * tiles);
+    std::vector<int64_t> candidates;
+    for (int64_t t = 0; t < tiles; ++t) {
+      if (!(tile_hi[r * tiles + t] >= floor)) continue;
+      for (int64_t c = t * SCREEN_TILE; c < std::min(n, (t + 1) * SCREEN_TILE); ++c)
+        if (hi[r * stride + c] >= floor) candidates.push_back(c);
+    }
+    pid[r] = recheck(px + r * k, k, candidates, panels);
   }
   return ids;
 }
@@ -1014,6 +1176,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("greedy_head_available", &greedy_head_available);
   m.def("pack_screen", &pack_screen, no_gil);
   m.def("greedy_ids", &greedy_ids, no_gil);
+  m.def("int8_screen_available", &int8_screen_available);
+  m.def("greedy_ids_i8", &greedy_ids_i8, no_gil);
   m.def("rms_norm", &rms_norm, no_gil);
   m.def("silu_mul", &silu_mul, no_gil);
   m.def("attn_prep", &attn_prep, no_gil);

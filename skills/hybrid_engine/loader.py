@@ -37,7 +37,8 @@ def load_engine(model_dir: Path, cfg: EngineConfig, warmup: bool = True) -> Hybr
     padding = RowPadding(cfg.min_rows) if cfg.min_rows else settle(
         weights.linears(), cfg.max_num_batched_tokens, weights.lm_head, max(cfg.max_num_seqs, 16))
     max_len = min(cfg.max_model_len, model_cfg.max_position)
-    model = HybridModel(model_cfg, weights, ops, padding, max_len, cfg.greedy_head, cfg.layer_loop)
+    model = HybridModel(model_cfg, weights, ops, padding, max_len, cfg.greedy_screen if cfg.greedy_head else None,
+                        cfg.layer_loop)
     states = SlotStates.allocate(model_cfg, cfg.max_num_seqs, max_len)
     reuse = PrefixReuse(states, cfg.prefix_cache, cfg.state_block, cfg.cache_bytes, cfg.wait_for_shared)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
@@ -49,6 +50,7 @@ def load_engine(model_dir: Path, cfg: EngineConfig, warmup: bool = True) -> Hybr
                       "row_padding": padding.to_json(), "prefix_cache": cfg.prefix_cache,
                       "state_block": cfg.state_block, "dtype": "float32", "threads": torch.get_num_threads(),
                       "greedy_head": model.greedy_head is not None, "layer_loop": model.layer_loop is not None,
+                      "greedy_screen": model.greedy_head.screen_kind if model.greedy_head else None,
                       "weight_dtypes": sorted({m.weight_dtype for m in [*weights.linears(), weights.lm_head]})}
     if warmup:
         engine.warmup()

@@ -59,7 +59,7 @@ def rope_tables(cfg: HybridConfig, positions: int) -> tuple[torch.Tensor, torch.
 
 class HybridModel:
     def __init__(self, cfg: HybridConfig, weights: Weights, kernels, padding: RowPadding, max_len: int,
-                 greedy_head: bool = False, layer_loop: bool = True) -> None:
+                 greedy_head: str | None = None, layer_loop: bool = True) -> None:
         self.cfg = cfg
         self.w = weights
         self.k = kernels
@@ -67,7 +67,8 @@ class HybridModel:
         self.cos, self.sin = rope_tables(cfg, max_len)
         self.scale = cfg.head_dim ** -0.5
         # The argmax without reading the fp32 head, where that is exact here (greedy_head.py).
-        self.greedy_head = GreedyHead.build(weights.lm_head, kernels) if greedy_head else None
+        # `greedy_head`: the screen asked for ("int8" or "bf16"), None for the fp32 head.
+        self.greedy_head = GreedyHead.build(weights.lm_head, kernels, greedy_head) if greedy_head else None
         self.layer_loop = layer_loop_for(weights, kernels) if layer_loop else None
 
     @torch.inference_mode()

@@ -40,8 +40,11 @@ def engine_arguments(description: str | None, defaults: dict) -> argparse.Argume
                    help="after a request's first token, send its tokens this many to a chunk (and at its end); "
                         "fewer chunks leave more of the cores to the engine (default: %(default)s)")
     p.add_argument("--greedy-head", action=argparse.BooleanOptionalAction, default=True,
-                   help="greedy requests without logprobs: the argmax from a bf16 screen of the lm_head and an fp32 "
+                   help="greedy requests without logprobs: the argmax from a screen of the lm_head and an fp32 "
                         "recheck of the tokens it cannot rule out, equal to the fp32 head's (greedy_head.py)")
+    p.add_argument("--greedy-screen", choices=["int8", "bf16"], default="int8",
+                   help="the greedy head's screen: int8 (AVX-512 VNNI; a quarter of the fp32 head's bytes) or bf16 "
+                        "(AVX-512 BF16; half); int8 falls back to bf16 on a CPU without VNNI (default: %(default)s)")
     p.add_argument("--layer-loop", action=argparse.BooleanOptionalAction, default=True,
                    help="with the C++ kernels, run the decoder layers as one C++ call (the same kernels in the same "
                         "order, so the same bits) rather than a Python call per kernel")
@@ -58,6 +61,7 @@ def engine_config(args: argparse.Namespace):
                         prefix_cache=not args.no_prefix_cache, state_block=args.state_block,
                         cache_bytes=args.cache_mb << 20, wait_for_shared=args.wait_for_shared, min_rows=args.min_rows,
                         stream_interval=args.stream_interval, greedy_head=args.greedy_head,
+                        greedy_screen=args.greedy_screen,
                         layer_loop=args.layer_loop)
 
 

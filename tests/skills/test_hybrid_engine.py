@@ -224,39 +224,87 @@ def test_torch_fallback_computes_the_same_model(on, model_dir) -> None:
     assert cached == [0, 192, 0]
 
 
+def _near_tie_head(ops, seed: int, a_row: list[float], b_row: list[float]):
+    """A 4099 x 256 head of small random weights with token 1000 a copy of token 7 (an exact tie: 7
+    must win) and tokens A and B zero but for `a_row` / `b_row` in their first dimensions; 40 rows:
+    row 0 along token 7, row 1 ones over those dimensions (where A and B nearly tie), the rest random."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(4099, 256, generator=g) * 0.02
+    w[1000] = w[7]
+    for token, values in ((A, a_row), (B, b_row)):
+        w[token].zero_()
+        w[token, :len(values)] = torch.tensor(values)
+    rows = torch.randn(40, 256, generator=g)
+    rows[0] = w[7] * 50
+    rows[1].zero_()
+    rows[1, :max(len(a_row), len(b_row))] = 1.0
+    return w, ops.pack_linear(w), rows
+
+
+def _assert_fp32_argmax(head, ops, panels, rows) -> None:
+    for batch in rows.split(8):
+        assert head.ids(batch) == ops.linear(batch.contiguous(), panels, head.vocab).argmax(dim=1).tolist()
+
+
+A, B = 2000, 3000  # the near-tie pair of _near_tie_head
+
+
 def test_greedy_head_is_the_fp32_heads_argmax_and_needs_its_bound() -> None:
     """The bf16-screened greedy head against the fp32 head's argmax: random rows, exact ties (a
-    duplicated token: the first wins), and a pair the screen orders the wrong way round (token a is
-    larger in fp32, b in bf16): with its error bound the head rechecks both and picks a; with no
-    bound it picks b, so this comparison can fail."""
+    duplicated token: the first wins), and a pair the screen orders the wrong way round (token A is
+    larger in fp32, B in bf16): with its error bound the head rechecks both and picks A; with no
+    bound it picks B, so this comparison can fail."""
     from skills.hybrid_engine.greedy_head import ERROR, GreedyHead
     from skills.hybrid_engine.kernels import kernels
 
     ops, name = kernels(True)
     if name != "native" or not ops.greedy_head_available():
         pytest.skip("the greedy head needs the C++ kernels with AVX-512 BF16")
-    g = torch.Generator().manual_seed(5)
-    vocab, k = 4099, 256
-    w = torch.randn(vocab, k, generator=g) * 0.02
-    w[1000] = w[7]  # an exact tie: 7 must win
-    a, b = 2000, 3000
-    w[a].zero_()
-    w[b].zero_()
-    w[a, 0] = 1 + 0.45 * 2 ** -7  # rounds to 1.0 in bf16: screened 1.0, exact 1.0035
-    w[b, 0], w[b, 1] = 1.0, 2 ** -9  # exact in bf16: screened and exact 1.00195
+    # A: 1 + 0.45 2^-7 rounds to 1.0 in bf16 (screened 1.0, exact 1.0035); B: exact in bf16, 1.00195
+    w, panels, rows = _near_tie_head(ops, 5, [1 + 0.45 * 2 ** -7], [1.0, 2 ** -9])
+    head = GreedyHead(panels, w.shape[0], ops)
+    _assert_fp32_argmax(head, ops, panels, rows)
+    assert head.ids(rows[:2]) == [7, A]
+    assert GreedyHead(panels, w.shape[0], ops, error=0.0).ids(rows[1:2]) == [B]  # the screen alone is wrong here
+    assert ERROR > 2 ** -8 + 2 ** -18 + 2 * w.shape[1] * 2 ** -24
+
+
+def test_int8_greedy_head_is_the_fp32_heads_argmax_and_needs_its_bound() -> None:
+    """The int8-screened greedy head against the fp32 head's argmax: random rows and their negatives,
+    an exact tie (the first wins), an all-zero column, an all-zero row (every logit 0: token 0), a
+    row that is not finite (left to the full head), and a pair the int8 screen orders the wrong way
+    round (A is larger in fp32: 1.0078 against 1.0045; B in int8, where A's small weights round to 0
+    and B's to one step, 1/127): with its bound the head rechecks both and picks A; with the bound
+    scaled to 0 it picks B, so this comparison can fail."""
+    from skills.hybrid_engine.greedy_head import Int8Head
+    from skills.hybrid_engine.kernels import kernels
+
+    ops, name = kernels(True)
+    if name != "native" or not getattr(ops, "int8_screen_available", lambda: False)():
+        pytest.skip("the int8 screen needs the C++ kernels with AVX-512 VNNI")
+    w, _, rows = _near_tie_head(ops, 11, [1.0, 0.0039, 0.0039], [1.0, 0.0045])
+    w[50].zero_()
     panels = ops.pack_linear(w)
-    head = GreedyHead(panels, vocab, ops)
-    blind = GreedyHead(panels, vocab, ops, error=0.0)
-    rows = torch.randn(40, k, generator=g)
-    rows[0] = w[7] * 50
-    rows[1].zero_()
-    rows[1, :2] = 1.0
-    for batch in rows.split(8):
-        want = ops.linear(batch.contiguous(), panels, vocab).argmax(dim=1).tolist()
-        assert head.ids(batch) == want
-    assert head.ids(rows[:2]) == [7, a]
-    assert blind.ids(rows[1:2]) == [b]  # the screen alone is wrong here
-    assert ERROR > 2 ** -8 + 2 ** -18 + 2 * k * 2 ** -24
+    head = Int8Head(panels, w.shape[0], ops)
+    _assert_fp32_argmax(head, ops, panels, rows)
+    _assert_fp32_argmax(head, ops, panels, -rows)
+    assert head.ids(rows[:2]) == [7, A]
+    assert Int8Head(panels, w.shape[0], ops, bound=0.0).ids(rows[1:2]) == [B]  # the screen alone is wrong here
+    assert head.ids(torch.zeros(1, w.shape[1])) == [0]
+    broken = rows[:2].clone()
+    broken[1, 5] = float("nan")
+    assert head.ids(broken) is None
+
+
+@pytest.mark.parametrize("screen", ["int8", "bf16"])
+def test_each_greedy_screen_gives_the_fp32_heads_tokens(screen, model_dir) -> None:
+    engine = _engine(model_dir, True, greedy_screen=screen)
+    if engine.runtime["greedy_screen"] != screen:
+        pytest.skip(f"no {screen} screen on this machine")
+    full = _engine(model_dir, True, greedy_head=False)
+    assert full.runtime["greedy_screen"] is None
+    prompts = [ids(n) for n in (40, 90, 3, 150)]
+    assert run(engine, prompts, together=True)[0] == run(full, prompts, together=True)[0]
 
 
 def test_greedy_head_on_and_off_give_the_same_tokens(on, model_dir) -> None:
