@@ -83,7 +83,8 @@ class Int8Head:
     s_v), s_v = max|w_v| / 127; what the kernel's bound needs of it is measured here, in float64, from
     the very numbers it uses: e_v = max_k |w_vk - s_v q_vk|, A_v = e_v + gamma_K max|w_v| (`linear`'s
     fp32 chain over K terms), W1_v = s_v |q_v|_1, each rounded up; comp_v = 128 sum_k q_vk undoes the
-    +128 that makes x's bytes unsigned. An all-zero column has s_v = 0: screened 0, bound 0, exact."""
+    +128 that makes x's bytes unsigned. An all-zero column has s_v = 0: screened 0, bound 0, exact.
+    `bound` scales A_v and W1_v: 1 is the proof's; tests set 0 to show the screen alone can be wrong."""
 
     screen_kind = "int8"
 
