@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -497,6 +498,21 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
   return out;
 }
 
+// f(std::integral_constant<int, R>{}) for R = rows (1 to 8): a row block's count as a template argument.
+template <typename F>
+inline void with_rows(int64_t rows, F&& f) {
+  switch (rows) {
+    case 8: return f(std::integral_constant<int, 8>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    default: return f(std::integral_constant<int, 1>{});
+  }
+}
+
 // ---------------------------------------------------------------- greedy head (greedy_head.py)
 //
 // The argmax of y = x W^T as `linear` computes it, reading W in bf16: every logit is screened with
@@ -556,16 +572,7 @@ void screen_tiles(const int32_t* xb, int64_t rows, int64_t pairs, const at::BFlo
         const int64_t block = std::min<int64_t>(8, rows - r0);
         float* out = approx + r0 * stride + t * SCREEN_TILE;
         const int32_t* x = xb + r0 * pairs;
-        switch (block) {
-          case 8: screen_tile<8>(x, pairs, w, out, stride); break;
-          case 7: screen_tile<7>(x, pairs, w, out, stride); break;
-          case 6: screen_tile<6>(x, pairs, w, out, stride); break;
-          case 5: screen_tile<5>(x, pairs, w, out, stride); break;
-          case 4: screen_tile<4>(x, pairs, w, out, stride); break;
-          case 3: screen_tile<3>(x, pairs, w, out, stride); break;
-          case 2: screen_tile<2>(x, pairs, w, out, stride); break;
-          default: screen_tile<1>(x, pairs, w, out, stride);
-        }
+        with_rows(block, [&](auto r) { screen_tile<decltype(r)::value>(x, pairs, w, out, stride); });
         const int64_t cols = std::min<int64_t>(SCREEN_TILE, n - t * SCREEN_TILE);
         const __mmask16 real = cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1);
         for (int64_t r = 0; r < block; ++r) {
@@ -578,6 +585,24 @@ void screen_tiles(const int32_t* xb, int64_t rows, int64_t pairs, const at::BFlo
     }
   });
 #endif
+}
+
+// The tokens (< n) whose screen value reaches `floor`, in id order, scanning only the tiles whose
+// largest does.
+std::vector<int64_t> reaching(const float* per_token, const float* per_tile, int64_t tiles, int64_t n, float floor) {
+  std::vector<int64_t> tokens;
+  for (int64_t t = 0; t < tiles; ++t) {
+    if (!(per_tile[t] >= floor)) continue;
+    for (int64_t c = t * SCREEN_TILE; c < std::min(n, (t + 1) * SCREEN_TILE); ++c)
+      if (per_token[c] >= floor) tokens.push_back(c);
+  }
+  return tokens;
+}
+
+void check_head_panels(const at::Tensor& panels, int64_t k, int64_t n, const char* name) {
+  TORCH_CHECK((panels.scalar_type() == at::kFloat || panels.scalar_type() == at::kBFloat16) && panels.is_contiguous() &&
+              panels.size(1) == k && panels.size(2) == PANEL && panels.size(0) * PANEL >= n,
+              name, ": panels from pack_linear");
 }
 
 // The first of the largest of x W^T over `candidates` (ids in order), each computed by
@@ -612,14 +637,12 @@ int64_t recheck(const float* x, int64_t k, const std::vector<int64_t>& candidate
 at::Tensor greedy_ids(const at::Tensor& x, const at::Tensor& screen, const at::Tensor& panels, int64_t n,
                       double max_norm, double error) {
   check_f32(x, "x");
-  TORCH_CHECK((panels.scalar_type() == at::kFloat || panels.scalar_type() == at::kBFloat16) && panels.is_contiguous(),
-              "greedy_ids: panels from pack_linear");
   const int64_t rows = x.size(0), k = x.size(1), pairs = (k + 1) / 2, tiles = screen.size(0);
   TORCH_CHECK(kGreedyHead, "greedy_ids: this build has no AVX-512 BF16");
   TORCH_CHECK(rows <= 16, "greedy_ids: at most 16 rows");
   TORCH_CHECK(screen.scalar_type() == at::kBFloat16 && screen.is_contiguous() && screen.size(1) == pairs &&
               tiles * SCREEN_TILE >= n, "greedy_ids: screen shape");
-  TORCH_CHECK(panels.size(1) == k && panels.size(2) == PANEL && panels.size(0) * PANEL >= n, "greedy_ids: panels shape");
+  check_head_panels(panels, k, n, "greedy_ids");
   auto ids = at::full({rows}, -1, x.options().dtype(at::kLong));
   if (rows == 0) return ids;
   const float* px = x.data_ptr<float>();
@@ -646,13 +669,7 @@ at::Tensor greedy_ids(const at::Tensor& x, const at::Tensor& screen, const at::T
     double norm = 0;
     for (int64_t i = 0; i < k; ++i) norm += double(px[r * k + i]) * px[r * k + i];
     const float floor = float(double(top) - 2 * (error * std::sqrt(norm) * max_norm + 1e-30));
-    std::vector<int64_t> candidates;
-    for (int64_t t = 0; t < tiles; ++t) {
-      if (!(m[t] >= floor)) continue;
-      for (int64_t c = t * SCREEN_TILE; c < std::min(n, (t + 1) * SCREEN_TILE); ++c)
-        if (a[c] >= floor) candidates.push_back(c);
-    }
-    pid[r] = recheck(px + r * k, k, candidates, panels);
+    pid[r] = recheck(px + r * k, k, reaching(a, m, tiles, n, floor), panels);
   }
   return ids;
 }
@@ -740,16 +757,7 @@ void screen_tiles_i8(const int32_t* xq, const QuantRow* qr, int64_t rows, int64_
       for (int64_t r0 = 0; r0 < rows; r0 += 8) {
         const int64_t block = std::min<int64_t>(8, rows - r0);
         const int32_t* x = xq + r0 * quads;
-        switch (block) {
-          case 8: screen_tile_i8<8>(x, quads, w, acc); break;
-          case 7: screen_tile_i8<7>(x, quads, w, acc); break;
-          case 6: screen_tile_i8<6>(x, quads, w, acc); break;
-          case 5: screen_tile_i8<5>(x, quads, w, acc); break;
-          case 4: screen_tile_i8<4>(x, quads, w, acc); break;
-          case 3: screen_tile_i8<3>(x, quads, w, acc); break;
-          case 2: screen_tile_i8<2>(x, quads, w, acc); break;
-          default: screen_tile_i8<1>(x, quads, w, acc);
-        }
+        with_rows(block, [&](auto r) { screen_tile_i8<decltype(r)::value>(x, quads, w, acc); });
         for (int64_t j = 0; j < block; ++j) {
           const QuantRow& q = qr[r0 + j];
           const __m512 sums = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[j], offset));  // exact: |sum| < 2^24
@@ -787,9 +795,7 @@ at::Tensor greedy_ids_i8(const at::Tensor& x, const at::Tensor& screen, const at
   TORCH_CHECK(comp.scalar_type() == at::kInt && comp.is_contiguous() && comp.size(0) == tiles * SCREEN_TILE,
               "greedy_ids_i8: comp shape");
   TORCH_CHECK(k <= 1024, "greedy_ids_i8: the int32 sums are exact in fp32 up to K = 1024");
-  TORCH_CHECK((panels.scalar_type() == at::kFloat || panels.scalar_type() == at::kBFloat16) && panels.is_contiguous() &&
-              panels.size(1) == k && panels.size(2) == PANEL && panels.size(0) * PANEL >= n,
-              "greedy_ids_i8: panels from pack_linear");
+  check_head_panels(panels, k, n, "greedy_ids_i8");
   auto ids = at::full({rows}, -1, x.options().dtype(at::kLong));
   if (rows == 0) return ids;
   const float* px = x.data_ptr<float>();
@@ -805,13 +811,7 @@ at::Tensor greedy_ids_i8(const at::Tensor& x, const at::Tensor& screen, const at
   for (int64_t r = 0; r < rows; ++r) {
     if (!qr[r].finite) continue;
     const float floor = *std::max_element(tile_lo.begin() + r * tiles, tile_lo.begin() + (r + 1) * tiles);
-    std::vector<int64_t> candidates;
-    for (int64_t t = 0; t < tiles; ++t) {
-      if (!(tile_hi[r * tiles + t] >= floor)) continue;
-      for (int64_t c = t * SCREEN_TILE; c < std::min(n, (t + 1) * SCREEN_TILE); ++c)
-        if (hi[r * stride + c] >= floor) candidates.push_back(c);
-    }
-    pid[r] = recheck(px + r * k, k, candidates, panels);
+    pid[r] = recheck(px + r * k, k, reaching(hi.get() + r * stride, &tile_hi[r * tiles], tiles, n, floor), panels);
   }
   return ids;
 }
