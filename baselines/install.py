@@ -52,14 +52,15 @@ def _apt(step: Step, packages: tuple[str, ...]) -> None:
          env={"DEBIAN_FRONTEND": "noninteractive"})
 
 
-def _launch_env(recipe: Recipe) -> dict[str, str]:
-    """Environment every launch of this engine needs (recorded so specs need not know paths)."""
-    if openblas.PACKAGE in recipe.apt:
-        lib = openblas.library()
-        if lib is None:
-            raise HarnessError(f"{openblas.PACKAGE} is installed but its libblas.so.3 was not found")
-        return openblas.launch_env(lib)
-    return {}
+def _preload(recipe: Recipe) -> openblas.Preload | None:
+    """Debian's OpenBLAS where the engine needs it preloaded (its launch environment is recorded so
+    specs need not know paths); None for the other engines."""
+    if openblas.PACKAGE not in recipe.apt:
+        return None
+    lib = openblas.library()
+    if lib is None:
+        raise HarnessError(f"{openblas.PACKAGE} is installed but its libblas.so.3 was not found")
+    return openblas.preload(lib)
 
 
 def _versions(python: Path) -> dict[str, str]:
@@ -72,10 +73,9 @@ def _distribution(requirement: str) -> str:
     return re.split(r"[\[=<>!~; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
 
 
-def _record(engine: Engine, recipe: Recipe, here: Platform) -> dict:
+def _record(engine: Engine, recipe: Recipe, here: Platform, preload: openblas.Preload | None) -> dict:
     """Write engine.json: what is installed, which versions, what a launch needs."""
     versions = _versions(engine_dir(engine.name) / "venv" / "bin" / "python")
-    launch = _launch_env(recipe)
     info = {
         "engine": engine.name,
         "platform": engine.tag(here),
@@ -84,13 +84,13 @@ def _record(engine: Engine, recipe: Recipe, here: Platform) -> dict:
         "version": versions.get(recipe.version_of or _distribution(recipe.requirements[0])),
         "packages": {_distribution(r): versions.get(_distribution(r)) for r in recipe.requirements}
                     | {k: versions[k] for k in ("torch", "transformers") if k in versions},
-        "launch_env": launch,
+        "launch_env": preload.env if preload else {},
         "note": recipe.note,
         "installed_at": (engine_info(engine.name) or {}).get("installed_at")
                         or dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    if "LD_PRELOAD" in launch and openblas.PACKAGE in recipe.apt:  # recorded in every row of a stack using it
-        info["blas_kernels"] = openblas.kernels(launch)
+    if preload:  # recorded in every row of a stack using it
+        info["blas_kernels"] = preload.kernels
     atomic_write_json(engine_dir(engine.name) / INFO, info)
     return info
 
@@ -119,7 +119,7 @@ def install(name: str, force: bool = False, console: Console | None = None) -> d
                            + (f". {engine.elsewhere}" if engine.elsewhere else ""))
     if not force and _installed_matches(engine, recipe):
         console.print(f"{name}: already installed ({engine_dir(name)})")
-        return _record(engine, recipe, here)
+        return _record(engine, recipe, here, _preload(recipe))
     home = engine_dir(name)
     home.mkdir(parents=True, exist_ok=True)
     (home / INFO).unlink(missing_ok=True)  # written again only once everything below has worked
@@ -143,8 +143,9 @@ def install(name: str, force: bool = False, console: Console | None = None) -> d
          env=build_env)
     if recipe.remove:
         step(f"remove {' '.join(recipe.remove)}", [str(python), "-m", "pip", "uninstall", "-y", *recipe.remove])
-    step("check it imports", [str(python), "-c", engine.check], env=_launch_env(recipe))
-    info = _record(engine, recipe, here)
+    preload = _preload(recipe)
+    step("check it imports", [str(python), "-c", engine.check], env=preload.env if preload else None)
+    info = _record(engine, recipe, here, preload)
     console.print(f"[bold]{name}[/]: installed, version {info['version']}")
     return info
 

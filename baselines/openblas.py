@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 
 from harness.machine import cpu_flags
 
@@ -58,17 +59,17 @@ def coretype(picked: str | None, flags: set[str]) -> str | None:
     return next((core for needs, core in CORES if needs <= flags), None)
 
 
-def launch_env(lib: str) -> dict[str, str]:
-    """What every process of an engine using it needs: the preload, and the kernels where OpenBLAS
-    would fall back to SSE3 on this CPU (checked to take: a name it does not know is ignored)."""
-    env = {"LD_PRELOAD": lib}
-    core = coretype(corename(lib), cpu_flags())
+@dataclass(frozen=True)
+class Preload:
+    env: dict[str, str]   # what every process of an engine using the library needs
+    kernels: str | None   # the kernels such a process runs, e.g. "OpenBLAS SkylakeX"; None where it could not be asked
+
+
+def preload(lib: str) -> Preload:
+    """The preload, and the kernels where OpenBLAS would fall back to SSE3 on this CPU (checked to
+    take: a name it does not know is ignored)."""
+    picked = corename(lib)
+    core = coretype(picked, cpu_flags())
     if core and corename(lib, core) == core:
-        env["OPENBLAS_CORETYPE"] = core
-    return env
-
-
-def kernels(env: dict[str, str]) -> str | None:
-    """The kernels a process launched with `env` (launch_env's) runs, e.g. "OpenBLAS SkylakeX"."""
-    core = corename(env["LD_PRELOAD"], env.get("OPENBLAS_CORETYPE"))
-    return f"OpenBLAS {core}" if core else None
+        return Preload({"LD_PRELOAD": lib, "OPENBLAS_CORETYPE": core}, f"OpenBLAS {core}")
+    return Preload({"LD_PRELOAD": lib}, f"OpenBLAS {picked}" if picked else None)

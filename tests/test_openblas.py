@@ -30,9 +30,10 @@ def test_the_probe_reads_the_kernels_a_fresh_process_picks():
 
 @needs_openblas
 def test_the_launch_env_gives_this_cpu_vector_kernels():
-    env = openblas.launch_env(LIB)
+    preload = openblas.preload(LIB)
+    env = preload.env
     assert env["LD_PRELOAD"] == LIB
     picked = openblas.corename(LIB, env.get("OPENBLAS_CORETYPE"))
-    assert openblas.kernels(env) == f"OpenBLAS {picked}"
+    assert preload.kernels == f"OpenBLAS {picked}"
     if cpu_flags() & {"avx2", "avx512f"}:
         assert picked != openblas.FALLBACK, f"OpenBLAS would run its SSE3 kernels here (env {env})"
