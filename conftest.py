@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import ledger
 from harness.assets import ensure_model
 from harness.bench import Bench, new_run_id
 from harness.errors import HarnessError, StackError
@@ -307,6 +308,13 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("servebench")
         for line in _lines:
             terminalreporter.write_line(line)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    # After every fixture's teardown: a stack that a signal left running (cut short between its launch
+    # and its fixture, or in its teardown) is stopped here rather than outliving the run.
+    ledger.stop_own()
 
 
 def pytest_sessionfinish(session):

@@ -39,10 +39,10 @@ def run_scenario(scenario: str, stacks: list[str], profile: str, results_dir: Pa
     if stop_on_failure:
         cmd.append("-x")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    timed_out = False
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True, start_new_session=True)
-    timed_out = False
-    try:
+    try:  # nothing between the start and here: a signal that lands after it stops the harness run too
         out, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         timed_out = True

@@ -160,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the stack it launched, if any, was stopped", file=sys.stderr)
         return 130
+    finally:
+        from harness import ledger
+
+        ledger.stop_own()  # a stack that a signal left running between its launch and its teardown
     return 0
 
 

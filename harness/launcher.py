@@ -158,8 +158,9 @@ def launch(spec: StackSpec, model: Path | str, log_dir: Path, scenario: str = ""
         except OSError as exc:
             raise StackError(f"stack {spec.name}: cannot start {command[0]}: {exc.strerror}") from None
     stack = RunningStack(spec=spec, base_url=f"http://127.0.0.1:{port}", log_path=log_path, process=process,
-                         engines=fields.engines, record=ledger.record(spec.name, process))
-    try:
+                         engines=fields.engines)
+    try:  # from here on, whatever stops the launch (a signal included) stops the process too
+        stack.record = ledger.record(spec.name, process)
         _wait_healthy(stack, startup_timeout_s or spec.startup_timeout_s)
     except BaseException:
         stack.stop(grace_s=5)

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Callable
 
 from harness.assets import cache_root
 from harness.atomic import atomic_write_json
@@ -41,21 +42,32 @@ def forget(path: Path | None) -> None:
 
 def reap() -> list[str]:
     """Stop every stack on record whose harness is gone; one line per stack stopped."""
+    return _stop(lambda e: not _alive(e["harness"], e["harness_started"]),
+                 "left running by a harness (pid {harness}) that was killed")
+
+
+def stop_own() -> list[str]:
+    """Stop every stack on record that this process launched and that still runs: the last resort at a
+    harness's exit, for a stack whose launch or teardown a signal cut short."""
+    me = (os.getpid(), started_ticks(os.getpid()))
+    return _stop(lambda e: (e["harness"], e["harness_started"]) == me, "still running as its harness (pid {harness}) exits")
+
+
+def _stop(chosen: Callable[[dict], bool], why: str) -> list[str]:
     stopped = []
     for path in sorted(folder().glob("*.json")):
         try:
             entry = json.loads(path.read_text())
         except (OSError, ValueError):
             continue  # being written, or already reaped by another harness
-        if _alive(entry["harness"], entry["harness_started"]):
+        if not chosen(entry):
             continue
         if _alive(entry["pid"], entry["started"]):
             try:
                 os.killpg(entry["pid"], signal.SIGKILL)  # the stack's session: itself and its workers
             except (ProcessLookupError, PermissionError):
                 pass
-            stopped.append(f"stopped stack {entry['name']} (pid {entry['pid']}), left running by a harness "
-                           f"(pid {entry['harness']}) that was killed")
+            stopped.append(f"stopped stack {entry['name']} (pid {entry['pid']}), " + why.format(**entry))
             log.warning(stopped[-1])
         path.unlink(missing_ok=True)
     return stopped

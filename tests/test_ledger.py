@@ -77,3 +77,37 @@ def test_a_record_whose_pid_was_reused_is_dropped_without_a_kill(own_ledger):
     path.write_text(json.dumps({"name": "old", "pid": os.getpid(), "started": 1, "harness": 999999999,
                                 "harness_started": 1}))
     assert ledger.reap() == [] and not path.exists()
+
+
+def test_a_signal_between_the_stack_s_start_and_its_record_stops_the_stack(own_ledger, monkeypatch):
+    # Ctrl-C or SIGTERM (a KeyboardInterrupt in the harness) landing right after the process started: the
+    # launch used to return nothing to stop and leave the stack running until the next launch reaped it.
+    started = []
+
+    def interrupted(name, process):
+        started.append(process.pid)
+        raise KeyboardInterrupt("signal 15")
+
+    monkeypatch.setattr(ledger, "record", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        launch(load_spec(DELAY), ".", own_ledger / "logs")
+    assert len(started) == 1 and gone(started[0], within_s=5), "the stack outlived its interrupted launch"
+
+
+def test_at_its_exit_a_harness_stops_the_stacks_it_left_running_and_no_other(own_ledger):
+    other, others_stack = harness(own_ledger)  # another live harness's stack
+    mine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    try:
+        record = ledger.record("mine", mine)
+        stopped = ledger.stop_own()
+        assert len(stopped) == 1 and f"pid {mine.pid}" in stopped[0], stopped
+        assert mine.wait(timeout=5) == -signal.SIGKILL and not record.exists()
+        assert procfs.running(others_stack), "another harness's stack was stopped"
+        assert ledger.stop_own() == []
+    finally:
+        mine.kill()
+        mine.wait()
+        other.kill()
+        other.wait()
+        ledger.reap()
+    assert gone(others_stack)
