@@ -1,7 +1,6 @@
 """pytest options and fixtures for scoring stacks: `pytest scenarios/ --stack NAME --profile tiny`."""
 from __future__ import annotations
 
-import re
 import secrets
 import signal
 from pathlib import Path
@@ -16,7 +15,7 @@ from harness.launcher import launch
 from harness.prompts import repeat_salt
 from harness.reference import reference_outputs
 from harness.scenario import find_scenarios, load_points, load_scenario, vocabulary
-from harness.stack import REPO_ROOT, resolve_stack
+from harness.stack import REPO_ROOT, SCOPE, resolve_stack
 
 SCENARIOS_DIR = REPO_ROOT / "scenarios"
 _lines: list[str] = []
@@ -84,7 +83,7 @@ def pytest_configure(config):
 
 def _scoped(arg: str, known: set[str], words: frozenset[str]):
     """`NAME@A+B`: the stack and the settings it is scored on (None: every setting)."""
-    scope = re.search(r"@([A-Za-z](?:\+[A-Za-z])*)$", arg)
+    scope = SCOPE.search(arg)
     if scope is None:
         return resolve_stack(arg, words), None
     settings = set(scope.group(1).split("+"))

@@ -27,6 +27,8 @@ def cmd_assets(args) -> None:
 def cmd_leaderboard(args) -> None:
     from harness.leaderboard import write_leaderboard
 
+    if not (args.results_dir / "runs").is_dir():
+        raise HarnessError(f"no result rows under {args.results_dir} (it has no runs/ folder)")
     print(write_leaderboard(args.results_dir, args.scenarios, baselines=set(args.baseline or ())))
 
 

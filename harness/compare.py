@@ -40,7 +40,7 @@ from harness.errors import HarnessError
 from harness.leaderboard import metric_label
 from harness.row import ResultRow, read_rows
 from harness.scenario import ScenarioSpec, load_scenario
-from harness.stack import REPO_ROOT
+from harness.stack import REPO_ROOT, SCOPE, resolve_stack
 
 
 @dataclass(frozen=True)
@@ -240,6 +240,19 @@ class Round:
     args: list[str]
 
 
+def chosen_baselines(stacks: list[str], baselines: list[str]) -> list[str]:
+    """The names, as rows carry them, of the stacks the others are compared with: the `--baseline`
+    ones (a name or the `--stack` value itself), else every stack but the first. Every `--stack`
+    must resolve, and every `--baseline` be one of them."""
+    names = {arg: resolve_stack(SCOPE.sub("", arg)).name for arg in stacks}
+    unknown = [b for b in baselines if b not in names and b not in names.values()]
+    if unknown:
+        raise HarnessError(f"--baseline {unknown[0]}: not one of the stacks compared "
+                           f"({', '.join(names.values())})")
+    chosen = [names.get(b, b) for b in baselines]
+    return chosen or [names[s] for s in stacks[1:]]
+
+
 def plan_rounds(stacks: list[str], rounds: int, extra: list[str], salt: str) -> list[Round]:
     """`--rounds N`: N sessions of one repeat each, the stack order reversed every other round (a b c,
     c b a, a b c), so a phase of the machine slower than a round (a neighbour, a memory bandwidth
@@ -293,6 +306,7 @@ def compare(scenario_name: str, stacks: list[str], baselines: list[str], profile
         raise HarnessError(f"unknown scenario {scenario_name!r}: no {path.relative_to(REPO_ROOT)}")
     scenario = load_scenario(path)
     prof = scenario.profile(profile)
+    base = chosen_baselines(stacks, baselines)  # before any probe: a wrong name is one line, nothing written
     plan = plan_rounds(stacks, rounds, extra, secrets.token_hex(4))
     from harness.assets import ensure_model
 
@@ -305,9 +319,10 @@ def compare(scenario_name: str, stacks: list[str], baselines: list[str], profile
     bw_after, flops_after, load_after = memory_bandwidth(), matmul_speed(), host.loadavg()
     copy_bw = max(bw_before, bw_after)
     rows = [r for r in read_rows(results_dir) if r.run_id == run_id]
+    if not rows:
+        raise HarnessError(f"pytest exited with code {code} and measured nothing (run {run_id}: no rows, no summary)")
     cells = cells_of(rows, scenario.leaderboard.primary, scenario.features)
     weights = stack_weights(rows, model_dir)
-    base = [b for b in baselines if b in stacks] or [s for s in stacks[1:]]
     rs = ratios(cells, base, scenario.leaderboard.direction)
     labels = [c.label for c in cells_of(sorted(rows, key=lambda r: r.started_at), scenario.leaderboard.primary)]
     console.print(render(scenario, cells, rs, weights, copy_bw, list(dict.fromkeys(labels)), rounds))

@@ -196,6 +196,8 @@ def _url_stack(arg: str, vocabulary: frozenset[str] | None) -> StackSpec:
     return StackSpec(name=f"url:{url.split('://', 1)[1]}", supports=supports, url=url)
 
 
+# `--stack NAME@A+B`: the stack scored on settings A and B only.
+SCOPE = re.compile(r"@([A-Za-z](?:\+[A-Za-z])*)$")
 # `--stack NAME.FEATURE-off`: a registered stack relaunched with its off_switch for FEATURE.
 OFF_VARIANT = re.compile(r"(.+)\.([A-Za-z0-9_]+)-off")
 

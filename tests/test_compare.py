@@ -4,6 +4,7 @@ forward, from the bytes the stack loads."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -233,3 +234,51 @@ def test_each_round_pairs_the_stacks_it_measured_and_the_table_shows_it():
     assert "6.00x slow (rounds 6.25 6.00)" in console.export_text()
     (lower,) = ratios(cells_of(rows, "output_throughput"), ["slow"], "lower")
     assert lower.per_repeat == pytest.approx((40 / 250, 40 / 240))
+
+
+def _no_probe(*_):
+    raise AssertionError("the machine was probed before the arguments were checked")
+
+
+@pytest.mark.parametrize("stacks, baselines, says", [
+    (["engine-a", "nope"], [], "--stack nope: unknown stack"),
+    (["engine-a", "vllm"], ["vlm"], "--baseline vlm: not one of the stacks compared (engine-a, vllm)"),
+    (["engine-a@A", "engine-c.no_such_feature-off"], [], "has no off_switch"),
+])
+def test_a_wrong_stack_or_baseline_is_one_line_before_anything_is_measured_or_written(tmp_path, monkeypatch, stacks,
+                                                                                    baselines, says):
+    import harness.compare as compare_module
+    from rich.console import Console
+
+    from harness.errors import HarnessError
+
+    monkeypatch.setattr(compare_module, "memory_bandwidth", _no_probe)
+    monkeypatch.setattr(compare_module, "score_rounds", _no_probe)
+    with pytest.raises(HarnessError, match=re.escape(says)):
+        compare_module.compare("standard_serving", stacks, baselines, "tiny", tmp_path, None, [], Console())
+    assert not (tmp_path / "runs").exists()
+
+
+def test_baselines_are_named_as_rows_name_their_stacks(tmp_path):
+    from harness.compare import chosen_baselines
+
+    spec = tmp_path / "mine.yaml"
+    spec.write_text(json.dumps({"name": "my-stack", "command": ["python", "-c", "pass"]}))
+    assert chosen_baselines(["engine-a", str(spec)], [str(spec)]) == ["my-stack"]
+    assert chosen_baselines(["engine-a", str(spec)], ["my-stack"]) == ["my-stack"]
+    assert chosen_baselines(["engine-a", "engine-c.prefix_caching-off@C", "vllm"], []) == [
+        "engine-c.prefix_caching-off", "vllm"]
+
+
+def test_a_run_that_measured_nothing_writes_no_summary(tmp_path, monkeypatch):
+    import harness.compare as compare_module
+    from rich.console import Console
+
+    from harness.errors import HarnessError
+
+    monkeypatch.setattr(compare_module, "memory_bandwidth", lambda: 1e9)
+    monkeypatch.setattr(compare_module, "matmul_speed", lambda: 1e9)
+    monkeypatch.setattr(compare_module, "score_rounds", lambda *_: 5)  # pytest: no test selected
+    with pytest.raises(HarnessError, match="pytest exited with code 5 and measured nothing"):
+        compare_module.compare("standard_serving", ["engine-a"], [], "tiny", tmp_path, "r1", ["-k", "none"], Console())
+    assert not (tmp_path / "runs" / "r1" / "compare.json").exists()

@@ -412,3 +412,13 @@ def test_points_sized_by_rate_and_by_concurrency_are_drawn_as_categories_in_load
     points = _plot_spec(_sections(rows, [spec])[0], _run_order(rows)).series[0].points
     assert [p.label for p in points] == ["rate=0.5", "conc=1", "rate=8.0"]  # by load, not by label
     assert all(p.x is None for p in points)
+
+
+def test_the_command_on_a_folder_without_runs_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from harness.__main__ import main
+
+    missing = tmp_path / "not-results"
+    assert main(["leaderboard", "--results-dir", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: no result rows under {missing} (it has no runs/ folder)"
+    assert not missing.exists()
