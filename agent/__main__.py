@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-id", default=None, help="name of the run (default: a timestamp)")
     run.add_argument("--runs-dir", default=str(RUNS_DIR), help="where workspaces go (default agent_runs/)")
     run.add_argument("--publish-dir", default=str(PUBLISH_DIR), help="where the winner is published (results/stacks)")
-    run.add_argument("--metric", default=None, help="optimise this row metric instead of the scenario's primary")
+    run.add_argument("--metric", default=None,
+                     help="optimise this metric instead of the primary: one of the setting's leaderboard columns")
     run.add_argument("--direction", choices=["higher", "lower"], default=None, help="for --metric (default: by name)")
     run.add_argument("--margin", type=float, default=None, help="ratio to beat each baseline by (YAML agent.margin)")
     run.add_argument("--baseline", action="append", default=None, help="baseline stack (repeatable; YAML agent.baselines)")
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     from agent.backends.base import BackendError
     from agent.display import Display
     from agent.loop import AgentLoop, IntegrityBroken
+    from harness.errors import HarnessError
 
     cfg = resumed_config(args) if args.resume else new_config(args)
     processes.exit_on_sigterm()
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         backend = make_backend(cfg.backend, **cfg.backend_options)
         loop = AgentLoop(cfg, backend, display)
         result = loop.run(resume=bool(args.resume))
-    except (BackendError, IntegrityBroken, ValueError, RuntimeError) as exc:
+    except (BackendError, IntegrityBroken, HarnessError, ValueError, RuntimeError) as exc:
         print(f"python -m agent run: {exc}", file=sys.stderr)
         return 2
     display.line(result.table)

@@ -4,8 +4,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from harness.errors import HarnessError
 from harness.row import ResultRow
 from harness.scenario import ScenarioSpec, names_point
+from harness.stack import SCOPE, resolve_stack
 
 LATENCY_SUFFIXES = ("_ms", "_s")
 
@@ -95,6 +97,14 @@ def objective_for(spec: ScenarioSpec, agent_cfg: dict, metric: str | None = None
     """The scenario's leaderboard primary and the YAML's `agent:` section, with command-line overrides."""
     board = spec.leaderboard
     chosen = metric or board.primary
+    known = tuple(dict.fromkeys((board.primary, *board.columns, *board.plot)))
+    if chosen not in known:
+        raise ValueError(f"--metric {chosen}: setting {spec.setting}'s rows are compared on {', '.join(known)}")
+    for name in baselines or ():  # an unknown one is one line now, not a failed measurement rounds later
+        try:
+            resolve_stack(SCOPE.sub("", name))
+        except HarnessError as exc:
+            raise ValueError(str(exc).replace("--stack", "--baseline", 1)) from None
     if direction is None:
         direction = board.direction if chosen == board.primary else default_direction(chosen)
     return Objective(

@@ -89,9 +89,14 @@ def test_a_signal_between_the_stack_s_start_and_its_record_stops_the_stack(own_l
         raise KeyboardInterrupt("signal 15")
 
     monkeypatch.setattr(ledger, "record", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        launch(load_spec(DELAY), ".", own_ledger / "logs")
-    assert len(started) == 1 and gone(started[0], within_s=5), "the stack outlived its interrupted launch"
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            launch(load_spec(DELAY), ".", own_ledger / "logs")
+        assert len(started) == 1 and gone(started[0], within_s=5), "the stack outlived its interrupted launch"
+    finally:
+        for pid in started:  # a failure here leaves nothing running
+            if procfs.running(pid):
+                os.killpg(pid, signal.SIGKILL)
 
 
 def test_at_its_exit_a_harness_stops_the_stacks_it_left_running_and_no_other(own_ledger):

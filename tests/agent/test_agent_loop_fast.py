@@ -71,3 +71,18 @@ def test_the_final_judgement_uses_the_profile_the_user_named(tmp_path):
     assert baselines["tiny"]["hf-reference"]["value"] == 50.0  # measured in the winner's harness run
     assert result.final.profile == "tiny" and result.final.passed and result.final.ratios["hf-reference"] > 1
     assert "a fresh judgement on tiny" in result.final.summary
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--profile", "nope"], "unknown profile 'nope' for setting A"),
+    (["--baseline", "nope"], "--baseline nope: unknown stack"),
+    (["--metric", "nope"], "--metric nope: setting A's rows are compared on output_throughput, median_ttft_ms"),
+])
+def test_a_wrong_argument_is_one_line_before_any_workspace_or_run(tmp_path, capsys, args, says):
+    from agent.__main__ import main
+
+    runs = tmp_path / "runs"
+    assert main(["run", "--scenario", "standard_serving", "--runs-dir", str(runs), "--quiet", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("python -m agent run: ") and says in err and "\n" not in err, err
+    assert not runs.exists() or not any(runs.iterdir())
