@@ -20,8 +20,8 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from skills.openai_server.engine_api import GenerationFailed, SamplingParams, TokenLogprob, TokenOutput
-from skills.openai_server.stream import QueueStream
+from skills.engine_api import GenerationFailed, SamplingParams, TokenLogprob, TokenOutput
+from skills.engine_api.stream import QueueStream
 
 from .grammar import GrammarMask, grammar_of
 from .loader import LoadedModel

@@ -19,7 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from harness.bandwidth import memory_bandwidth  # noqa: E402
-from skills.openai_server.engine_api import SamplingParams  # noqa: E402
+from skills.engine_api import SamplingParams  # noqa: E402
 
 from .engine import EngineConfig, LLMEngine  # noqa: E402
 from .kernels import Kernels  # noqa: E402

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 
 import torch
 
-from skills.openai_server.engine_api import (
+from skills.engine_api import (
     GenerationFailed,
     PredictionUsage,
     SamplingParams,
     TokenLogprob,
     TokenOutput,
 )
-from skills.openai_server.stream import QueueStream
+from skills.engine_api.stream import QueueStream
 from skills.speculative_decoding.speculator import accept_greedy
 
 from .counters import Counters, StepLogger

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from skills.openai_server.engine_api import TokenLogprob
+from skills.engine_api import TokenLogprob
 
 from .batch import (
     DecodeBatch,

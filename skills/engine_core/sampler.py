@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from skills.openai_server.engine_api import SamplingParams, TokenLogprob
+from skills.engine_api import SamplingParams, TokenLogprob
 
 from .kernels import Kernels
 

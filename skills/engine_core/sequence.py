@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from skills.openai_server.engine_api import SamplingParams, TokenOutput
+from skills.engine_api import SamplingParams, TokenOutput
 
 _ids = itertools.count()
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from skills.openai_server.engine_api import SamplingParams
+from skills.engine_api import SamplingParams
 
 from .scheduler import ScheduledStep
 from .sequence import Sequence

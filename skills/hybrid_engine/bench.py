@@ -49,7 +49,7 @@ def workload(prefix: int, tail: int, requests: int, seed: int = 0) -> tuple[list
 
 
 def measure(model_dir, cfg: EngineConfig, warm: list[int], prompts: list[list[int]], n_out: int, mode: str) -> Run:
-    from skills.openai_server.engine_api import SamplingParams
+    from skills.engine_api import SamplingParams
 
     from .loader import load_engine
 

@@ -1,6 +1,6 @@
 """The engine loop: drain inbox -> reap cancelled -> schedule -> forward -> postprocess, on one thread.
 
-Implements the server layer's `ServingEngine` (skills/openai_server/engine_api.py); every output
+Implements the server layer's `ServingEngine` (skills/engine_api); every output
 carries the request's `cached_tokens` (prompt tokens restored from the prefix cache).
 """
 
@@ -17,8 +17,8 @@ import torch
 
 from skills.engine_core.counters import Counters, StepLogger
 from skills.engine_core.engine_thread import OwnThread
-from skills.openai_server.engine_api import GenerationFailed, SamplingParams, TokenLogprob, TokenOutput
-from skills.openai_server.stream import QueueStream
+from skills.engine_api import GenerationFailed, SamplingParams, TokenLogprob, TokenOutput
+from skills.engine_api.stream import QueueStream
 
 from .config import EngineConfig
 from .reuse import PrefixReuse

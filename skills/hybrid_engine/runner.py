@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from skills.engine_core.sampler import SampleRequest, sample
-from skills.openai_server.engine_api import TokenLogprob
+from skills.engine_api import TokenLogprob
 
 from .batch import build
 from .config import HybridConfig

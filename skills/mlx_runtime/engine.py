@@ -153,7 +153,7 @@ class MlxEngine(SerialEngine):
         return logits
 
     def _generate(self, prompt: list[int], params, stream) -> str:
-        from skills.openai_server.engine_api import TokenOutput
+        from skills.engine_api import TokenOutput
         from skills.structured_output import Constraint, jump_forward
 
         compiled = self._compiled(params.response_format)
@@ -189,7 +189,7 @@ class MlxEngine(SerialEngine):
     def _emit(self, outputs, stop_ids, n_out: int, max_tokens: int, stream) -> tuple[int, str | None]:
         """Send the step's tokens; returns how many counted as output and the finish reason
         (EOS: a finish-only output; the max_tokens-th token carries "length")."""
-        from skills.openai_server.engine_api import TokenOutput
+        from skills.engine_api import TokenOutput
 
         batch, sent, reason = [], 0, None
         for token, logprobs in outputs:
@@ -221,7 +221,7 @@ class MlxEngine(SerialEngine):
     def _logprobs(scores: np.ndarray, token: int, k: int | None):
         """The chosen token and the top k of the masked distribution (-inf entries dropped), as
         the reference computes them."""
-        from skills.openai_server.engine_api import TokenLogprob
+        from skills.engine_api import TokenLogprob
 
         if k is None:
             return None
@@ -235,7 +235,7 @@ class MlxEngine(SerialEngine):
     @staticmethod
     def _forced_logprobs(token: int, k: int | None):
         """A forced token is the only one its mask allows: logprob 0, alone in its top list."""
-        from skills.openai_server.engine_api import TokenLogprob
+        from skills.engine_api import TokenLogprob
 
         if k is None:
             return None

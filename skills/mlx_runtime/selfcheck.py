@@ -40,7 +40,7 @@ class Collector:
 
 def decode(engine: MlxEngine, prompt: list[int], response_format: dict, max_tokens: int, jump: bool) -> dict:
     """One request on the engine's worker thread, with jump-forward as asked."""
-    from skills.openai_server.engine_api import SamplingParams
+    from skills.engine_api import SamplingParams
 
     engine.config = dataclasses.replace(engine.config, jump_forward=jump)
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, response_format=response_format)

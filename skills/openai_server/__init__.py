@@ -1,10 +1,10 @@
 """The OpenAI-compatible server layer, engine-agnostic: see NOTE.md."""
 
 from .app import ServerInfo, create_app
-from .engine_api import (EngineStream, GenerationFailed, SamplingParams, ServingEngine, TokenLogprob,
+from skills.engine_api import (EngineStream, GenerationFailed, SamplingParams, ServingEngine, TokenLogprob,
                          TokenOutput)
 from .serve import serve
-from .stream import QueueStream
+from skills.engine_api.stream import QueueStream
 
 __all__ = ["EngineStream", "GenerationFailed", "QueueStream", "SamplingParams", "ServerInfo", "ServingEngine",
            "TokenLogprob", "TokenOutput", "create_app", "serve"]

@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .engine_api import EngineStream, GenerationFailed, SamplingParams, ServingEngine
+from skills.engine_api import EngineStream, GenerationFailed, SamplingParams, ServingEngine
 from .outputs import collect, text_deltas
 from .prompts import (
     chat_prompt_ids,

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from .detokenizer import IncrementalText
-from .engine_api import EngineStream, PredictionUsage, SamplingParams, TokenLogprob, TokenOutput
+from skills.engine_api import EngineStream, PredictionUsage, SamplingParams, TokenLogprob, TokenOutput
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from .engine_api import PredictionUsage, TokenLogprob
+from skills.engine_api import PredictionUsage, TokenLogprob
 from .outputs import Delta, JobResult
 
 # JSON has no -inf; vLLM clamps the same way.

@@ -13,9 +13,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .engine_api import GenerationFailed, SamplingParams
+from skills.engine_api import GenerationFailed, SamplingParams
 from .protocol import RequestError
-from .stream import QueueStream
+from skills.engine_api.stream import QueueStream
 
 
 class SerialEngine:

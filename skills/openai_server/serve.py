@@ -7,7 +7,7 @@ import logging
 import uvicorn
 
 from .app import ServerInfo, create_app
-from .engine_api import ServingEngine
+from skills.engine_api import ServingEngine
 
 log = logging.getLogger(__name__)
 

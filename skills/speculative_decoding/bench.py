@@ -60,7 +60,7 @@ def _first_diff(a: list[int], b: list[int]) -> str:
 
 
 def run_one(engine, tokenizer, code: str, prediction: bool, max_tokens: int):
-    from skills.openai_server.engine_api import SamplingParams
+    from skills.engine_api import SamplingParams
 
     messages = [{"role": "user", "content": PROMPT.format(code=code)}]
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)

@@ -25,7 +25,7 @@ from skills.engine_core import kernels as eager
 from skills.engine_core.engine import EngineConfig, LLMEngine
 from skills.engine_core.kernels import Kernels
 from skills.engine_core.packing import SMALL_ROWS
-from skills.openai_server.engine_api import SamplingParams, TokenOutput
+from skills.engine_api import SamplingParams, TokenOutput
 
 if TYPE_CHECKING:
     from _pytest.mark.structures import ParameterSet

@@ -207,7 +207,7 @@ def test_engine_decodes_the_same_tokens_with_native_kernels(hf_model) -> None:
     from skills.engine_core.engine import EngineConfig, LLMEngine
     from skills.engine_core.runner import ModelRunner
     from skills.engine_core.weights import build_model
-    from skills.openai_server.engine_api import SamplingParams
+    from skills.engine_api import SamplingParams
 
     prompts = [[5, 6, 7], list(range(10, 40)), [20, 21], list(range(50, 61)), [8]]
 

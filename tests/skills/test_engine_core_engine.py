@@ -13,7 +13,7 @@ from skills.engine_core.config import ModelConfig
 from skills.engine_core.engine import EngineConfig, LLMEngine
 from skills.engine_core.runner import ModelRunner
 from skills.engine_core.weights import build_model
-from skills.openai_server.engine_api import SamplingParams, TokenOutput
+from skills.engine_api import SamplingParams, TokenOutput
 
 PROMPTS = [[5, 6, 7], list(range(10, 40)), [20, 21], list(range(50, 61)), [8]]
 

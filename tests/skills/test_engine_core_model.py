@@ -10,7 +10,7 @@ from skills.engine_core.runner import ModelRunner
 from skills.engine_core.scheduler import ScheduledStep
 from skills.engine_core.sequence import Sequence
 from skills.engine_core.weights import build_model
-from skills.openai_server.engine_api import SamplingParams
+from skills.engine_api import SamplingParams
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0)
 

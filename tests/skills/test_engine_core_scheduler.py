@@ -6,7 +6,7 @@ import pytest
 
 from skills.engine_core.scheduler import Move, Scheduler, SchedulerConfig
 from skills.engine_core.sequence import Sequence, Status
-from skills.openai_server.engine_api import SamplingParams
+from skills.engine_api import SamplingParams
 
 PARAMS = SamplingParams(max_tokens=4, temperature=0.0)
 

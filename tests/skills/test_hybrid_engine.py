@@ -13,7 +13,7 @@ import torch
 
 from skills.hybrid_engine.config import EngineConfig
 from skills.hybrid_engine.loader import load_engine
-from skills.openai_server.engine_api import SamplingParams
+from skills.engine_api import SamplingParams
 
 BLOCK = 64
 THREADS = 1  # a shared machine (as the other real-model tests)

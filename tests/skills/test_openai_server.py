@@ -18,7 +18,7 @@ from skills.openai_server import (
     TokenOutput,
     create_app,
 )
-from skills.openai_server.engine_api import GenerationFailed
+from skills.engine_api import GenerationFailed
 
 TEXT = " Paris is the capital of France."
 
@@ -277,7 +277,7 @@ class PredictingEngine(ScriptedEngine):
     def submit(self, prompt_ids, params):
         if params.prediction is None:
             return super().submit(prompt_ids, params)
-        from skills.openai_server.engine_api import PredictionUsage
+        from skills.engine_api import PredictionUsage
 
         self.requests.append((prompt_ids, params))
         stream = QueueStream.on_running_loop()

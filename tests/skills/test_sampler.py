@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from skills.engine_core.sampler import SampleRequest, sample
-from skills.openai_server.engine_api import SamplingParams
+from skills.engine_api import SamplingParams
 
 VOCAB = 49152
 

@@ -13,7 +13,7 @@ from skills.engine_core.kernels import Kernels
 from skills.engine_core.row_invariance import flat_in_rows
 from skills.engine_core.runner import ModelRunner
 from skills.engine_core.weights import build_model
-from skills.openai_server.engine_api import SamplingParams
+from skills.engine_api import SamplingParams
 from skills.speculative_decoding import Drafter, SpecConfig, Speculator, accept_greedy
 
 # --- the drafter and acceptance (the lookup's own cases: test_speculative_proposer.py) ---

@@ -112,7 +112,7 @@ class SnapshotCache:
 
 
 class HybridEngine(SerialEngine):
-    """A `ServingEngine` (skills/openai_server/engine_api.py) over an olmo_hybrid model, with the
+    """A `ServingEngine` (skills/engine_api) over an olmo_hybrid model, with the
     snapshot prefix cache and the misbehaviour `mode` asks for."""
 
     def __init__(self, model_dir: Path, mode: str, prefix_cache: bool, chunk: int, max_snapshots: int) -> None:
@@ -172,7 +172,7 @@ class HybridEngine(SerialEngine):
     def _decode(self, prompt: list[int], params, stream) -> str:
         from transformers import DynamicCache
 
-        from skills.openai_server.engine_api import TokenOutput
+        from skills.engine_api import TokenOutput
 
         torch = self.torch
         if stream.cancelled.is_set():
@@ -213,7 +213,7 @@ class HybridEngine(SerialEngine):
             logits = self.model(input_ids=ids, cache=cache, use_cache=True).logits[0, -1]
 
     def _logprobs(self, logits, token: int, k: int | None):
-        from skills.openai_server.engine_api import TokenLogprob
+        from skills.engine_api import TokenLogprob
 
         if k is None:
             return None

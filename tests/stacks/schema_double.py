@@ -42,7 +42,7 @@ log = logging.getLogger("schema-double")
 
 
 class SchemaEngine(SerialEngine):
-    """A `ServingEngine` (skills/openai_server/engine_api.py) decoding greedily under a grammar."""
+    """A `ServingEngine` (skills/engine_api) decoding greedily under a grammar."""
 
     def __init__(self, model_dir: Path, mode: str, jump_forward: bool) -> None:
         import torch
@@ -87,7 +87,7 @@ class SchemaEngine(SerialEngine):
     def _decode(self, prompt: list[int], params, stream) -> str:
         from transformers import DynamicCache
 
-        from skills.openai_server.engine_api import TokenOutput
+        from skills.engine_api import TokenOutput
 
         torch = self.torch
         constraint = self._constraint(params)
@@ -126,7 +126,7 @@ class SchemaEngine(SerialEngine):
             logits = self.model(input_ids=step, cache=cache, use_cache=True).logits[0, -1]
 
     def _logprobs(self, logits, token: int, k: int | None):
-        from skills.openai_server.engine_api import TokenLogprob
+        from skills.engine_api import TokenLogprob
 
         if k is None:
             return None

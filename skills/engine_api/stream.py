@@ -7,7 +7,7 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from .engine_api import GenerationFailed, TokenOutput
+from skills.engine_api import GenerationFailed, TokenOutput
 
 
 def _ends_the_stream(item) -> bool:

@@ -1,9 +1,9 @@
-"""The interface between the OpenAI server layer and any engine behind it.
+"""The interface between a serving engine and the server layer in front of it (skills/openai_server).
 
 An engine takes prompt token ids plus sampling parameters and streams back token-level
 outputs (id, logprobs, finish reason). Text, stop strings and response shapes are the
 server's job, so every engine (the generate-based reference, the batching engine, ...)
-shares them.
+shares them. Engines import this, never the server: it pulls in no web framework.
 """
 
 from __future__ import annotations
