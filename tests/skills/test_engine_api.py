@@ -1,5 +1,6 @@
 """Engines import skills/engine_api, never the server in front of them: loading an engine (for a
-benchmark, a test, another server) pulls in no web framework."""
+benchmark, a test, another server) pulls in no web framework. No skill's library imports the harness
+(only the skills' bench commands use it, to find the cached models and probe the machine)."""
 from __future__ import annotations
 
 import subprocess
@@ -25,3 +26,15 @@ def test_the_probe_sees_the_server_when_it_is_imported():
     probe = f"import sys, skills.openai_server; print(' '.join(m for m in {SERVER_MODULES!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert "fastapi" in out.stdout and "skills.openai_server" in out.stdout
+
+
+SKILLS = ["engine_core.engine", "hybrid_engine.engine", "hybrid_cache", "speculative_decoding", "cpu_kernels",
+          "asr_engine", "encoder_cache", "structured_output", "image_model", "text_kv_reuse", "openai_server",
+          "asr_server", "image_server", "engine_api"]
+
+
+def test_no_skill_library_imports_the_harness_or_the_baselines():
+    probe = (f"import sys, importlib; [importlib.import_module('skills.' + s) for s in {SKILLS!r}]; "
+             "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & {'harness', 'baselines'})))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"a skill imports: {out.stdout.strip()}"
