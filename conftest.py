@@ -11,7 +11,7 @@ from harness import ledger
 from harness.assets import ensure_model
 from harness.bench import Bench, new_run_id
 from harness.errors import HarnessError, StackError
-from harness.launcher import launch
+from harness.launcher import connect, launch
 from harness.prompts import repeat_salt
 from harness.reference import reference_outputs
 from harness.scenario import find_scenarios, load_points, load_scenario, vocabulary
@@ -70,6 +70,9 @@ def pytest_configure(config):
             known = "; ".join(f"{s.setting}: {', '.join(sorted(s.profiles))}"
                              for s in sorted(scenarios, key=lambda s: s.setting))
             raise HarnessError(f"unknown profile {profile!r}: no setting defines it ({known})")
+        for spec in config.servebench_stacks:
+            if not spec.launched:  # a server started by hand must be up before minutes of reference outputs
+                connect(spec)
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
     if config.getoption("repeats") < 1:

@@ -152,3 +152,12 @@ def test_a_signal_to_the_harness_stops_the_stack_it_launched(tmp_path, sig):
     assert cell.status == "interrupted" and cell.metrics["completed"] >= 1, (cell.status, cell.metrics)
     assert cell.metrics["failed"] >= 1 and cell.records_file
     assert "interrupted" in (tmp_path / "LEADERBOARD.md").read_text()
+
+
+def test_a_hand_started_server_that_is_down_is_one_line_before_any_reference_is_drawn(tmp_path):
+    started = time.monotonic()
+    out = score(tmp_path, "--stack", f"url=http://127.0.0.1:{free_port()}", "-k", "accuracy", timeout=60)
+    took = time.monotonic() - started
+    assert out.returncode == 4, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "does not answer /health" in out.stderr and "reference batch" not in out.stdout + out.stderr
+    assert took < 30 and read_rows(tmp_path) == [], took  # the reference outputs take minutes; none were drawn
