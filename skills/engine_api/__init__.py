@@ -97,3 +97,13 @@ class ServingEngine(Protocol):
     def reset_prefix_cache(self) -> bool: ...
 
     def shutdown(self) -> None: ...
+
+
+def check_fits(prompt_ids: list[int], params: SamplingParams, max_model_len: int) -> None:
+    """Raises ValueError (the server's 400) for a request an engine cannot run: no prompt, or more
+    tokens than its context holds."""
+    if not prompt_ids:
+        raise ValueError("the prompt has no tokens")
+    if len(prompt_ids) + params.max_tokens > max_model_len:
+        raise ValueError(f"prompt ({len(prompt_ids)}) + max_tokens ({params.max_tokens}) exceeds "
+                         f"max_model_len {max_model_len}")

@@ -21,6 +21,7 @@ from skills.engine_api import (
     SamplingParams,
     TokenLogprob,
     TokenOutput,
+    check_fits,
 )
 from skills.engine_api.stream import QueueStream
 from skills.speculative_decoding.speculator import accept_greedy
@@ -108,11 +109,7 @@ class LLMEngine(OwnThread):
     def add_request(self, prompt_ids: list[int], params: SamplingParams, sink: Sink,
                     is_cancelled=lambda: False) -> Sequence:
         """Raises ValueError for a request that cannot run (checked here, not in the engine thread)."""
-        if not prompt_ids:
-            raise ValueError("the prompt has no tokens")
-        if len(prompt_ids) + params.max_tokens > self.max_model_len:
-            raise ValueError(f"prompt ({len(prompt_ids)}) + max_tokens ({params.max_tokens}) exceeds "
-                             f"max_model_len {self.max_model_len}")
+        check_fits(prompt_ids, params, self.max_model_len)
         seq = Sequence(list(prompt_ids), params, sink, is_cancelled)
         if self.speculator is not None:
             seq.drafter = self.speculator.start(seq.prompt_ids, params)

@@ -17,7 +17,7 @@ import torch
 
 from skills.engine_core.counters import Counters, StepLogger
 from skills.engine_core.engine_thread import OwnThread
-from skills.engine_api import GenerationFailed, SamplingParams, TokenLogprob, TokenOutput
+from skills.engine_api import GenerationFailed, SamplingParams, TokenLogprob, TokenOutput, check_fits
 from skills.engine_api.stream import QueueStream
 
 from .config import EngineConfig
@@ -61,11 +61,7 @@ class HybridEngine(OwnThread):
     def add_request(self, prompt_ids: list[int], params: SamplingParams, sink: Callable[[list[TokenOutput]], None],
                     is_cancelled: Callable[[], bool] = lambda: False) -> HybridSequence:
         """Raises ValueError for a request that cannot run."""
-        if not prompt_ids:
-            raise ValueError("the prompt has no tokens")
-        if len(prompt_ids) + params.max_tokens > self.max_model_len:
-            raise ValueError(f"prompt ({len(prompt_ids)}) + max_tokens ({params.max_tokens}) exceeds "
-                             f"max_model_len {self.max_model_len}")
+        check_fits(prompt_ids, params, self.max_model_len)
         seq = HybridSequence(list(prompt_ids), params, sink, is_cancelled)
         self.counters.add(requests_total=1, prompt_tokens_total=len(prompt_ids))
         self._inbox.put(seq)

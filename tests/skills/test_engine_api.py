@@ -38,3 +38,14 @@ def test_no_skill_library_imports_the_harness_or_the_baselines():
              "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & {'harness', 'baselines'})))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"a skill imports: {out.stdout.strip()}"
+
+
+def test_a_request_past_the_context_or_without_a_prompt_is_refused():
+    from skills.engine_api import SamplingParams, check_fits
+
+    params = SamplingParams(max_tokens=8)
+    check_fits([1] * 24, params, max_model_len=32)  # exactly full: runs
+    with pytest.raises(ValueError, match=r"prompt \(25\) \+ max_tokens \(8\) exceeds max_model_len 32"):
+        check_fits([1] * 25, params, max_model_len=32)
+    with pytest.raises(ValueError, match="the prompt has no tokens"):
+        check_fits([], params, max_model_len=32)
