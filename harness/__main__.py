@@ -162,10 +162,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the stack it launched, if any, was stopped", file=sys.stderr)
         return 130
-    finally:
-        from harness import ledger
-
-        ledger.stop_own()  # a stack that a signal left running between its launch and its teardown
     return 0
 
 
@@ -190,4 +186,9 @@ def _interrupted(signum, frame):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    finally:
+        from harness import ledger
+
+        ledger.stop_own()  # a stack that a signal left running between its launch and its teardown

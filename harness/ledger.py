@@ -50,7 +50,8 @@ def stop_own() -> list[str]:
     """Stop every stack on record that this process launched and that still runs: the last resort at a
     harness's exit, for a stack whose launch or teardown a signal cut short."""
     me = (os.getpid(), started_ticks(os.getpid()))
-    return _stop(lambda e: (e["harness"], e["harness_started"]) == me, "still running as its harness (pid {harness}) exits")
+    return _stop(lambda e: (e["harness"], e["harness_started"]) == me,
+                 "still running as its harness (pid {harness}) exits")
 
 
 def _stop(chosen: Callable[[dict], bool], why: str) -> list[str]:
