@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import session
 from harness.row import ResultRow, read_rows
 from harness.stack import REPO_ROOT
 
@@ -40,8 +41,8 @@ def run_scenario(scenario: str, stacks: list[str], profile: str, results_dir: Pa
         cmd.append("-x")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     timed_out = False
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    proc = session.start(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         stdin=subprocess.DEVNULL, text=True)
     try:  # nothing between the start and here: a signal that lands after it stops the harness run too
         out, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -49,19 +50,7 @@ def run_scenario(scenario: str, stacks: list[str], profile: str, results_dir: Pa
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
     except BaseException:  # the agent stopped (Ctrl-C, SIGTERM): the harness stops too, and its stack with it
-        stop_group(proc)
+        session.stop(proc)
         raise
     rows = [r for r in read_rows(results_dir) if r.run_id == run_id]
     return HarnessRun(run_id, proc.returncode, rows, (out or "")[-OUTPUT_TAIL:], timed_out)
-
-
-def stop_group(proc: subprocess.Popen, grace_s: float = 30) -> None:
-    """SIGTERM to the harness's process group (it tears down the stack it launched), SIGKILL after grace_s."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import secrets
 import statistics
-import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness import machine as host
+from harness import session
 from harness.atomic import atomic_write_text
 from harness.bandwidth import (
     ONE_TOKEN_PER_FORWARD,
@@ -280,7 +280,10 @@ def run_pytest(scenario_file: Path, stacks: list[str], profile: str, run_id: str
            "--run-id", run_id, "--results-dir", str(results_dir), "--copy-bandwidth"]
     for s in stacks:
         cmd += ["--stack", s]
-    return subprocess.run(cmd + extra, cwd=REPO_ROOT).returncode
+    return session.run(cmd + extra, cwd=REPO_ROOT)
+
+
+STOPPED = 130  # the exit code of a run stopped by Ctrl-C or SIGTERM (not one of pytest's)
 
 
 def score_rounds(scenario_file: Path, plan: list[Round], profile: str, run_id: str, results_dir: Path,
@@ -291,7 +294,11 @@ def score_rounds(scenario_file: Path, plan: list[Round], profile: str, run_id: s
     for i, r in enumerate(plan):
         if len(plan) > 1:
             console.print(f"round {i + 1} of {len(plan)}: {', '.join(r.stacks)}")
-        code = run_pytest(scenario_file, r.stacks, profile, run_id, results_dir, r.args)
+        try:
+            code = run_pytest(scenario_file, r.stacks, profile, run_id, results_dir, r.args)
+        except KeyboardInterrupt:
+            console.print("interrupted: its stacks were stopped; the cells measured so far are kept")
+            return STOPPED
         if code not in (0, 1):
             return code
         worst = max(worst, code)
@@ -316,10 +323,15 @@ def compare(scenario_name: str, stacks: list[str], baselines: list[str], profile
     bw_before, flops_before = memory_bandwidth(), matmul_speed()
     load_before = host.loadavg()
     code = score_rounds(REPO_ROOT / "scenarios" / f"test_{scenario_name}.py", plan, profile, run_id, results_dir, console)
-    bw_after, flops_after, load_after = memory_bandwidth(), matmul_speed(), host.loadavg()
+    if code == STOPPED:  # the summary of what was measured, at once, with the machine as it was before
+        bw_after, flops_after, load_after = bw_before, flops_before, host.loadavg()
+    else:
+        bw_after, flops_after, load_after = memory_bandwidth(), matmul_speed(), host.loadavg()
     copy_bw = max(bw_before, bw_after)
     rows = [r for r in read_rows(results_dir) if r.run_id == run_id]
     if not rows:
+        if code == STOPPED:
+            raise KeyboardInterrupt
         raise HarnessError(f"pytest exited with code {code} and measured nothing (run {run_id}: no rows, no summary)")
     cells = cells_of(rows, scenario.leaderboard.primary, scenario.features)
     weights = stack_weights(rows, model_dir)
@@ -345,4 +357,6 @@ def compare(scenario_name: str, stacks: list[str], baselines: list[str], profile
     out = Path(results_dir) / "runs" / run_id / "compare.json"
     atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
     console.print(f"summary: {out}")
+    if code == STOPPED:
+        raise KeyboardInterrupt
     return summary

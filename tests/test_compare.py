@@ -282,3 +282,31 @@ def test_a_run_that_measured_nothing_writes_no_summary(tmp_path, monkeypatch):
     with pytest.raises(HarnessError, match="pytest exited with code 5 and measured nothing"):
         compare_module.compare("standard_serving", ["engine-a"], [], "tiny", tmp_path, "r1", ["-k", "none"], Console())
     assert not (tmp_path / "runs" / "r1" / "compare.json").exists()
+
+
+def test_a_stopped_compare_prints_and_keeps_what_it_measured_then_stops(tmp_path, monkeypatch):
+    import harness.compare as compare_module
+    from rich.console import Console
+
+    def first_round_then_ctrl_c(scenario_file, stacks, profile, run_id, results_dir, extra):
+        if "--first-repeat" in extra and extra[extra.index("--first-repeat") + 1] != "0":
+            raise KeyboardInterrupt  # the second round: its pytest run is stopped (harness.session)
+        for stack, value in (("engine-a", 200.0), ("vllm", 100.0)):
+            r = row(stack, "rate=inf", value, 10.0)
+            r.run_id = run_id
+            r.write(results_dir)
+        return 0
+
+    probes = []
+    monkeypatch.setattr(compare_module, "memory_bandwidth", lambda: probes.append("bw") or 1e10)
+    monkeypatch.setattr(compare_module, "matmul_speed", lambda: 1e11)
+    monkeypatch.setattr(compare_module, "run_pytest", first_round_then_ctrl_c)
+    console = Console(record=True, width=200)
+    with pytest.raises(KeyboardInterrupt):
+        compare_module.compare("standard_serving", ["engine-a", "vllm"], [], "tiny", tmp_path, "r1", [], console,
+                               rounds=3)
+    summary = json.loads((tmp_path / "runs" / "r1" / "compare.json").read_text())
+    assert summary["pytest_exit_code"] == compare_module.STOPPED and probes == ["bw"]  # no probe after the stop
+    assert [r["value"] for r in summary["ratios"]] == [2.0]
+    text = console.export_text()
+    assert "interrupted: its stacks were stopped" in text and "2.00" in text

@@ -76,3 +76,56 @@ def test_sigterm_landing_inside_an_asyncio_task_unwinds_without_a_traceback(sigi
                           timeout=60, preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
     assert done.stdout.strip() == "interrupted", done.stdout + done.stderr
     assert "Traceback" not in done.stderr, done.stderr
+
+
+# A pytest run as compare and the agent start one: it launches a stack (its own session) and tears
+# it down when SIGTERM arrives, as conftest.py makes pytest do.
+HARNESS_RUN = """
+import signal, sys, time
+from pathlib import Path
+from harness.launcher import launch
+from harness.stack import load_spec
+
+def stopped(*_):
+    raise KeyboardInterrupt
+
+signal.signal(signal.SIGTERM, stopped)
+with launch(load_spec(sys.argv[1]), ".", Path(sys.argv[2])) as stack:
+    print("up", stack.process.pid, flush=True)
+    time.sleep(600)
+"""
+RUNNER = """
+import sys
+from harness import session
+from harness.__main__ import stop_signals
+try:
+    with stop_signals():
+        session.run([sys.executable, "-c", sys.argv[1], sys.argv[2], sys.argv[3]])
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+@pytest.mark.parametrize("to_group", [True, False], ids=["ctrl-c-at-a-terminal", "sigterm-to-the-command"])
+def test_a_stopped_command_stops_its_pytest_run_and_that_run_s_stack(tmp_path, to_group):
+    # subprocess.run killed its child 0.25 s after an interrupt (SIGKILL, so no teardown), and a SIGTERM to
+    # the command alone never reached the child: either way the stack the run launched outlived the command.
+    runner = subprocess.Popen([sys.executable, "-c", RUNNER, HARNESS_RUN, str(REPO_ROOT / "tests/stacks/delay.yaml"),
+                               str(tmp_path / "logs")], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)  # its own group, as a terminal's foreground job
+    stack = None
+    try:
+        line = runner.stdout.readline()
+        assert line.startswith("up "), line
+        stack = int(line.split()[1])
+        if to_group:
+            os.killpg(runner.pid, signal.SIGINT)
+        else:
+            runner.send_signal(signal.SIGTERM)
+        out, _ = runner.communicate(timeout=60)
+        assert "interrupted" in out, out
+        assert not procfs.running(stack), "the stack outlived the command that ran its pytest run"
+    finally:
+        runner.kill()
+        if stack and procfs.running(stack):
+            os.killpg(stack, signal.SIGKILL)
