@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from harness import ledger
+from harness import ledger, session
 from harness.errors import StackError
 from harness.placeholders import Placeholders
 from harness.stack import REPO_ROOT, StackSpec
@@ -94,15 +94,7 @@ class RunningStack:
         if self._closed or self.process is None:
             return
         self._closed = True
-        if self.process.poll() is None:
-            _signal_group(self.process, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                _signal_group(self.process, signal.SIGKILL)
-                self.process.wait(timeout=grace_s)
-        # Children the stack left behind (engine workers) share its process group.
-        _signal_group(self.process, signal.SIGKILL)
+        session.stop(self.process, grace_s)  # with the engine workers it left behind, which share its group
         ledger.forget(self.record)
 
     def __enter__(self) -> "RunningStack":
@@ -110,13 +102,6 @@ class RunningStack:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def _signal_group(process: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(process.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def connect(spec: StackSpec, timeout_s: float = 10.0) -> RunningStack:
@@ -153,8 +138,8 @@ def launch(spec: StackSpec, model: Path | str, log_dir: Path, scenario: str = ""
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
         try:
-            process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+            process = session.start(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
         except OSError as exc:
             raise StackError(f"stack {spec.name}: cannot start {command[0]}: {exc.strerror}") from None
     stack = RunningStack(spec=spec, base_url=f"http://127.0.0.1:{port}", log_path=log_path, process=process,

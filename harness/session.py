@@ -1,4 +1,4 @@
-"""A harness run in a child process (a pytest run that launches stacks), in a session of its own.
+"""A child process in a session of its own: a stack, or a harness run (a pytest run that launches stacks).
 
 Ctrl-C at a terminal signals the whole foreground group, and Python's `subprocess.run` answers an
 interrupt by killing its child with SIGKILL a quarter of a second later: a pytest run killed so
@@ -21,14 +21,22 @@ def start(cmd: list[str], **popen) -> subprocess.Popen:
 
 
 def stop(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
-    """SIGTERM to the child's process group, SIGKILL after grace_s."""
+    """SIGTERM to the child's process group, SIGKILL after grace_s; then SIGKILL to what is left of the
+    group (workers the child started and did not stop)."""
+    if proc.poll() is None:
+        signal_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            signal_group(proc, signal.SIGKILL)
+            proc.wait(grace_s)
+    signal_group(proc, signal.SIGKILL)
+
+
+def signal_group(proc: subprocess.Popen, sig: int) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
         pass
 
 
