@@ -47,8 +47,12 @@ def run_scenario(scenario: str, stacks: list[str], profile: str, results_dir: Pa
         out, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         timed_out = True
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
+        session.signal_group(proc, signal.SIGTERM)  # its teardown stops the stacks it launched
+        try:
+            out, _ = proc.communicate(timeout=session.GRACE_S)
+        except subprocess.TimeoutExpired:
+            session.signal_group(proc, signal.SIGKILL)
+            out, _ = proc.communicate()
     except BaseException:  # the agent stopped (Ctrl-C, SIGTERM): the harness stops too, and its stack with it
         session.stop(proc)
         raise

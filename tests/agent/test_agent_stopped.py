@@ -56,3 +56,25 @@ def test_a_stopped_agent_stops_its_harness_run_and_stack(tmp_path, sig):
         agent.kill()
         for pid in procfs.naming(f"--stack {spec}") + procfs.naming(marker):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_harness_run_past_its_timeout_is_stopped_with_its_stack(tmp_path):
+    # The timeout used to SIGKILL the harness run, whose stack (a session of its own) then ran on.
+    from agent.harness_run import run_scenario
+
+    ttft = f"4000.{os.getpid()}"  # slow enough that the run is still measuring at its timeout
+    spec = tmp_path / "slow.yaml"
+    command = [c.replace("{ttft}", ttft) for c in DELAY] + ["--port", "{port}"]
+    spec.write_text(json.dumps({"name": "slow", "command": command, "startup_timeout_s": 30,
+                                "supports": ["completions"]}))
+    marker = f"delay_server.py --ttft-ms {ttft} "
+    try:
+        run = run_scenario("standard_serving", [str(spec)], "smoke", tmp_path / "results", "late",
+                           select="performance", timeout_s=20)
+        assert run.timed_out and run.returncode != 0, run.output
+        log = tmp_path / "results" / "runs" / "late" / "logs" / "slow.log"
+        assert "delay_server ready" in log.read_text(), log.read_text()  # it was up: stopped, not never started
+        assert not procfs.naming(marker), "the stack outlived its timed-out harness run"
+    finally:
+        for pid in procfs.naming(marker):
+            os.kill(pid, signal.SIGKILL)
