@@ -10,11 +10,13 @@ import pytest
 
 from harness.stack import REPO_ROOT
 
-SERVER_MODULES = ("fastapi", "uvicorn", "starlette", "skills.openai_server")
+SERVER_MODULES = ("fastapi", "uvicorn", "starlette", "skills.openai_server", "skills.asr_server",
+                  "skills.image_server")
 
 
 @pytest.mark.parametrize("engine", ["skills.engine_core.engine", "skills.hybrid_engine.engine",
-                                    "skills.speculative_decoding", "baselines.hf_reference.generator"])
+                                    "skills.speculative_decoding", "skills.asr_engine", "skills.text_kv_reuse",
+                                    "baselines.hf_reference.generator"])
 def test_an_engine_loads_without_the_server(engine):
     probe = (f"import sys, {engine}; "
              f"print(' '.join(m for m in {SERVER_MODULES!r} if m in sys.modules))")
