@@ -62,7 +62,7 @@ def test_a_harness_run_past_its_timeout_is_stopped_with_its_stack(tmp_path):
     # The timeout used to SIGKILL the harness run, whose stack (a session of its own) then ran on.
     from agent.harness_run import run_scenario
 
-    ttft = f"4000.{os.getpid()}"  # slow enough that the run is still measuring at its timeout
+    ttft = f"600000.{os.getpid()}"  # the warm-up request hangs: the run is still measuring at its timeout
     spec = tmp_path / "slow.yaml"
     command = [c.replace("{ttft}", ttft) for c in DELAY] + ["--port", "{port}"]
     spec.write_text(json.dumps({"name": "slow", "command": command, "startup_timeout_s": 30,
@@ -70,7 +70,7 @@ def test_a_harness_run_past_its_timeout_is_stopped_with_its_stack(tmp_path):
     marker = f"delay_server.py --ttft-ms {ttft} "
     try:
         run = run_scenario("standard_serving", [str(spec)], "smoke", tmp_path / "results", "late",
-                           select="performance", timeout_s=20)
+                           select="performance", timeout_s=60)  # the stack is up well before
         assert run.timed_out and run.returncode != 0, run.output
         log = tmp_path / "results" / "runs" / "late" / "logs" / "slow.log"
         assert "delay_server ready" in log.read_text(), log.read_text()  # it was up: stopped, not never started
