@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -47,12 +46,7 @@ def run_scenario(scenario: str, stacks: list[str], profile: str, results_dir: Pa
         out, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         timed_out = True
-        session.signal_group(proc, signal.SIGTERM)  # its teardown stops the stacks it launched
-        try:
-            out, _ = proc.communicate(timeout=session.GRACE_S)
-        except subprocess.TimeoutExpired:
-            session.signal_group(proc, signal.SIGKILL)
-            out, _ = proc.communicate()
+        out = session.stop(proc)  # SIGTERM first: its teardown stops the stacks it launched
     except BaseException:  # the agent stopped (Ctrl-C, SIGTERM): the harness stops too, and its stack with it
         session.stop(proc)
         raise

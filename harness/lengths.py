@@ -23,8 +23,8 @@ def count_slack(record: RequestRecord) -> int:
                if isinstance(text := e.data, str) and not text.isascii())
 
 
-def length_metrics(records: list[RequestRecord]) -> dict[str, int]:
-    done = [r for r in records if r.ok]
+def length_metrics(done: list[RequestRecord]) -> dict[str, int]:
+    """Over the completed requests of a cell."""
     return {"finished_at_length": sum(r.finish_reason == "length" for r in done),
             "count_slack_max": sum(count_slack(r) for r in done)}
 

@@ -166,7 +166,7 @@ def summarize(records: list[RequestRecord], slos_ms: dict[str, float] | None = N
         **stats(key["gap"], (gap for r in done for gap in unit_gaps(r))),
         **stats("e2el", (r.e2el for r in done)),
         **usage_counts(records),
-        **(length_metrics(records) if unit == "tokens" else {}),
+        **(length_metrics(done) if unit == "tokens" else {}),
     }
     if slos_ms:
         metrics["request_goodput"] = per_second(sum(good(r, slos_ms) for r in done))

@@ -20,17 +20,20 @@ def start(cmd: list[str], **popen) -> subprocess.Popen:
     return subprocess.Popen(cmd, start_new_session=True, **popen)
 
 
-def stop(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
+def stop(proc: subprocess.Popen, grace_s: float = GRACE_S):
     """SIGTERM to the child's process group, SIGKILL after grace_s; then SIGKILL to what is left of the
-    group (workers the child started and did not stop)."""
+    group (workers the child started and did not stop). Returns the rest of its stdout where that is a
+    pipe to us (read while it stops, so a full pipe cannot hold its teardown up), else None."""
+    out = None
     if proc.poll() is None:
         signal_group(proc, signal.SIGTERM)
         try:
-            proc.wait(grace_s)
+            out, _ = proc.communicate(timeout=grace_s)
         except subprocess.TimeoutExpired:
             signal_group(proc, signal.SIGKILL)
-            proc.wait(grace_s)
+            out, _ = proc.communicate(timeout=grace_s)
     signal_group(proc, signal.SIGKILL)
+    return out
 
 
 def signal_group(proc: subprocess.Popen, sig: int) -> None:
