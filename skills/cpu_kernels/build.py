@@ -8,7 +8,10 @@ with its owner, so whoever holds it knows that no live process of ours is buildi
 `lock` still there was left by a dead one.
 
 The folder is per environment (torch keeps one per extension name for every environment with the
-same torch, and two environments then rebuild each other's build in turn).
+same torch, and two environments then rebuild each other's build in turn) and per CPU: the flags
+are `-march=native`, and torch rebuilds only when the sources or the flags' text change, so an
+environment moved to a CPU without the first one's instructions (AMX, AVX-512 BF16: an image built
+on one host, a home folder shared by several) would load a build that dies on an illegal instruction.
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ import os
 import sys
 from pathlib import Path
 
+from skills.cpu_kernels.cpu import flags_digest
+
 log = logging.getLogger(__name__)
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]
 LDFLAGS = ["-fopenmp"]
@@ -27,7 +32,8 @@ LDFLAGS = ["-fopenmp"]
 def build_dir(name: str) -> Path:
     """This environment's build folder for extension `name` (under TORCH_EXTENSIONS_DIR where set)."""
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
-    folder = root / f"servebench-{hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]}" / name
+    env = hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
+    folder = root / f"servebench-{env}-cpu{flags_digest()}" / name
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

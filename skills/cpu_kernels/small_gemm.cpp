@@ -14,7 +14,11 @@
 // 32-k chunks go through the tile unit's bf16 dot product, up to 16 rows an A tile. The dot products
 // are then ~1/30 of the work (16 cycles for 16 x 16 x 32 multiply-adds whatever the rows), so every
 // row count up to 32 costs about the weight stream, where the AVX-512 loop is compute-bound from ~5
-// rows. Each row is still summed alone, by the same chunk sequence at any row count: a row's bits
+// rows.
+//
+// Without AVX-512 BF16 (an Intel Xeon before Cooper Lake: Ice Lake, Skylake) the same loop takes each
+// pair as two fp32 multiply-adds (a bf16 is the top half of an fp32, so widening is a shift): twice
+// the instructions of the dot product, still one sequence per row. Each row is still summed alone, by the same chunk sequence at any row count: a row's bits
 // do not depend on the call's rows. The two paths round differently; a process uses one (set once,
 // before the engine's first step: small_gemm_use_amx).
 #include "kernels.h"
@@ -24,9 +28,12 @@
 #include <atomic>
 #include <cstring>
 
-#if defined(__AVX512F__) && defined(__AVX512BF16__)
+#if defined(__AVX512F__)
 #include <immintrin.h>
+#define SMALL_GEMM_AVX512 1
+#if defined(__AVX512BF16__)
 #define SMALL_GEMM_AVX512BF16 1
+#endif
 #endif
 #if defined(SMALL_GEMM_AVX512BF16) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__)
 #include <sys/syscall.h>
@@ -47,7 +54,7 @@ constexpr int64_t kPrefetchPairs = 32;
 
 inline int64_t tiles_of(int64_t n) { return (n + kTile - 1) / kTile; }
 
-#ifdef SMALL_GEMM_AVX512BF16
+#ifdef SMALL_GEMM_AVX512
 // Rows [0, R) of x against one tile: w points at the tile's K/2 pair vectors. Two accumulators
 // per row (even and odd pairs, added at the end) hide the dot product's latency at few rows;
 // every row uses this same split, so its sums do not depend on R.
@@ -57,11 +64,26 @@ void tile_rows(const bf16* x, int64_t x_stride, const bf16* w, int64_t pairs, fl
   for (int r = 0; r < R; ++r) even[r] = odd[r] = _mm512_setzero_ps();
   auto step = [&](__m512* acc, int64_t p) {
     _mm_prefetch(reinterpret_cast<const char*>(w + (p + kPrefetchPairs) * 2 * kTile), _MM_HINT_T0);
+#ifdef SMALL_GEMM_AVX512BF16
     const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + p * 2 * kTile);
+#else
+    const __m512i wp = _mm512_loadu_si512(w + p * 2 * kTile);  // per column: k even low, k odd high
+    const __m512 w_even = _mm512_castsi512_ps(_mm512_slli_epi32(wp, 16));
+    const __m512 w_odd = _mm512_castsi512_ps(_mm512_and_si512(wp, _mm512_set1_epi32(int32_t(0xFFFF0000u))));
+#endif
     for (int r = 0; r < R; ++r) {
       int32_t pair;
       std::memcpy(&pair, x + r * x_stride + 2 * p, sizeof(pair));
+#ifdef SMALL_GEMM_AVX512BF16
       acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_set1_epi32(pair), wv);
+#else
+      const uint32_t bits = static_cast<uint32_t>(pair);
+      float x_even, x_odd;
+      const uint32_t even_bits = bits << 16, odd_bits = bits & 0xFFFF0000u;
+      std::memcpy(&x_even, &even_bits, sizeof(float));
+      std::memcpy(&x_odd, &odd_bits, sizeof(float));
+      acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(x_odd), w_odd, _mm512_fmadd_ps(_mm512_set1_ps(x_even), w_even, acc[r]));
+#endif
     }
   };
   int64_t p = 0;
@@ -82,8 +104,18 @@ void store_rows(const float* tmp, int64_t rows, int64_t cols, bf16* op, int64_t 
   for (int64_t r = 0; r < rows; ++r) {
     bf16* dst = op + r * N;
     if (cols == kTile) {  // 16 at a time (lm_head: 49K columns a row)
-      const __m256bh packed16 = _mm512_cvtneps_pbh(_mm512_loadu_ps(tmp + r * kTile));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)packed16);
+#ifdef SMALL_GEMM_AVX512BF16
+      const __m256i packed16 = (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(tmp + r * kTile));
+#else
+      // bf16(float)'s rounding: + 0x7FFF + the kept part's lowest bit, keep the top half; NaN -> 0x7FC0.
+      const __m512 v = _mm512_loadu_ps(tmp + r * kTile);
+      const __m512i u = _mm512_castps_si512(v);
+      const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+      __m512i top = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
+      top = _mm512_mask_mov_epi32(top, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+      const __m256i packed16 = _mm512_cvtepi32_epi16(top);
+#endif
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), packed16);
     } else {
       for (int64_t c = 0; c < cols; ++c) dst[c] = bf16(tmp[r * kTile + c]);
     }
@@ -204,7 +236,7 @@ void small_gemm_tiles(const bf16* xp, int64_t M, int64_t stride, const bf16* wp,
     return;
   }
 #endif
-#ifdef SMALL_GEMM_AVX512BF16
+#ifdef SMALL_GEMM_AVX512
   // Row blocks of equal size (9 rows: 5 + 4, not 8 + 1): a small block is latency-bound.
   const int64_t blocks = (M + kRowBlock - 1) / kRowBlock, block = (M + blocks - 1) / blocks;
   float tmp[kRowBlock * kTile];
@@ -221,7 +253,7 @@ void small_gemm_tiles(const bf16* xp, int64_t M, int64_t stride, const bf16* wp,
 }
 
 bool small_gemm_available() {
-#ifdef SMALL_GEMM_AVX512BF16
+#ifdef SMALL_GEMM_AVX512
   return true;
 #else
   return false;
@@ -246,7 +278,7 @@ torch::Tensor small_gemm_pack(const torch::Tensor& weight) {
 
 // x [M, K] bf16 (rows contiguous), packed from small_gemm_pack of W [N, K] -> [M, N] bf16.
 torch::Tensor small_gemm(const torch::Tensor& x, const torch::Tensor& packed, int64_t N) {
-  TORCH_CHECK(small_gemm_available(), "small_gemm: this build has no AVX-512 BF16");
+  TORCH_CHECK(small_gemm_available(), "small_gemm: this build has no AVX-512");
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16, "small_gemm: x must be [M, K] bf16");
   TORCH_CHECK(packed.dim() == 4 && packed.size(2) == kTile && packed.size(3) == 2 && packed.size(0) == tiles_of(N),
               "small_gemm: packed does not come from small_gemm_pack of an [N, K] weight");
@@ -257,7 +289,7 @@ torch::Tensor small_gemm(const torch::Tensor& x, const torch::Tensor& packed, in
   const int64_t M = xc.size(0), stride = xc.size(1), tiles = packed.size(0);
   auto out = torch::empty({M, N}, x.options());
   if (M == 0) return out;
-#ifdef SMALL_GEMM_AVX512BF16
+#ifdef SMALL_GEMM_AVX512
   const bf16 *xp = xc.data_ptr<bf16>(), *wp = packed.data_ptr<bf16>();
   bf16* op = out.data_ptr<bf16>();
   // ~64K multiply-adds per task at least (see grain_for), so small layers stay on one thread.

@@ -38,7 +38,7 @@ SMALL_ROWS = 32  # the most rows small_gemm takes (a verify chunk is K + 1 rows;
 
 
 def _small_pack(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
-    """The weight in small_gemm's layout, where the native kernels build and have AVX-512 BF16."""
+    """The weight in small_gemm's layout, where the native kernels build with AVX-512."""
     if bias is not None or weight.dtype != torch.bfloat16:
         return None
     from skills.cpu_kernels import native

@@ -2,7 +2,7 @@
 features alone, so that a machine always makes the same choice (never a timing race at start-up).
 
 `small_gemm` (skills/cpu_kernels) is row-invariant by construction. On AVX-512 BF16 it is
-compute-bound from ~5 rows; where it runs on AMX tiles (a CPU with AMX, the usual case there) every
+compute-bound from ~5 rows (without it, on AVX-512 fp32 multiply-adds, from ~8); where it runs on AMX tiles (a CPU with AMX, the usual case there) every
 step of up to 32 rows costs about its weight stream. oneDNN is not row-invariant by contract: its
 kernel and blocking depend on the CPU and the row count. On a CPU with AMX it runs one tile kernel
 for every row count of a verify chunk; without AMX it is no faster than small_gemm at these sizes,
@@ -14,8 +14,7 @@ forward (step_invariance.py) and falls back where they do not (loader.py).
 
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
+from skills.cpu_kernels.cpu import cpu_flags
 
 CHOICES = ("small_gemm", "onednn", "auto")
 # Where small_gemm is the few-row matmul on a CPU with AMX that its AVX-512 loop runs on (not its
@@ -24,18 +23,6 @@ CHOICES = ("small_gemm", "onednn", "auto")
 # against oneDNN 24.8 at 8 rows, 26.3 against 21.9 at 13, 25.8 against 18.4 at 16 (the head 7.6
 # against 5.0 there). Without AMX small_gemm keeps every step it can take (packing.SMALL_ROWS).
 AMX_SMALL_GEMM_ROWS = 8
-
-
-@lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (Linux /proc/cpuinfo); empty where they cannot be read."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
 
 
 def has_amx() -> bool:

@@ -123,7 +123,7 @@ def matmul_impl(name: str, weight: torch.Tensor) -> Callable[[torch.Tensor], tor
     if name == "cpu_kernels":
         ext = native_ext()
         if not ext.small_gemm_available():
-            pytest.skip("small_gemm needs AVX-512 BF16, which this CPU lacks")
+            pytest.skip("small_gemm needs AVX-512, which this CPU lacks")
         packed = ext.small_gemm_pack(weight)
         return lambda x: ext.small_gemm(x, packed, weight.shape[0])
     if name == "onednn_packed":

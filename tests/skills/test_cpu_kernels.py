@@ -178,7 +178,7 @@ def test_steps_past_the_small_gemm_row_cap_take_onednn(make_llama, native_kernel
     model = build_model(ModelConfig.from_hf(hf.config), dict(hf.state_dict()), BF16)
     model.pack()
     if not model.has_small_matmuls:
-        pytest.skip("small_gemm needs AVX-512 BF16")
+        pytest.skip("small_gemm needs AVX-512")
     few, six = LOOP_BATCHES["one-decode"], LOOP_BATCHES["decodes+verify"]
     small = {n: _forward(model, where, loop) for n, where in (("few", few), ("six", six))}
     model.use_few_row_matmul("onednn")
@@ -190,7 +190,9 @@ def test_steps_past_the_small_gemm_row_cap_take_onednn(make_llama, native_kernel
     def same(a, b) -> bool:
         return torch.equal(a[0], b[0]) and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
 
-    assert not same(small["six"], onednn["six"])  # the two matmuls round apart: the checks below can fail
+    if same(small["six"], onednn["six"]):  # then the checks below could not fail
+        pytest.skip("small_gemm and oneDNN give the same bits here (no AVX-512 BF16: both sum fp32 products in "
+                    "k order): the cap cannot be seen in the output")
     assert same(capped["six"], onednn["six"])
     assert same(capped["few"], small["few"])
 
@@ -236,7 +238,7 @@ def test_small_gemm_is_its_fp32_sums_rounded_once(rows, out_features) -> None:
     """Each output is the fp32 sum of its products rounded to bf16, whether it is stored 16 at a
     time (whole tiles) or one by one (the last, partial tile): within half a bf16 step of exact."""
     if not ext.small_gemm_available():
-        pytest.skip("small_gemm needs AVX-512 BF16, which this CPU lacks")
+        pytest.skip("small_gemm needs AVX-512, which this CPU lacks")
     torch.manual_seed(rows + out_features)
     x, w = torch.randn(rows, 64, dtype=BF16), torch.randn(out_features, 64, dtype=BF16)
     got = ext.small_gemm(x, ext.small_gemm_pack(w), out_features)

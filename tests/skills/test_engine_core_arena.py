@@ -19,7 +19,7 @@ from tests.skills.test_engine_core_model import forward, make_runner, seq_at
 def small_gemm():
     if not Kernels.use_native(True) or Kernels.small_gemm is None:
         Kernels.use_native(False)
-        pytest.skip("small_gemm needs the native kernels and AVX-512 BF16")
+        pytest.skip("small_gemm needs the native kernels and AVX-512")
     yield
     Kernels.use_native(False)
 

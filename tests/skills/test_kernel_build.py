@@ -49,3 +49,17 @@ def test_a_build_killed_midway_leaves_its_lock_and_the_next_start_builds(tmp_pat
     again = start(tmp_path)  # built: no message, no rebuild
     out, _ = again.communicate(timeout=60)
     assert again.returncode == 0 and "answer 42" in out and "building" not in out, out[-3000:]
+
+
+def test_a_build_is_kept_per_cpu_so_a_moved_environment_never_loads_another_cpu_s_build(tmp_path, monkeypatch):
+    """`-march=native`: torch reuses a build whose sources and flags' text are unchanged, so the
+    CPU's own flags must pick the folder (an AMX build on an EPYC dies on an illegal instruction)."""
+    from skills.cpu_kernels import build, cpu
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}))
+    on_xeon = build.build_dir("probe")
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    on_epyc = build.build_dir("probe")
+    assert on_xeon != on_epyc and on_xeon.name == on_epyc.name == "probe"
+    assert build.build_dir("probe") == on_epyc  # the same CPU finds its build again

@@ -16,7 +16,7 @@ BF16 = torch.bfloat16
 @pytest.fixture
 def amx():
     if ext is None or not ext.small_gemm_available():
-        pytest.skip("small_gemm needs the C++ kernels and AVX-512 BF16")
+        pytest.skip("small_gemm needs the C++ kernels and AVX-512")
     was = ext.small_gemm_amx()
     if not ext.small_gemm_use_amx(True):
         pytest.skip("small_gemm has no AMX path here (no AMX in the CPU, the build or the OS)")
