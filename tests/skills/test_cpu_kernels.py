@@ -245,3 +245,18 @@ def test_small_gemm_is_its_fp32_sums_rounded_once(rows, out_features) -> None:
     want = x.double() @ w.double().T
     assert got.shape == (rows, out_features)
     assert ((got.double() - want).abs() <= want.abs() * 2 ** -8 + 1e-4).all()
+
+
+@pytest.mark.parametrize("rows", [1, 9])
+def test_small_gemm_rounds_whole_tiles_as_bf16_float_does(rows) -> None:
+    """Whole 16-column tiles are rounded to bf16 in vectors (the BF16 instruction, or integer
+    instructions without it), a partial last tile one value at a time by bf16(float): the same fp32
+    sums must give the same bits either way. Columns 32-44 are a whole tile's in a 48-column weight
+    and the partial tile's in its first 45 rows."""
+    if not ext.small_gemm_available():
+        pytest.skip("small_gemm needs AVX-512, which this CPU lacks")
+    torch.manual_seed(rows)
+    x, w = torch.randn(rows, 96, dtype=BF16), torch.randn(48, 96, dtype=BF16)
+    whole = ext.small_gemm(x, ext.small_gemm_pack(w), 48)
+    partial = ext.small_gemm(x, ext.small_gemm_pack(w[:45].contiguous()), 45)
+    assert torch.equal(whole[:, :45], partial)
