@@ -14,13 +14,13 @@
 // 32-k chunks go through the tile unit's bf16 dot product, up to 16 rows an A tile. The dot products
 // are then ~1/30 of the work (16 cycles for 16 x 16 x 32 multiply-adds whatever the rows), so every
 // row count up to 32 costs about the weight stream, where the AVX-512 loop is compute-bound from ~5
-// rows.
-//
-// Without AVX-512 BF16 (an Intel Xeon before Cooper Lake: Ice Lake, Skylake) the same loop takes each
-// pair as two fp32 multiply-adds (a bf16 is the top half of an fp32, so widening is a shift): twice
-// the instructions of the dot product, still one sequence per row. Each row is still summed alone, by the same chunk sequence at any row count: a row's bits
+// rows. Each row is still summed alone, by the same chunk sequence at any row count: a row's bits
 // do not depend on the call's rows. The two paths round differently; a process uses one (set once,
 // before the engine's first step: small_gemm_use_amx).
+//
+// Without AVX-512 BF16 (an Intel Xeon before Cooper Lake: Ice Lake, Skylake) the AVX-512 loop takes
+// each pair as two fp32 multiply-adds (a bf16 is the top half of an fp32, so widening is exact):
+// twice the instructions of the dot product, still one sequence per row.
 #include "kernels.h"
 
 #include <ATen/Parallel.h>

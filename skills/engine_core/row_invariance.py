@@ -2,11 +2,11 @@
 features alone, so that a machine always makes the same choice (never a timing race at start-up).
 
 `small_gemm` (skills/cpu_kernels) is row-invariant by construction. On AVX-512 BF16 it is
-compute-bound from ~5 rows (without it, on AVX-512 fp32 multiply-adds, from ~8); where it runs on AMX tiles (a CPU with AMX, the usual case there) every
-step of up to 32 rows costs about its weight stream. oneDNN is not row-invariant by contract: its
-kernel and blocking depend on the CPU and the row count. On a CPU with AMX it runs one tile kernel
-for every row count of a verify chunk; without AMX it is no faster than small_gemm at these sizes,
-and on an AMD EPYC with AVX-512 BF16 it rounded a row differently at some row counts. So: small_gemm
+compute-bound from ~5 rows (without BF16, on fp32 multiply-adds, from ~8); where it runs on AMX
+tiles (a CPU with AMX, the usual case there) every step of up to 32 rows costs about its weight
+stream. oneDNN is not row-invariant by contract: its kernel and blocking depend on the CPU and the
+row count. On a CPU with AMX it runs one tile kernel for every row count of a verify chunk; without
+AMX it is no faster than small_gemm at these sizes, and on an AMD EPYC with AVX-512 BF16 it rounded a row differently at some row counts. So: small_gemm
 first, unless the CPU has AMX and small_gemm cannot use it (then oneDNN), or oneDNN is asked for.
 Whatever is taken, the engine then checks that verify steps equal one-token decodes through its real
 forward (step_invariance.py) and falls back where they do not (loader.py).
