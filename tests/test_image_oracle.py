@@ -31,7 +31,9 @@ def test_an_honest_stack_passes_pixel_exact(scored):
     acc, cell = rows["image-honest"]["accuracy"], rows["image-honest"]["performance"]
     assert acc.status == "ok", acc.accuracy["summary"]
     assert cell.status == "ok", cell.error
-    assert all(_details(acc, "exact")) and all(_details(cell, "exact"))  # the same loop, the same pixels
+    # The same loop, the same pixels, but for a level here and there: two processes running it have
+    # given one image 4 of 16,384 pixels one level apart (a value at a rounding edge).
+    assert all(d <= 1 for d in _details(acc, "max_abs_diff") + _details(cell, "max_abs_diff"))
 
 
 @pytest.mark.parametrize("mode", ["fixed", "other-seed", "noise"])
@@ -47,7 +49,9 @@ def test_a_wrong_image_fails_every_pass(scored, mode):
 def test_the_fixed_image_passes_only_its_first_request(scored):
     _, rows = scored
     acc = rows["image-fixed"]["accuracy"]
-    assert _details(acc, "exact")[0] is True and not any(_details(acc, "exact")[1:])
+    passed = [p.get("ok") for p in acc.accuracy["prompts"]]
+    assert passed[0] is True and not any(passed[1:]), passed
+    assert _details(acc, "max_abs_diff")[0] <= 1  # its own image, give or take a level (see above)
 
 
 def test_claimed_reuse_without_evidence_fails_the_engagement_guard(scored):
