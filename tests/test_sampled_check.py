@@ -97,3 +97,25 @@ def test_the_nucleus_check_counts_what_the_model_would_not_sample(model_dir):
     prompt = Prompt("q", "The capital of France is", chat=False, max_tokens=2)
     assert nucleus_misses(model_dir, prompt, " Paris", 1.0, 0.9) == (0, 1)
     assert nucleus_misses(model_dir, prompt, " zebra", 1.0, 0.9) == (1, 1)
+
+
+def test_special_tokens_left_out_of_a_text_past_eos_are_put_back(model_dir, monkeypatch):
+    """The model's own greedy tokens run past EOS: its text leaves out EOS and the next turns' markers,
+    and every one of its tokens is inside the nucleus once they are put back (and not before)."""
+    import torch
+
+    import harness.sampling
+    from harness.reference import input_ids, reference_model
+
+    tok, model = reference_model(model_dir)
+    prompt = Prompt("q", "Is the sky blue? Answer yes or no.", chat=True, max_tokens=40)
+    head, out = input_ids(tok, prompt), []
+    with torch.inference_mode():
+        for _ in range(prompt.max_tokens):
+            out.append(int(model(torch.tensor([head + out])).logits[0, -1].argmax()))
+    assert set(out) & set(tok.all_special_ids), tok.decode(out)
+    text = tok.decode(out, skip_special_tokens=True)
+    misses, tokens = nucleus_misses(model_dir, prompt, text, 1.0, 0.9)
+    assert misses == 0 and tokens > 0
+    monkeypatch.setattr(harness.sampling, "PUT_BACK_PASSES", 0)
+    assert nucleus_misses(model_dir, prompt, text, 1.0, 0.9)[0] > 0
