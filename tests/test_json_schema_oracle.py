@@ -53,6 +53,7 @@ def test_valid_json_that_is_not_this_requests_answer_fails(scored):
 def test_a_server_that_ignores_the_schema_fails(scored):
     _, rows = scored
     acc, cell = rows["schema-ignores"]["accuracy"], rows["schema-ignores"]["performance"]
+    assert "outputs_judged" in acc.accuracy, f"its outputs were not judged: {acc.error or acc.accuracy['summary']}"
     assert acc.status == "failed" and acc.accuracy["outputs_judged"]["verdict"] == "fail", acc.accuracy["summary"]
     assert acc.accuracy["outputs_judged"]["valid_rate"] < 0.95
     assert cell.status == "failed" and _parts(cell)["schema"] == "fail", cell.error
