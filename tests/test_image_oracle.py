@@ -25,7 +25,7 @@ def _details(row, key: str) -> list:
     return [(p.get("detail") or {}).get(key) for p in prompts]
 
 
-def test_an_honest_stack_passes_pixel_exact(scored):
+def test_an_honest_stack_passes_within_one_level_of_the_reference(scored):
     out, rows = scored
     assert "Traceback" not in out.stdout, out.stdout[-3000:]
     acc, cell = rows["image-honest"]["accuracy"], rows["image-honest"]["performance"]
