@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from skills.cpu_kernels.cpu import cpu_flags
+
 from .kernels import Kernels, small_gemm_on_amx
 
 
@@ -23,13 +25,21 @@ def can_pack(dtype: torch.dtype) -> bool:
     return torch.backends.mkldnn.is_available() and dtype in (torch.bfloat16, torch.float32)
 
 
-def pack_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype oneDNN multiplies a `dtype` model's weights in. bf16 needs AVX-512 (BW/VL/DQ) or
-    AVX-NE-CONVERT; on an AVX2-only CPU (e.g. an AMD EPYC of the Zen 3 generation) a bf16 model's
-    weights are packed in fp32 and its bf16 activations upcast for the matmul: a bf16 x bf16
-    product is exact in fp32, so this is a bf16 matmul with fp32 accumulation (4-8x faster there
-    than torch's own bf16 gemm from 9 rows up, the same at 1 row)."""
-    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+def has_bf16_dot(flags: frozenset[str] | None = None) -> bool:
+    """Whether the CPU multiplies bf16 pairs in one instruction (x86 AVX-512 BF16 or AMX, Arm BF16).
+    Flags that cannot be read count as yes: oneDNN's own answer then decides."""
+    flags = cpu_flags() if flags is None else flags
+    return not flags or bool({"avx512_bf16", "amx_bf16", "bf16"} & flags)
+
+
+def pack_dtype(dtype: torch.dtype, flags: frozenset[str] | None = None) -> torch.dtype:
+    """The dtype oneDNN multiplies a `dtype` model's weights in. A bf16 model's weights are packed in
+    fp32, and its bf16 activations upcast for the matmul, where oneDNN takes no bf16 (it needs AVX-512
+    BW/VL/DQ or AVX-NE-CONVERT: not on an AVX2-only AMD EPYC of the Zen 3 generation) or the CPU has no
+    bf16 dot product (an Ice Lake Xeon: AVX-512 without BF16, where oneDNN's bf16 kernels convert every
+    operand and reach ~60 GFLOP/s against ~230 in fp32 at 64-512 rows). A bf16 x bf16 product is exact
+    in fp32, so this is still a bf16 matmul with fp32 accumulation; only the weights' bytes double."""
+    if dtype == torch.bfloat16 and not (torch.ops.mkldnn._is_mkldnn_bf16_supported() and has_bf16_dot(flags)):
         return torch.float32
     return dtype
 
@@ -48,10 +58,11 @@ def _small_pack(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor
 
 
 class PackedLinear(nn.Module):
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, compute: torch.dtype | None = None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        self.compute = pack_dtype(weight.dtype)  # != weight.dtype: activations are upcast for the matmul
+        # != weight.dtype: activations are upcast for the matmul
+        self.compute = pack_dtype(weight.dtype) if compute is None else compute
         self.register_buffer("packed", torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(self.compute)),
                              persistent=False)
         self.bias = None if bias is None else bias.detach().to(self.compute)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from skills.engine_core.config import ModelConfig
+from skills.engine_core.packing import PackedLinear, pack_dtype
 from skills.engine_core.runner import ModelRunner
 from skills.engine_core.scheduler import ScheduledStep
 from skills.engine_core.sequence import Sequence
@@ -138,3 +139,23 @@ def test_decode_attention_loops_equal_sdpa() -> None:
     mask = torch.zeros(5, 1, 1, 12).masked_fill_(torch.arange(12) >= lengths[:, None, None, None], float("-inf"))
     torch.testing.assert_close(decode_attention_loops(q, k, v, mask), decode_attention(q, k, v, mask),
                                atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_weights_pack_in_fp32_where_the_cpu_has_no_bf16_dot_product() -> None:
+    ice_lake = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"})
+    assert pack_dtype(torch.bfloat16, ice_lake) == torch.float32
+    assert pack_dtype(torch.float32, ice_lake) == torch.float32
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert pack_dtype(torch.bfloat16, ice_lake | {"avx512_bf16"}) == torch.bfloat16
+        assert pack_dtype(torch.bfloat16, ice_lake | {"amx_bf16", "amx_tile"}) == torch.bfloat16
+        assert pack_dtype(torch.bfloat16, frozenset()) == torch.bfloat16  # unread flags: oneDNN decides
+
+
+def test_bf16_weights_packed_in_fp32_give_the_exact_products_rounded_once() -> None:
+    torch.manual_seed(0)
+    weight, x = torch.randn(96, 64).bfloat16(), torch.randn(40, 64).bfloat16()
+    linear = PackedLinear(weight, None, compute=torch.float32)
+    out = linear.onednn(x)
+    assert out.dtype == torch.bfloat16
+    exact = (x.double() @ weight.double().T).bfloat16()  # bf16 x bf16 products are exact in fp32
+    torch.testing.assert_close(out, exact, atol=0, rtol=2 ** -7)
