@@ -66,7 +66,7 @@ def load_engine(model_dir: Path, cfg: EngineConfig, speculator=None) -> LLMEngin
     engine = LLMEngine(runner, tokenizer, eos_ids(model_dir, hf_config, tokenizer), cfg, speculator)
     engine.runtime = {"dtype": cfg.dtype, "few_row_matmul": model.few_row_kernel,
                       "few_row_matmul_first": first, "cpu_amx": has_amx(), "small_gemm_amx": small_amx,
-                      "small_gemm_rows": model.small_rows,
+                      "small_gemm_rows": model.small_rows, "onednn_dtype": model.onednn_dtype,
                       "few_row_matmul_check": kernel_check.to_json() if kernel_check else None,
                       "speculation": ({"num_speculative_tokens": speculator.cfg.num_speculative_tokens}
                                       if hasattr(speculator, "cfg") else speculator is not None),

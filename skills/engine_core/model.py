@@ -120,6 +120,12 @@ class CausalLM(nn.Module):
         ids as argmax(head(x))), or None where it does not apply (packing.PackedHead.greedy_ids)."""
         return self.lm_head.greedy_ids(x) if isinstance(self.lm_head, PackedHead) else None
 
+    @property
+    def onednn_dtype(self) -> str | None:
+        """The dtype oneDNN's packed weights multiply in (packing.pack_dtype), or None where nothing is packed."""
+        packed = self._packed_linears()
+        return str(packed[0].compute).removeprefix("torch.") if packed else None
+
     def _packed_linears(self) -> list[PackedLinear]:
         return [m for m in self.modules() if isinstance(m, PackedLinear)]
 

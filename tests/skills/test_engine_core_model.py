@@ -159,3 +159,10 @@ def test_bf16_weights_packed_in_fp32_give_the_exact_products_rounded_once() -> N
     assert out.dtype == torch.bfloat16
     exact = (x.double() @ weight.double().T).bfloat16()  # bf16 x bf16 products are exact in fp32
     torch.testing.assert_close(out, exact, atol=0, rtol=2 ** -7)
+
+
+def test_a_packed_model_names_the_dtype_onednn_multiplies_in(make_llama) -> None:
+    runner = make_runner(make_llama(2), torch.bfloat16)
+    assert runner.model.onednn_dtype is None
+    runner.model.pack()
+    assert runner.model.onednn_dtype == str(pack_dtype(torch.bfloat16)).removeprefix("torch.")
