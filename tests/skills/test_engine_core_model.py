@@ -151,7 +151,7 @@ def test_bf16_weights_pack_in_fp32_where_the_cpu_has_no_bf16_dot_product() -> No
         assert pack_dtype(torch.bfloat16, frozenset()) == torch.bfloat16  # unread flags: oneDNN decides
 
 
-def test_bf16_weights_packed_in_fp32_give_the_exact_products_rounded_once() -> None:
+def test_bf16_weights_packed_in_fp32_match_a_float64_matmul_within_a_bf16_step() -> None:
     torch.manual_seed(0)
     weight, x = torch.randn(96, 64).bfloat16(), torch.randn(40, 64).bfloat16()
     linear = PackedLinear(weight, None, compute=torch.float32)
