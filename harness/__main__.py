@@ -1,4 +1,4 @@
-"""python -m harness {assets,leaderboard,stacks,compare,capacity,soak,instrument}: the harness's command line."""
+"""python -m harness {assets,leaderboard,stacks,compare,matrix,capacity,soak,instrument}: the harness's command line."""
 from __future__ import annotations
 
 import argparse
@@ -51,6 +51,43 @@ def cmd_compare(args) -> None:
                       args.pytest_args, console, rounds=args.rounds)
     if summary["pytest_exit_code"] not in (0, 1):  # 1: some cell failed, and the table says which
         raise HarnessError(f"pytest exited with code {summary['pytest_exit_code']}")
+
+
+def cmd_matrix(args) -> None:
+    from rich.console import Console
+
+    from harness.matrix import run_matrix
+    from harness.scenario import find_scenarios, load_scenario
+
+    if args.scenario:
+        paths = [args.scenarios / f"{name}.yaml" for name in args.scenario]
+        missing = [p.stem for p in paths if not p.is_file()]
+        if missing:
+            raise HarnessError(f"unknown scenario {missing[0]!r}: no {missing[0]}.yaml under {args.scenarios}")
+        scenarios = [load_scenario(p) for p in paths]
+    else:
+        scenarios = find_scenarios(args.scenarios)
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    outcomes = run_matrix(scenarios, args.stack, args.baseline or [], args.profile, args.rounds, args.on, args.address,
+                          args.resources, args.any_commit, args.job_timeout, args.results_dir, args.scenarios,
+                          args.pytest_args, console)
+    broken = [o for o in outcomes if o.status not in ("ok", "cells failed")]
+    if broken:
+        raise HarnessError(f"{len(broken)} of {len(outcomes)} jobs did not finish: "
+                           + "; ".join(f"{o.job.setting} on {o.machine}: {o.status}" for o in broken))
+
+
+def resources_arg(value: str) -> dict[str, float]:
+    """A JSON object of Ray resources a job needs beside its slot, as '{"GPU": 1}'."""
+    import json
+
+    try:
+        found = json.loads(value)
+    except ValueError:
+        found = None
+    if not isinstance(found, dict) or not all(isinstance(v, (int, float)) and v > 0 for v in found.values()):
+        raise argparse.ArgumentTypeError(f"not a JSON object of positive amounts: {value!r}")
+    return {str(k): float(v) for k, v in found.items()}
 
 
 def cmd_capacity(args) -> None:
@@ -122,6 +159,26 @@ def main(argv: list[str] | None = None) -> int:
                         "--repeats, which measures one stack's repeats back to back)")
     p.add_argument("pytest_args", nargs="*", help="passed to pytest after --, e.g. -- -k 'conc-1 or rate-inf'")
     p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("matrix", help="score settings x stacks over the machines of a Ray cluster, one job a machine "
+                                      "at a time; the rows come back to results/")
+    p.add_argument("--address", default=None,
+                   help="the Ray cluster ('auto': the one this machine joined); default: a local Ray instance, this "
+                        "machine alone")
+    p.add_argument("--scenario", action="append", help="repeatable; default: every setting with the profile")
+    p.add_argument("--stack", action="append", required=True,
+                   help="repeatable; NAME@A+B scores it on those settings only, as for pytest")
+    p.add_argument("--baseline", action="append", help="ratios against these, where a job has them")
+    p.add_argument("--profile", default="tiny")
+    p.add_argument("--rounds", type=int, default=1, help="each job's compare --rounds")
+    p.add_argument("--on", choices=["each", "any"], default="each",
+                   help="each: every setting on every machine (a table per CPU); any: once, on a free machine")
+    p.add_argument("--resources", type=resources_arg, default={},
+                   help="what a job needs beside its slot, as Ray resources: '{\"GPU\": 1}' for the paper profile")
+    p.add_argument("--any-commit", action="store_true", help="also give jobs to machines at another commit")
+    p.add_argument("--job-timeout", type=float, default=4 * 3600.0, help="seconds a job may run (default 4 h)")
+    p.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
+    p.add_argument("pytest_args", nargs="*", help="passed to each job's pytest after --")
+    p.set_defaults(func=cmd_matrix)
     p = sub.add_parser("capacity", help="the load generator's own ceiling: req/s against a server that answers at once")
     p.add_argument("--requests", type=int, default=3000)
     p.add_argument("--concurrency", type=int, default=64)

@@ -1,0 +1,252 @@
+"""`python -m harness matrix`: score settings x stacks over the machines of a Ray cluster.
+
+A job is one `python -m harness compare` run: one setting, the stacks in its scope, its rounds, on
+one machine. Ratios are only ever taken within a run, so a job never spans machines, and a machine
+runs one job at a time (harness.cluster.SLOT). `--on each` runs every setting on every machine
+(the leaderboard keeps a table per CPU model: an AMD EPYC's and an AMX Xeon's rows side by side);
+`--on any` runs each setting once, on whichever machine frees up first. Before anything runs,
+each machine says what it is and which commit its checkout is at; a machine at another commit than
+this one measures other code and gets no job (`--any-commit` to allow it). Each job's run folder
+comes back here under results/runs/, whole or as far as it got, and the leaderboard is written
+once at the end.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from harness import machine as host
+from harness import session
+from harness.atomic import atomic_write_bytes
+from harness.bench import new_run_id
+from harness.cluster import SLOT, JobResult, Node, connect, describe, run_job, slot_nodes
+from harness.errors import HarnessError
+from harness.scenario import ScenarioSpec
+from harness.stack import SCOPE, resolve_stack
+
+DESCRIBE_TIMEOUT_S = 120.0  # a machine that cannot say what it is within this gets no job
+STATUS = {0: "ok", 1: "cells failed"}  # compare's exit codes; 1: some cell failed its oracle, rows written
+
+
+@dataclass(frozen=True)
+class Job:
+    scenario: str  # the YAML's name
+    setting: str
+    stacks: tuple[str, ...]  # --stack values, scopes kept (pytest reads them)
+    baselines: tuple[str, ...]
+    node: Node | None  # the machine it must run on (--on each), or None: any with a free slot
+    run_id: str
+
+    def argv(self, profile: str, rounds: int, extra: list[str]) -> list[str]:
+        """`python -m harness compare` for this job, `{results_dir}` left for its machine to fill."""
+        argv = ["-m", "harness", "compare", "--scenario", self.scenario, "--profile", profile, "--rounds", str(rounds),
+                "--results-dir", "{results_dir}", "--run-id", self.run_id]
+        for s in self.stacks:
+            argv += ["--stack", s]
+        for b in self.baselines:
+            argv += ["--baseline", b]
+        return [*argv, "--", "--no-leaderboard", *extra]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    job: Job
+    status: str  # ok | cells failed | error | timed out | lost
+    machine: str
+    seconds: float | None
+    files: int  # written under its run folder, logs aside
+    detail: str = ""
+
+
+def in_scope(arg: str, setting: str) -> bool:
+    """Whether a `--stack` value (NAME or NAME@A+B) is scored on `setting`."""
+    scope = SCOPE.search(arg)
+    return scope is None or setting in scope.group(1).split("+")
+
+
+def plan(scenarios: list[ScenarioSpec], stacks: list[str], baselines: list[str], nodes: list[Node] | None,
+         ) -> tuple[list[Job], list[str]]:
+    """The jobs (per setting, and per machine where `nodes` is given) and a line for each setting left out."""
+    names = {arg: resolve_stack(SCOPE.sub("", arg)).name for arg in stacks}
+    unknown = [b for b in baselines if b not in names and b not in names.values()]
+    if unknown:
+        raise HarnessError(f"--baseline {unknown[0]}: not one of the stacks ({', '.join(dict.fromkeys(names.values()))})")
+    jobs: list[Job] = []
+    skipped: list[str] = []
+    for spec in scenarios:
+        scoped = tuple(s for s in stacks if in_scope(s, spec.setting))
+        if not scoped:
+            skipped.append(f"{spec.setting} {spec.name}: no stack is scoped to it")
+            continue
+        chosen = {names[s] for s in scoped}
+        base = tuple(b for b in baselines if names.get(b, b) in chosen)
+        for node in nodes or [None]:
+            jobs.append(Job(spec.name, spec.setting, scoped, base, node, new_run_id()))
+    return jobs, skipped
+
+
+def same_commit(nodes: list[Node], sha: str | None, any_commit: bool) -> tuple[list[Node], list[str]]:
+    """The machines whose checkout is at `sha` (all, with any_commit), and why each other one gets no job."""
+    if any_commit:
+        return nodes, []
+    kept, refused = [], []
+    for n in nodes:
+        if n.sha and n.sha == sha:
+            kept.append(n)
+        else:
+            refused.append(f"{n.label}: its checkout is at {(n.sha or 'no commit')[:12]}, this one at "
+                           f"{(sha or 'no commit')[:12]}: check out the same commit there (or --any-commit)")
+    return kept, refused
+
+
+def run_matrix(scenarios: list[ScenarioSpec], stacks: list[str], baselines: list[str], profile: str, rounds: int,
+               on: str, address: str | None, resources: dict[str, float], any_commit: bool, job_timeout_s: float,
+               results_dir: Path, scenarios_dir: Path, extra: list[str], console: Console) -> list[Outcome]:
+    scenarios = [s for s in scenarios if profile in s.profiles]
+    if not scenarios:
+        raise HarnessError(f"no setting has a profile {profile!r}")
+    plan(scenarios, stacks, baselines, None)  # a wrong stack or baseline is one line, before Ray starts
+    ray = connect(address)
+    try:
+        nodes = _machines(ray, resources, any_commit, console)
+        jobs, skipped = plan(scenarios, stacks, baselines, nodes if on == "each" else None)
+        for line in skipped:
+            console.print(f"[yellow]left out[/] {line}")
+        console.print(f"{len(jobs)} jobs ({profile}, {rounds} round{'s' * (rounds > 1)} each) on {len(nodes)} "
+                      f"machine{'s' * (len(nodes) > 1)}, one at a time on each")
+        outcomes = _run(ray, jobs, profile, rounds, resources, job_timeout_s, extra, results_dir, console)
+    finally:
+        ray.shutdown()
+    if any(o.files for o in outcomes):
+        from harness.leaderboard import write_leaderboard
+
+        console.print(f"leaderboard: {write_leaderboard(results_dir, scenarios_dir)}")
+    console.print(render(outcomes))
+    return outcomes
+
+
+def _machines(ray, resources: dict[str, float], any_commit: bool, console: Console) -> list[Node]:
+    """The machines that get jobs: a slot, the extra resources, an answer, and this checkout's commit."""
+    found = slot_nodes(ray)
+    if not found:
+        raise HarnessError(f"no machine of the cluster offers a {SLOT!r} slot: start each one with "
+                           f"ray start ... --resources '{{\"{SLOT}\": 1}}'")
+    offered = {n["NodeID"]: n.get("Resources", {}) for n in ray.nodes()}
+    found = [n for n in found if all(offered[n.node_id].get(k, 0) >= v for k, v in resources.items())]
+    if not found:
+        raise HarnessError(f"no machine with a slot offers {resources}")
+    described = []
+    for node in found:
+        ref = _pinned(ray, describe, node, {}).remote()
+        ready, _ = ray.wait([ref], timeout=DESCRIBE_TIMEOUT_S)
+        try:
+            info = ray.get(ready[0]) if ready else None
+        except Exception as exc:  # noqa: BLE001 - any failure there is that machine's, reported
+            info, why = None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        else:
+            why = f"no answer within {DESCRIBE_TIMEOUT_S:.0f} s"
+        if info is None:
+            console.print(f"[yellow]no job for[/] {node.address}: {why}")
+            ray.cancel(ref, force=True)
+            continue
+        described.append(Node(node.node_id, node.address, info["cpu"], info["cores"], info["sha"], info["dirty"]))
+    here = host.commit()
+    kept, refused = same_commit(described, here["sha"], any_commit)
+    for line in refused:
+        console.print(f"[yellow]no job for[/] {line}")
+    if here["dirty"] and len(kept) > 1:
+        console.print("[yellow]note[/]: this checkout has uncommitted changes; the other machines run their own tree")
+    if not kept:
+        raise HarnessError("no machine is left to run the jobs")
+    for n in kept:
+        console.print(f"machine {n.label}, commit {(n.sha or '?')[:12]}{' (dirty)' if n.dirty else ''}")
+    return kept
+
+
+def _pinned(ray, fn, node: Node | None, resources: dict[str, float]):
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    options = {"num_cpus": 0, "max_retries": 0, "resources": resources}
+    if node is not None:
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node.node_id, soft=False)
+    return ray.remote(fn).options(**options)
+
+
+def _run(ray, jobs: list[Job], profile: str, rounds: int, resources: dict[str, float], timeout_s: float,
+         extra: list[str], results_dir: Path, console: Console) -> list[Outcome]:
+    """Submit every job, then take each verdict as it lands; Ctrl-C cancels what has not (each
+    stops its harness and stacks on its machine) and keeps what landed."""
+    refs = {}
+    for job in jobs:
+        task = _pinned(ray, run_job, job.node, {SLOT: 1, **resources})
+        refs[task.remote(job.argv(profile, rounds, extra), job.run_id, timeout_s)] = job
+    outcomes: list[Outcome] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        bar = progress.add_task("jobs", total=len(jobs))
+        pending = list(refs)
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1, timeout=5.0)
+                for ref in ready:
+                    outcome = _land(ray, ref, refs[ref], results_dir)
+                    outcomes.append(outcome)
+                    console.print(line(outcome))
+                    progress.advance(bar)
+        except KeyboardInterrupt:
+            for ref in pending:
+                ray.cancel(ref)  # not force: the job stops its own session (harness.cluster.run_job)
+            # before Ray shuts down (a local instance takes its workers with it): each stops its stacks first
+            ray.wait(pending, num_returns=len(pending), timeout=session.GRACE_S + 15)
+            console.print(f"interrupted: {len(pending)} jobs cancelled on their machines; "
+                          f"{len(outcomes)} landed and are kept")
+            raise
+    return outcomes
+
+
+def _land(ray, ref, job: Job, results_dir: Path) -> Outcome:
+    where = job.node.label if job.node else "any machine"
+    try:
+        result: JobResult = ray.get(ref)
+    except Exception as exc:  # noqa: BLE001 - a machine lost, a worker killed: that job's verdict
+        first = str(exc).strip().splitlines()
+        return Outcome(job, "lost", where, None, 0, f"{type(exc).__name__}: {first[0] if first else ''}"[:300])
+    for rel, data in result.files.items():
+        atomic_write_bytes(results_dir / "runs" / job.run_id / rel, data)
+    seconds = result.ended - result.started
+    written = sum(1 for rel in result.files if not rel.startswith("logs/"))  # rows, records, compare.json
+    if result.exit_code is None:
+        status, detail = "timed out", f"stopped at its deadline; the {written} files it wrote are kept"
+    else:
+        status = STATUS.get(result.exit_code, "error")
+        detail = "" if status != "error" else f"exit code {result.exit_code}: {_last_line(result.output_tail)}"
+    if result.left_behind:
+        detail += f"{'; ' if detail else ''}too large to bring back: {', '.join(result.left_behind)}"
+    return Outcome(job, status, where, seconds, written, detail)
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "(no output)"
+
+
+def line(o: Outcome) -> str:
+    took = f"{o.seconds / 60:.1f} min" if o.seconds is not None else "-"
+    colour = {"ok": "green", "cells failed": "yellow"}.get(o.status, "red")
+    return (f"[{colour}]{o.status}[/] {o.job.setting} {o.job.scenario} on {o.machine}: run {o.job.run_id}, {took}"
+            f"{', ' + o.detail if o.detail else ''}")
+
+
+def render(outcomes: list[Outcome]) -> Table:
+    table = Table(title="matrix")
+    for col in ("setting", "machine", "status", "run", "minutes", "files", "detail"):
+        table.add_column(col)
+    for o in sorted(outcomes, key=lambda o: (o.job.setting, o.machine)):
+        table.add_row(f"{o.job.setting} {o.job.scenario}", o.machine, o.status, o.job.run_id,
+                      f"{o.seconds / 60:.1f}" if o.seconds is not None else "-", str(o.files), o.detail)
+    return table
+
