@@ -52,6 +52,7 @@ class JobResult:
     files: dict[str, bytes]
     started: float
     ended: float
+    node: Node  # where it ran (with --on any, the driver learns it here)
     left_behind: list[str] = field(default_factory=list)  # files too large to bring back
 
 
@@ -70,7 +71,7 @@ def connect(address: str | None):
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(resources={SLOT: 1}, **kwargs)
+            ray.init(address="local", resources={SLOT: 1}, **kwargs)  # new, even where a cluster runs here
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise HarnessError(f"cannot join the Ray cluster at {address or 'a new local instance'}: "
                            f"{str(exc).splitlines()[0]}") from None
@@ -87,12 +88,15 @@ def slot_nodes(ray) -> list[Node]:
             if n.get("Alive") and n.get("Resources", {}).get(SLOT, 0) >= 1]
 
 
-def describe() -> dict:
-    """Run on a machine: its CPU, cores and the commit of its checkout."""
+def describe() -> Node:
+    """Run on a machine (in a Ray worker): the machine, with its CPU, cores and its checkout's commit."""
+    import ray
+
     from harness import machine
 
     m, c = machine.machine(), machine.commit()
-    return {"cpu": m["cpu"], "cores": m["cores"], "sha": c["sha"], "dirty": c["dirty"]}
+    return Node(ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address(), m["cpu"], m["cores"],
+                c["sha"], c["dirty"])
 
 
 def run_job(argv: list[str], run_id: str, deadline_s: float) -> JobResult:
@@ -122,7 +126,7 @@ def run_job(argv: list[str], run_id: str, deadline_s: float) -> JobResult:
         (folder / "logs").mkdir(parents=True, exist_ok=True)
         log.replace(folder / "logs" / "matrix-job.log")  # beside the stacks' logs, which git ignores
         files, left = _collect(folder)
-    return JobResult(code, tail, files, started, ended, left)
+    return JobResult(code, tail, files, started, ended, describe(), left)
 
 
 def _collect(folder: Path) -> tuple[dict[str, bytes], list[str]]:

@@ -56,10 +56,19 @@ class Job:
 class Outcome:
     job: Job
     status: str  # ok | cells failed | error | timed out | lost
-    machine: str
-    seconds: float | None
+    node: Node | None  # where it ran; None: lost before it said so (and not pinned)
     files: int  # written under its run folder, logs aside
     detail: str = ""
+    started: float | None = None  # when it ran, on its machine's clock
+    ended: float | None = None
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.started is None or self.ended is None else self.ended - self.started
+
+    @property
+    def machine(self) -> str:
+        return self.node.label if self.node else "a machine that was lost"
 
 
 def in_scope(arg: str, setting: str) -> bool:
@@ -144,7 +153,7 @@ def _machines(ray, resources: dict[str, float], any_commit: bool, console: Conso
         ref = _pinned(ray, describe, node, {}).remote()
         ready, _ = ray.wait([ref], timeout=DESCRIBE_TIMEOUT_S)
         try:
-            info = ray.get(ready[0]) if ready else None
+            info: Node | None = ray.get(ready[0]) if ready else None
         except Exception as exc:  # noqa: BLE001 - any failure there is that machine's, reported
             info, why = None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         else:
@@ -153,7 +162,7 @@ def _machines(ray, resources: dict[str, float], any_commit: bool, console: Conso
             console.print(f"[yellow]no job for[/] {node.address}: {why}")
             ray.cancel(ref, force=True)
             continue
-        described.append(Node(node.node_id, node.address, info["cpu"], info["cores"], info["sha"], info["dirty"]))
+        described.append(info)
     here = host.commit()
     kept, refused = same_commit(described, here["sha"], any_commit)
     for line in refused:
@@ -209,15 +218,13 @@ def _run(ray, jobs: list[Job], profile: str, rounds: int, resources: dict[str, f
 
 
 def _land(ray, ref, job: Job, results_dir: Path) -> Outcome:
-    where = job.node.label if job.node else "any machine"
     try:
         result: JobResult = ray.get(ref)
     except Exception as exc:  # noqa: BLE001 - a machine lost, a worker killed: that job's verdict
         first = str(exc).strip().splitlines()
-        return Outcome(job, "lost", where, None, 0, f"{type(exc).__name__}: {first[0] if first else ''}"[:300])
+        return Outcome(job, "lost", job.node, 0, f"{type(exc).__name__}: {first[0] if first else ''}"[:300])
     for rel, data in result.files.items():
         atomic_write_bytes(results_dir / "runs" / job.run_id / rel, data)
-    seconds = result.ended - result.started
     written = sum(1 for rel in result.files if not rel.startswith("logs/"))  # rows, records, compare.json
     if result.exit_code is None:
         status, detail = "timed out", f"stopped at its deadline; the {written} files it wrote are kept"
@@ -226,7 +233,7 @@ def _land(ray, ref, job: Job, results_dir: Path) -> Outcome:
         detail = "" if status != "error" else f"exit code {result.exit_code}: {_last_line(result.output_tail)}"
     if result.left_behind:
         detail += f"{'; ' if detail else ''}too large to bring back: {', '.join(result.left_behind)}"
-    return Outcome(job, status, where, seconds, written, detail)
+    return Outcome(job, status, result.node, written, detail, result.started, result.ended)
 
 
 def _last_line(text: str) -> str:

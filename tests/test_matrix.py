@@ -1,21 +1,26 @@
 """`python -m harness matrix`: settings x stacks fanned over a Ray cluster's machines. The plan (which
-job runs where) is checked alone; the jobs run on a real local Ray instance: one a machine at a
-time, a hung one stopped at its deadline with what it wrote, and a real compare run whose rows
-come back to the results folder."""
+job runs where) is checked alone; the jobs run on a real Ray cluster of two machines (two raylets on
+this host): each pinned job on its machine, one a machine at a time, a hung one stopped at its
+deadline with what it wrote; and, through the command line, a real compare run whose rows come back
+to the results folder, a failing job, and a stopped matrix whose job's stack is stopped too."""
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+from harness import machine as host
 from harness import procfs
-from harness.cluster import SLOT, Node, run_job
+from harness.cluster import SLOT, Node, connect, run_job
 from harness.errors import HarnessError
-from harness.matrix import in_scope, plan, same_commit
+from harness.matrix import Job, _machines, _run, in_scope, plan, same_commit
 from harness.row import read_rows
 from harness.scenario import find_scenarios
 
@@ -59,36 +64,68 @@ def test_a_machine_at_another_commit_gets_no_job():
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, resources={SLOT: 1}, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+def two_machines():
+    """A Ray cluster of two machines, each with its slot (two raylets on this host, as Ray's own tests run)."""
+    pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {SLOT: 1}})
+    cluster.add_node(num_cpus=1, resources={SLOT: 1})
+    ray = connect(cluster.address)
+    try:
+        yield ray, _machines(ray, {}, False, Console(file=io.StringIO()))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
 
 
 SLEEPER = """import json, pathlib, sys, time
 out = pathlib.Path(sys.argv[1]) / "runs" / sys.argv[2]
 out.mkdir(parents=True)
-(out / "span.json").write_text(json.dumps([time.time()]))
+(out / "row.json").write_text(json.dumps({"slept": float(sys.argv[3])}))
 time.sleep(float(sys.argv[3]))
 """
 
 
-def _spans(ray, resources: dict) -> list[tuple[float, float]]:
-    task = ray.remote(run_job).options(num_cpus=0, resources=resources, max_retries=0)
-    refs = [task.remote(["-c", SLEEPER, "{results_dir}", f"r{i}", "1.5"], f"r{i}", 60) for i in range(2)]
-    results = ray.get(refs)
-    assert all(r.exit_code == 0 and "span.json" in r.files for r in results)
-    return sorted((r.started, r.ended) for r in results)
+@dataclass(frozen=True)
+class SleepJob(Job):
+    """A job that sleeps instead of scoring: the driver's plumbing without a setting's minutes."""
+
+    def argv(self, profile: str, rounds: int, extra: list[str]) -> list[str]:
+        return ["-c", SLEEPER, "{results_dir}", self.run_id, extra[0] if extra else "1.5"]
+
+
+def _overlap(a, b) -> bool:
+    return a.started < b.ended and b.started < a.ended
 
 
 @pytest.mark.slow
-def test_a_machine_runs_one_job_at_a_time(ray_local):
-    (_, end0), (start1, _) = _spans(ray_local, {SLOT: 1})
-    assert start1 >= end0, "two jobs measured on the same cores at once"
-    # the check can fail: without the slot, Ray runs both at once on this machine
-    (_, end0), (start1, _) = _spans(ray_local, {})
-    assert start1 < end0
+def test_each_machine_runs_its_own_jobs_one_at_a_time_and_the_rows_come_back(two_machines, tmp_path):
+    ray, nodes = two_machines
+    assert len(nodes) == 2 and all(n.sha == host.commit()["sha"] for n in nodes)
+    jobs = [SleepJob("standard_serving", "A", ("x",), (), n, f"run-{i}-{n.node_id[:6]}") for n in nodes for i in (0, 1)]
+    outcomes = _run(ray, jobs, "tiny", 1, {}, 60, [], tmp_path, Console(file=io.StringIO()))
+    assert sorted(o.status for o in outcomes) == ["ok"] * 4 and all(o.node == o.job.node for o in outcomes)
+    assert all(json.loads((tmp_path / "runs" / j.run_id / "row.json").read_text()) == {"slept": 1.5} for j in jobs)
+    assert all((tmp_path / "runs" / j.run_id / "logs" / "matrix-job.log").is_file() for j in jobs)
+    spans = {o.job.run_id: o for o in outcomes}
+    for n in nodes:  # never two measurements at once on one machine; the two machines work side by side
+        first, second = (spans[f"run-{i}-{n.node_id[:6]}"] for i in (0, 1))
+        assert not _overlap(first, second), "two jobs measured on the same cores at once"
+    assert _overlap(spans[f"run-0-{nodes[0].node_id[:6]}"], spans[f"run-0-{nodes[1].node_id[:6]}"]) or \
+        _overlap(spans[f"run-0-{nodes[0].node_id[:6]}"], spans[f"run-1-{nodes[1].node_id[:6]}"])
+
+
+@pytest.mark.slow
+def test_without_the_slot_two_jobs_would_share_a_machine(two_machines):
+    """The check above can fail: the same two jobs pinned to one machine without the slot overlap."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    ray, nodes = two_machines
+    task = ray.remote(run_job).options(num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
+        nodes[0].node_id, soft=False))
+    a, b = ray.get([task.remote(["-c", SLEEPER, "{results_dir}", f"r{i}", "1.5"], f"r{i}", 60) for i in (0, 1)])
+    assert a.exit_code == b.exit_code == 0 and _overlap(a, b)
 
 
 HANGER = """import pathlib, subprocess, sys, time
@@ -102,10 +139,11 @@ time.sleep(300)
 
 
 @pytest.mark.slow
-def test_a_hung_job_is_stopped_at_its_deadline_with_what_it_wrote_and_nothing_left_running(ray_local):
-    task = ray_local.remote(run_job).options(num_cpus=0, resources={SLOT: 1}, max_retries=0)
+def test_a_hung_job_is_stopped_at_its_deadline_with_what_it_wrote_and_nothing_left_running(two_machines):
+    ray, _ = two_machines
+    task = ray.remote(run_job).options(num_cpus=0, resources={SLOT: 1}, max_retries=0)
     t0 = time.monotonic()
-    result = ray_local.get(task.remote(["-c", HANGER, "{results_dir}"], "hung", 3.0))
+    result = ray.get(task.remote(["-c", HANGER, "{results_dir}"], "hung", 3.0))
     assert result.exit_code is None and time.monotonic() - t0 < 3.0 + 35  # its deadline, then the stop's grace
     assert b"measured one cell" in result.files["logs/matrix-job.log"] and "measured one cell" in result.output_tail
     child = int(result.files["row.json"])
