@@ -63,6 +63,7 @@ def connect(address: str | None):
         import ray
     except ImportError:
         raise HarnessError("the matrix runs on Ray, which is not installed here: pip install 'ray>=2.40'") from None
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a benchmark machine phones no one
     kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     # Ray's driver puts its own SIGTERM handler in (it exits at once): the harness's, which unwinds
     # as Ctrl-C does and so cancels the jobs, goes back in

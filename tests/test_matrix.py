@@ -69,6 +69,7 @@ def two_machines():
     pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {SLOT: 1}})
     cluster.add_node(num_cpus=1, resources={SLOT: 1})
     ray = connect(cluster.address)
