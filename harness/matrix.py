@@ -12,6 +12,7 @@ once at the end.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def in_scope(arg: str, setting: str) -> bool:
 def plan(scenarios: list[ScenarioSpec], stacks: list[str], baselines: list[str], nodes: list[Node] | None,
          ) -> tuple[list[Job], list[str]]:
     """The jobs (per setting, and per machine where `nodes` is given) and a line for each setting left out."""
-    names = {arg: resolve_stack(SCOPE.sub("", arg)).name for arg in stacks}
+    names = {arg: resolve_name(arg) for arg in stacks}
     unknown = [b for b in baselines if b not in names and b not in names.values()]
     if unknown:
         raise HarnessError(f"--baseline {unknown[0]}: not one of the stacks ({', '.join(dict.fromkeys(names.values()))})")
@@ -231,9 +232,32 @@ def _land(ray, ref, job: Job, results_dir: Path) -> Outcome:
     else:
         status = STATUS.get(result.exit_code, "error")
         detail = "" if status != "error" else f"exit code {result.exit_code}: {_last_line(result.output_tail)}"
+    headline = _headline(result.files.get("compare.json"), job)
+    if headline:
+        detail = f"{headline}{'; ' + detail if detail else ''}"
     if result.left_behind:
         detail += f"{'; ' if detail else ''}too large to bring back: {', '.join(result.left_behind)}"
     return Outcome(job, status, result.node, written, detail, result.started, result.ended)
+
+
+def _headline(summary: bytes | None, job: Job) -> str:
+    """The first stack against each baseline over the run's load points ('engine-a 1.31-2.63x vllm'):
+    what a reader of the matrix compares across machines; the run's own table has every cell."""
+    try:
+        ratios = json.loads(summary)["ratios"] if summary else []
+    except (ValueError, KeyError, TypeError):
+        return ""
+    first = resolve_name(job.stacks[0])
+    spans: dict[str, list[float]] = {}
+    for r in ratios:
+        if r.get("stack") == first and r.get("value"):
+            spans.setdefault(r["baseline"], []).append(r["value"])
+    parts = [f"{min(v):.2f}x" if min(v) == max(v) else f"{min(v):.2f}-{max(v):.2f}x" for v in spans.values()]
+    return ", ".join(f"{first} {p} {b}" for p, b in zip(parts, spans)) if spans else ""
+
+
+def resolve_name(arg: str) -> str:
+    return resolve_stack(SCOPE.sub("", arg)).name
 
 
 def _last_line(text: str) -> str:

@@ -20,7 +20,7 @@ from harness import machine as host
 from harness import procfs
 from harness.cluster import SLOT, Node, connect, run_job
 from harness.errors import HarnessError
-from harness.matrix import Job, _machines, _run, in_scope, plan, same_commit
+from harness.matrix import Job, _headline, _machines, _run, in_scope, plan, same_commit
 from harness.row import read_rows
 from harness.scenario import find_scenarios
 
@@ -227,3 +227,16 @@ def test_a_stopped_matrix_stops_the_stacks_its_jobs_launched(tmp_path):
         proc.kill()
         for pid in procfs.naming(marker):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_the_matrix_headline_is_the_first_stack_against_each_baseline_over_the_load_points():
+    off, ref = "engine-c.prefix_caching-off", "hf-reference"
+    ratios = [{"stack": "engine-c", "baseline": off, "label": "tail=127", "value": 4.97},
+              {"stack": "engine-c", "baseline": ref, "label": "tail=127", "value": 21.81},
+              {"stack": "engine-c", "baseline": off, "label": "tail=241", "value": 3.35},
+              {"stack": off, "baseline": ref, "label": "tail=241", "value": 4.2},
+              {"stack": "engine-c", "baseline": ref, "label": "tail=241", "value": None}]  # a cell that failed
+    summary = json.dumps({"ratios": ratios}).encode()
+    job = Job("hybrid_prefix_caching", "C", ("engine-c@C", f"{off}@C", ref), (), None, "run")
+    assert _headline(summary, job) == f"engine-c 3.35-4.97x {off}, engine-c 21.81x {ref}"
+    assert _headline(None, job) == "" and _headline(b"{not json", job) == ""
