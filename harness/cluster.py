@@ -112,7 +112,7 @@ def run_job(argv: list[str], run_id: str, deadline_s: float) -> JobResult:
         started = time.time()
         with open(log, "wb") as out:
             proc = session.start(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_stop_with_parent)
             try:
                 code: int | None = proc.wait(timeout=deadline_s)
             except subprocess.TimeoutExpired:
@@ -128,6 +128,18 @@ def run_job(argv: list[str], run_id: str, deadline_s: float) -> JobResult:
         log.replace(folder / "logs" / "matrix-job.log")  # beside the stacks' logs, which git ignores
         files, left = _collect(folder)
     return JobResult(code, tail, files, started, ended, describe(), left)
+
+
+def _stop_with_parent() -> None:
+    """In the child, before it runs: SIGTERM when the Ray worker that started it dies (its machine's Ray
+    daemon killed, the worker lost), so the harness tears its stacks down instead of measuring on
+    beside the next job. Linux only; elsewhere a lost worker can leave the job running."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _collect(folder: Path) -> tuple[dict[str, bytes], list[str]]:

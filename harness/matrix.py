@@ -247,6 +247,8 @@ def _headline(summary: bytes | None, job: Job) -> str:
         ratios = json.loads(summary)["ratios"] if summary else []
     except (ValueError, KeyError, TypeError):
         return ""
+    if not ratios:
+        return ""
     first = resolve_name(job.stacks[0])
     spans: dict[str, list[float]] = {}
     for r in ratios:

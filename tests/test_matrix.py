@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +75,7 @@ def two_machines():
     cluster.add_node(num_cpus=1, resources={SLOT: 1})
     ray = connect(cluster.address)
     try:
-        yield ray, _machines(ray, {}, False, Console(file=io.StringIO()))
+        yield ray, _machines(ray, {}, False, Console(file=io.StringIO())), cluster
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -102,7 +103,7 @@ def _overlap(a, b) -> bool:
 
 @pytest.mark.slow
 def test_each_machine_runs_its_own_jobs_one_at_a_time_and_the_rows_come_back(two_machines, tmp_path):
-    ray, nodes = two_machines
+    ray, nodes, _ = two_machines
     assert len(nodes) == 2 and all(n.sha == host.commit()["sha"] for n in nodes)
     jobs = [SleepJob("standard_serving", "A", ("x",), (), n, f"run-{i}-{n.node_id[:6]}") for n in nodes for i in (0, 1)]
     outcomes = _run(ray, jobs, "tiny", 1, {}, 60, [], tmp_path, Console(file=io.StringIO()))
@@ -122,7 +123,7 @@ def test_without_the_slot_two_jobs_would_share_a_machine(two_machines):
     """The check above can fail: the same two jobs pinned to one machine without the slot overlap."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    ray, nodes = two_machines
+    ray, nodes, _ = two_machines
     task = ray.remote(run_job).options(num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
         nodes[0].node_id, soft=False))
     a, b = ray.get([task.remote(["-c", SLEEPER, "{results_dir}", f"r{i}", "1.5"], f"r{i}", 60) for i in (0, 1)])
@@ -141,7 +142,7 @@ time.sleep(300)
 
 @pytest.mark.slow
 def test_a_hung_job_is_stopped_at_its_deadline_with_what_it_wrote_and_nothing_left_running(two_machines):
-    ray, _ = two_machines
+    ray, _, _ = two_machines
     task = ray.remote(run_job).options(num_cpus=0, resources={SLOT: 1}, max_retries=0)
     t0 = time.monotonic()
     result = ray.get(task.remote(["-c", HANGER, "{results_dir}"], "hung", 3.0))
@@ -240,3 +241,40 @@ def test_the_matrix_headline_is_the_first_stack_against_each_baseline_over_the_l
     job = Job("hybrid_prefix_caching", "C", ("engine-c@C", f"{off}@C", ref), (), None, "run")
     assert _headline(summary, job) == f"engine-c 3.35-4.97x {off}, engine-c 21.81x {ref}"
     assert _headline(None, job) == "" and _headline(b"{not json", job) == ""
+
+
+PIDFILE_SLEEPER = """import pathlib, sys, time
+pathlib.Path(sys.argv[1]).write_text(str(__import__("os").getpid()))
+time.sleep(120)
+"""
+
+
+@pytest.mark.slow
+def test_a_job_whose_machine_is_lost_is_reported_lost_and_stops(two_machines, tmp_path):
+    ray, _, cluster = two_machines
+    doomed = cluster.add_node(num_cpus=1, resources={SLOT: 1, "doomed": 1})  # a third machine, for this job alone
+    cluster.wait_for_nodes()
+    node = next(n for n in _machines(ray, {"doomed": 1}, False, Console(file=io.StringIO())))
+    pidfile = tmp_path / "pid"
+
+    class Lost(SleepJob):
+        def argv(self, profile, rounds, extra):
+            return ["-c", PIDFILE_SLEEPER, str(pidfile)]
+
+    def kill_the_machine():
+        deadline = time.monotonic() + 60
+        while not pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        cluster.remove_node(doomed)
+
+    threading.Thread(target=kill_the_machine, daemon=True).start()
+    t0 = time.monotonic()
+    (outcome,) = _run(ray, [Lost("standard_serving", "A", ("x",), (), node, "lost")], "tiny", 1, {}, 600, [],
+                      tmp_path, Console(file=io.StringIO()))
+    assert outcome.status == "lost" and outcome.node == node and outcome.detail, outcome
+    assert time.monotonic() - t0 < 90, "the loss took as long as the job would have"
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 15
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(pid), "the lost job's harness ran on with no one to report to"
