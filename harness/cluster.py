@@ -24,6 +24,18 @@ from harness.errors import HarnessError
 SLOT = "servebench"  # the custom resource a machine offers once and a job takes whole
 MAX_FILE_BYTES = 64 << 20  # a larger file (a runaway server log) stays on its machine, named in the verdict
 TAIL_CHARS = 4000
+# A job's first process: asks Linux for SIGTERM when the Ray worker that started it dies (its machine's
+# Ray daemon killed, the worker lost), so the harness tears its stacks down instead of measuring on
+# beside the next job, then becomes the job (the request outlives exec). Elsewhere it only execs.
+STOP_WITH_PARENT = """import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("the Ray worker that started this job is gone")
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
 
 
 @dataclass(frozen=True)
@@ -107,12 +119,12 @@ def run_job(argv: list[str], run_id: str, deadline_s: float) -> JobResult:
     from harness.stack import REPO_ROOT
 
     with tempfile.TemporaryDirectory(prefix="servebench-job-") as tmp:
-        cmd = [sys.executable, *(a.replace("{results_dir}", tmp) for a in argv)]
+        cmd = [sys.executable, "-c", STOP_WITH_PARENT, str(os.getpid()), *(a.replace("{results_dir}", tmp) for a in argv)]
         log = Path(tmp) / "job.log"
         started = time.time()
         with open(log, "wb") as out:
             proc = session.start(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_stop_with_parent)
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
             try:
                 code: int | None = proc.wait(timeout=deadline_s)
             except subprocess.TimeoutExpired:
@@ -128,18 +140,6 @@ def run_job(argv: list[str], run_id: str, deadline_s: float) -> JobResult:
         log.replace(folder / "logs" / "matrix-job.log")  # beside the stacks' logs, which git ignores
         files, left = _collect(folder)
     return JobResult(code, tail, files, started, ended, describe(), left)
-
-
-def _stop_with_parent() -> None:
-    """In the child, before it runs: SIGTERM when the Ray worker that started it dies (its machine's Ray
-    daemon killed, the worker lost), so the harness tears its stacks down instead of measuring on
-    beside the next job. Linux only; elsewhere a lost worker can leave the job running."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _collect(folder: Path) -> tuple[dict[str, bytes], list[str]]:

@@ -37,3 +37,13 @@ def score(tmp: Path, module: str, specs: list[dict], timeout: int) -> tuple[subp
     for row in read_rows(tmp):
         rows.setdefault(row.stack, {})[row.kind] = row
     return out, rows
+
+
+def marked_delay_stack(folder: Path, ttft: str) -> tuple[Path, str]:
+    """A delay-server spec whose command carries `ttft` (make it unique to the test: its pid), and the
+    text that finds its process in /proc, so a test can tell whether that stack outlived a command."""
+    spec = folder / "marked.yaml"
+    spec.write_text(yaml.safe_dump({"name": "marked", "startup_timeout_s": 30, "supports": ["completions"],
+                                    "command": ["python", "tests/stacks/delay_server.py", "--ttft-ms", ttft,
+                                                "--port", "{port}"]}))
+    return spec, f"delay_server.py --ttft-ms {ttft} "

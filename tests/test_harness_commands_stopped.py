@@ -2,7 +2,6 @@
 command prints one line, exits 130 and stops its stack; nothing is left running."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,16 +12,12 @@ import pytest
 
 from harness import procfs
 from harness.stack import REPO_ROOT
+from tests.doubles import marked_delay_stack
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_stopped_soak_stops_its_stack(tmp_path, sig):
-    ttft = f"{30 + sig}.{os.getpid()}"  # this test's stack, told apart from any other delay server
-    spec = tmp_path / "marked.yaml"
-    spec.write_text(json.dumps({"name": "marked", "command": ["python", "tests/stacks/delay_server.py", "--ttft-ms",
-                                                              ttft, "--port", "{port}"],
-                                "startup_timeout_s": 30, "supports": ["completions"]}))
-    marker = f"delay_server.py --ttft-ms {ttft} "
+    spec, marker = marked_delay_stack(tmp_path, f"{30 + sig}.{os.getpid()}")  # told apart from other delay servers
     proc = subprocess.Popen([sys.executable, "-m", "harness", "soak", "--stack", str(spec), "--scenario",
                              "standard_serving", "--rounds", "50", "--results-dir", str(tmp_path)], cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

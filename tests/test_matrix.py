@@ -24,6 +24,7 @@ from harness.errors import HarnessError
 from harness.matrix import Job, _headline, _machines, _run, in_scope, plan, same_commit
 from harness.row import read_rows
 from harness.scenario import find_scenarios
+from tests.doubles import marked_delay_stack
 
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = find_scenarios(REPO / "scenarios")
@@ -205,12 +206,7 @@ def test_a_wrong_stack_is_one_line_before_ray_starts(tmp_path):
 @pytest.mark.slow
 def test_a_stopped_matrix_stops_the_stacks_its_jobs_launched(tmp_path):
     pytest.importorskip("ray")
-    ttft = f"41.{os.getpid()}"  # this test's stack, told apart from any other delay server
-    spec = tmp_path / "marked.yaml"
-    spec.write_text(json.dumps({"name": "marked", "command": ["python", "tests/stacks/delay_server.py", "--ttft-ms",
-                                                              ttft, "--port", "{port}"],
-                                "startup_timeout_s": 30, "supports": ["completions"]}))
-    marker = f"delay_server.py --ttft-ms {ttft} "
+    spec, marker = marked_delay_stack(tmp_path, f"41.{os.getpid()}")
     proc = subprocess.Popen([sys.executable, "-m", "harness", "matrix", "--scenario", "standard_serving", "--stack",
                              str(spec), "--profile", "smoke", "--results-dir", str(tmp_path)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
