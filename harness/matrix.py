@@ -13,7 +13,7 @@ once at the end.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -128,7 +128,7 @@ def run_matrix(scenarios: list[ScenarioSpec], stacks: list[str], baselines: list
             console.print(f"[yellow]left out[/] {line}")
         console.print(f"{len(jobs)} jobs ({profile}, {rounds} round{'s' * (rounds > 1)} each) on {len(nodes)} "
                       f"machine{'s' * (len(nodes) > 1)}, one at a time on each")
-        outcomes = _run(ray, jobs, profile, rounds, resources, job_timeout_s, extra, results_dir, console)
+        outcomes = _run(ray, jobs, nodes, profile, rounds, resources, job_timeout_s, extra, results_dir, console)
     finally:
         ray.shutdown()
     if any(o.files for o in outcomes):
@@ -186,35 +186,50 @@ def _pinned(ray, fn, node: Node | None, resources: dict[str, float]):
     return ray.remote(fn).options(**options)
 
 
-def _run(ray, jobs: list[Job], profile: str, rounds: int, resources: dict[str, float], timeout_s: float,
-         extra: list[str], results_dir: Path, console: Console) -> list[Outcome]:
-    """Submit every job, then take each verdict as it lands; Ctrl-C cancels what has not (each
-    stops its harness and stacks on its machine) and keeps what landed."""
-    refs = {}
-    for job in jobs:
+def _run(ray, jobs: list[Job], nodes: list[Node], profile: str, rounds: int, resources: dict[str, float],
+         timeout_s: float, extra: list[str], results_dir: Path, console: Console) -> list[Outcome]:
+    """Submit the jobs pinned to a machine at once (Ray queues each on its machine's slot); hand the
+    others out here, each to the first of `nodes` with none of them running (so none lands on a
+    machine that was refused). Take each verdict as it lands; Ctrl-C cancels what has not (each stops
+    its harness and stacks on its machine) and keeps what landed."""
+    queue = [j for j in jobs if j.node is None]
+    refs: dict = {}  # every submitted job, by its Ray reference
+    pending: set = set()
+
+    def submit(job: Job) -> None:
         task = _pinned(ray, run_job, job.node, {SLOT: 1, **resources})
-        refs[task.remote(job.argv(profile, rounds, extra), job.run_id, timeout_s)] = job
+        ref = task.remote(job.argv(profile, rounds, extra), job.run_id, timeout_s)
+        refs[ref] = job
+        pending.add(ref)
+
+    for job in [j for j in jobs if j.node is not None]:
+        submit(job)
+    for node in nodes[:len(queue)]:
+        submit(replace(queue.pop(0), node=node))
     outcomes: list[Outcome] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         bar = progress.add_task("jobs", total=len(jobs))
-        pending = list(refs)
         try:
             while pending:
-                ready, pending = ray.wait(pending, num_returns=1, timeout=5.0)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
                 for ref in ready:
-                    outcome = _land(ray, ref, refs[ref], results_dir)
-                    outcomes.append(outcome)
-                    console.print(line(outcome))
+                    pending.discard(ref)
+                    outcomes.append(_land(ray, ref, refs[ref], results_dir))
+                    console.print(line(outcomes[-1]))
                     progress.advance(bar)
+                    if queue and outcomes[-1].status != "lost":  # the machine that ran it is free again
+                        submit(replace(queue.pop(0), node=refs[ref].node))
         except KeyboardInterrupt:
             for ref in pending:
                 ray.cancel(ref)  # not force: the job stops its own session (harness.cluster.run_job)
             # before Ray shuts down (a local instance takes its workers with it): each stops its stacks first
-            ray.wait(pending, num_returns=len(pending), timeout=session.GRACE_S + 15)
-            console.print(f"interrupted: {len(pending)} jobs cancelled on their machines; "
-                          f"{len(outcomes)} landed and are kept")
+            ray.wait(list(pending), num_returns=len(pending), timeout=session.GRACE_S + 15)
+            console.print(f"interrupted: {len(pending)} jobs cancelled on their machines, {len(queue)} never "
+                          f"started; {len(outcomes)} landed and are kept")
             raise
+    # jobs handed out here whose machines were all lost
+    outcomes += [Outcome(job, "lost", None, 0, "no machine was left to run it") for job in queue]
     return outcomes
 
 

@@ -4,6 +4,7 @@ this host): each pinned job on its machine, one a machine at a time, a hung one 
 deadline with what it wrote; and, through the command line, a real compare run whose rows come back
 to the results folder, a failing job, and a stopped matrix whose job's stack is stopped too."""
 import io
+import itertools
 import json
 import os
 import signal
@@ -107,7 +108,7 @@ def test_each_machine_runs_its_own_jobs_one_at_a_time_and_the_rows_come_back(two
     ray, nodes, _ = two_machines
     assert len(nodes) == 2 and all(n.sha == host.commit()["sha"] for n in nodes)
     jobs = [SleepJob("standard_serving", "A", ("x",), (), n, f"run-{i}-{n.node_id[:6]}") for n in nodes for i in (0, 1)]
-    outcomes = _run(ray, jobs, "tiny", 1, {}, 60, [], tmp_path, Console(file=io.StringIO()))
+    outcomes = _run(ray, jobs, nodes, "tiny", 1, {}, 60, [], tmp_path, Console(file=io.StringIO()))
     assert sorted(o.status for o in outcomes) == ["ok"] * 4 and all(o.node == o.job.node for o in outcomes)
     assert all(json.loads((tmp_path / "runs" / j.run_id / "row.json").read_text()) == {"slept": 1.5} for j in jobs)
     assert all((tmp_path / "runs" / j.run_id / "logs" / "matrix-job.log").is_file() for j in jobs)
@@ -117,6 +118,21 @@ def test_each_machine_runs_its_own_jobs_one_at_a_time_and_the_rows_come_back(two
         assert not _overlap(first, second), "two jobs measured on the same cores at once"
     assert _overlap(spans[f"run-0-{nodes[0].node_id[:6]}"], spans[f"run-0-{nodes[1].node_id[:6]}"]) or \
         _overlap(spans[f"run-0-{nodes[0].node_id[:6]}"], spans[f"run-1-{nodes[1].node_id[:6]}"])
+
+
+@pytest.mark.slow
+def test_on_any_each_job_goes_to_a_free_machine_of_those_kept_and_never_to_another(two_machines, tmp_path):
+    ray, nodes, _ = two_machines
+    jobs = [SleepJob("standard_serving", "A", ("x",), (), None, f"any-{i}") for i in range(4)]
+    outcomes = _run(ray, jobs, nodes, "tiny", 1, {}, 60, ["1"], tmp_path, Console(file=io.StringIO()))
+    assert sorted(o.status for o in outcomes) == ["ok"] * 4
+    on = {n.node_id: [o for o in outcomes if o.node.node_id == n.node_id] for n in nodes}
+    assert sorted(len(v) for v in on.values()) == [2, 2]  # both machines worked
+    assert all(not _overlap(a, b) for v in on.values() for a, b in itertools.pairwise(v))
+    # a machine left out (another commit) gets none, though its slot is free
+    jobs = [SleepJob("standard_serving", "A", ("x",), (), None, f"kept-{i}") for i in range(2)]
+    outcomes = _run(ray, jobs, nodes[:1], "tiny", 1, {}, 60, ["0.5"], tmp_path, Console(file=io.StringIO()))
+    assert [o.node for o in outcomes] == [nodes[0], nodes[0]] and not _overlap(*outcomes)
 
 
 @pytest.mark.slow
@@ -265,8 +281,8 @@ def test_a_job_whose_machine_is_lost_is_reported_lost_and_stops(two_machines, tm
 
     threading.Thread(target=kill_the_machine, daemon=True).start()
     t0 = time.monotonic()
-    (outcome,) = _run(ray, [Lost("standard_serving", "A", ("x",), (), node, "lost")], "tiny", 1, {}, 600, [],
-                      tmp_path, Console(file=io.StringIO()))
+    (outcome,) = _run(ray, [Lost("standard_serving", "A", ("x",), (), node, "lost")], [node], "tiny", 1, {}, 600,
+                      [], tmp_path, Console(file=io.StringIO()))
     assert outcome.status == "lost" and outcome.node == node and outcome.detail, outcome
     assert time.monotonic() - t0 < 90, "the loss took as long as the job would have"
     pid = int(pidfile.read_text())
