@@ -40,13 +40,17 @@ def cmd_stacks(args) -> None:
         print(f"{name:20s} {', '.join(spec.supports):40s} {spec.description}")
 
 
-def cmd_compare(args) -> None:
+def wide_console():
+    """rich's console; piped into a file or `tee`, rich would squeeze a table into 80 columns of ellipses."""
     from rich.console import Console
 
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def cmd_compare(args) -> None:
     from harness.compare import compare
 
-    # Piped into a file or `tee`, rich would squeeze the table into 80 columns of ellipses.
-    console = Console() if sys.stdout.isatty() else Console(width=200)
+    console = wide_console()
     summary = compare(args.scenario, args.stack, args.baseline or [], args.profile, args.results_dir, args.run_id,
                       args.pytest_args, console, rounds=args.rounds)
     if summary["pytest_exit_code"] not in (0, 1):  # 1: some cell failed, and the table says which
@@ -54,8 +58,6 @@ def cmd_compare(args) -> None:
 
 
 def cmd_matrix(args) -> None:
-    from rich.console import Console
-
     from harness.matrix import run_matrix
     from harness.scenario import find_scenarios, load_scenario
 
@@ -67,7 +69,7 @@ def cmd_matrix(args) -> None:
         scenarios = [load_scenario(p) for p in paths]
     else:
         scenarios = find_scenarios(args.scenarios)
-    console = Console() if sys.stdout.isatty() else Console(width=200)
+    console = wide_console()
     outcomes = run_matrix(scenarios, args.stack, args.baseline or [], args.profile, args.rounds, args.on, args.address,
                           args.resources, args.any_commit, args.job_timeout, args.results_dir, args.scenarios,
                           args.pytest_args, console)

@@ -25,6 +25,7 @@ from harness import session
 from harness.atomic import atomic_write_bytes
 from harness.bench import new_run_id
 from harness.cluster import SLOT, JobResult, Node, connect, describe, run_job, slot_nodes
+from harness.compare import chosen_baselines
 from harness.errors import HarnessError
 from harness.scenario import ScenarioSpec
 from harness.stack import SCOPE, resolve_stack
@@ -81,10 +82,8 @@ def in_scope(arg: str, setting: str) -> bool:
 def plan(scenarios: list[ScenarioSpec], stacks: list[str], baselines: list[str], nodes: list[Node] | None,
          ) -> tuple[list[Job], list[str]]:
     """The jobs (per setting, and per machine where `nodes` is given) and a line for each setting left out."""
+    chosen_baselines(stacks, baselines)  # every stack resolves and every baseline is one of them, or one line
     names = {arg: resolve_name(arg) for arg in stacks}
-    unknown = [b for b in baselines if b not in names and b not in names.values()]
-    if unknown:
-        raise HarnessError(f"--baseline {unknown[0]}: not one of the stacks ({', '.join(dict.fromkeys(names.values()))})")
     jobs: list[Job] = []
     skipped: list[str] = []
     for spec in scenarios:
