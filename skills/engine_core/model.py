@@ -7,6 +7,8 @@ without knowing what kind of layers there are.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,8 +19,10 @@ from .batch import ForwardBatch
 from .config import ModelConfig
 from .kernels import Kernels
 from .layers import RMSNorm, Rotary, SwiGLU
-from .packing import SMALL_ROWS, PackedHead, PackedLinear, pack_linears
+from .packing import SMALL_ROWS, PackedHead, PackedLinear, available_memory, pack_dtype, pack_linears
 from .state import StatePool, StateSpec
+
+log = logging.getLogger(__name__)
 
 
 class DecoderLayer(nn.Module):
@@ -54,11 +58,19 @@ class CausalLM(nn.Module):
         self.lm_head: nn.Module | None = None if cfg.tie_embeddings else nn.Linear(
             cfg.hidden_size, cfg.vocab_size, bias=False)
 
-    def pack(self) -> None:
-        """Prepack every matmul weight for oneDNN (see packing.py)."""
+    def pack(self, available: int | None = None) -> None:
+        """Prepack every matmul weight for oneDNN (see packing.py), in the dtype `pack_dtype` picks for
+        them all given the memory `available` (now, where None)."""
         head = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        pack_linears(self.layers)
-        self.lm_head = PackedHead(head)
+        weights = head.numel() + sum(m.weight.numel() for m in self.layers.modules() if isinstance(m, nn.Linear))
+        available = available_memory() if available is None else available
+        compute = pack_dtype(head.dtype, weights=weights, available=available)
+        if compute != pack_dtype(head.dtype):
+            log.warning("oneDNN weights kept in %s: an fp32 copy (%.1f GiB) would take more than half of the "
+                        "%.1f GiB available; prefill is slower on this CPU", str(compute).removeprefix("torch."),
+                        weights * 4 / 2**30, available / 2**30)
+        pack_linears(self.layers, compute)
+        self.lm_head = PackedHead(head, compute)
         linears = self._packed_linears()
         small = [m for m in linears if m.small is not None]
         screen = [] if self.lm_head.screen is None else [self.lm_head.screen[0]]

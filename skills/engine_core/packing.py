@@ -32,16 +32,34 @@ def has_bf16_dot(flags: frozenset[str] | None = None) -> bool:
     return not flags or bool({"avx512_bf16", "amx_bf16", "bf16"} & flags)
 
 
-def pack_dtype(dtype: torch.dtype, flags: frozenset[str] | None = None) -> torch.dtype:
+UPCAST_SHARE = 0.5  # the most of the memory available at load that an fp32 copy of bf16 weights may take
+
+
+def pack_dtype(dtype: torch.dtype, flags: frozenset[str] | None = None, weights: int = 0,
+               available: int | None = None) -> torch.dtype:
     """The dtype oneDNN multiplies a `dtype` model's weights in. A bf16 model's weights are packed in
     fp32, and its bf16 activations upcast for the matmul, where oneDNN takes no bf16 (it needs AVX-512
     BW/VL/DQ or AVX-NE-CONVERT: not on an AVX2-only AMD EPYC of the Zen 3 generation) or the CPU has no
     bf16 dot product (an Ice Lake Xeon: AVX-512 without BF16, where oneDNN's bf16 kernels convert every
     operand and reach ~60 GFLOP/s against ~230 in fp32 at 64-512 rows). A bf16 x bf16 product is exact
-    in fp32, so this is still a bf16 matmul with fp32 accumulation; only the weights' bytes double."""
-    if dtype == torch.bfloat16 and not (torch.ops.mkldnn._is_mkldnn_bf16_supported() and has_bf16_dot(flags)):
+    in fp32, so this is still a bf16 matmul with fp32 accumulation; only the weights' bytes double.
+    Not where oneDNN takes bf16 and the fp32 copy of `weights` values would take more than
+    UPCAST_SHARE of the `available` bytes: beside the bf16 weights (and small_gemm's copy) it would leave
+    an 8B model no room on most hosts, and a slower prefill is better than a killed server."""
+    if dtype != torch.bfloat16:
+        return dtype
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return torch.float32
-    return dtype
+    if has_bf16_dot(flags) or (available is not None and weights * 4 > UPCAST_SHARE * available):
+        return dtype
+    return torch.float32
+
+
+def available_memory() -> int:
+    """Bytes the system can give without swapping, now."""
+    import psutil
+
+    return psutil.virtual_memory().available
 
 
 SMALL_ROWS = 32  # the most rows small_gemm takes (a verify chunk is K + 1 rows; K <= 31)
@@ -83,15 +101,15 @@ class PackedLinear(nn.Module):
         return Kernels.small_gemm(x.contiguous(), self.small, self.out_features)
 
 
-def pack_linears(module: nn.Module) -> int:
+def pack_linears(module: nn.Module, compute: torch.dtype | None = None) -> int:
     """Replace every nn.Linear below `module` by a PackedLinear; returns how many."""
     count = 0
     for name, child in module.named_children():
         if isinstance(child, nn.Linear):
-            setattr(module, name, PackedLinear(child.weight, child.bias))
+            setattr(module, name, PackedLinear(child.weight, child.bias, compute))
             count += 1
         else:
-            count += pack_linears(child)
+            count += pack_linears(child, compute)
     return count
 
 
@@ -119,9 +137,9 @@ class PackedHead(nn.Module):
     """The lm_head as a packed copy (a tied embedding stays plain for the lookup), and with small_gemm's
     copy an int8 screen of it that finds the greedy token of a few rows reading half the bytes."""
 
-    def __init__(self, weight: torch.Tensor) -> None:
+    def __init__(self, weight: torch.Tensor, compute: torch.dtype | None = None) -> None:
         super().__init__()
-        self.linear = PackedLinear(weight, None)
+        self.linear = PackedLinear(weight, None, compute)
         self.screen = _screen_pack(weight) if self.linear.small is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from skills.engine_api import SamplingParams
 from skills.engine_core.config import ModelConfig
 from skills.engine_core.packing import PackedLinear, pack_dtype
 from skills.engine_core.runner import ModelRunner
 from skills.engine_core.scheduler import ScheduledStep
 from skills.engine_core.sequence import Sequence
 from skills.engine_core.weights import build_model
-from skills.engine_api import SamplingParams
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0)
 
@@ -149,6 +149,28 @@ def test_bf16_weights_pack_in_fp32_where_the_cpu_has_no_bf16_dot_product() -> No
         assert pack_dtype(torch.bfloat16, ice_lake | {"avx512_bf16"}) == torch.bfloat16
         assert pack_dtype(torch.bfloat16, ice_lake | {"amx_bf16", "amx_tile"}) == torch.bfloat16
         assert pack_dtype(torch.bfloat16, frozenset()) == torch.bfloat16  # unread flags: oneDNN decides
+
+
+def test_bf16_weights_stay_bf16_where_an_fp32_copy_would_take_most_of_the_memory() -> None:
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("oneDNN takes no bf16 on this CPU: fp32 whatever the memory")
+    ice_lake = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"})
+    eight_b = 8 * 10**9  # weights: 32 GB in fp32
+    assert pack_dtype(torch.bfloat16, ice_lake, eight_b, available=128 * 2**30) == torch.float32
+    assert pack_dtype(torch.bfloat16, ice_lake, eight_b, available=48 * 2**30) == torch.bfloat16
+    assert pack_dtype(torch.float32, ice_lake, eight_b, available=2**30) == torch.float32
+
+
+def test_a_model_packed_with_little_memory_left_keeps_bf16_weights_and_says_so(make_llama, caplog) -> None:
+    if pack_dtype(torch.bfloat16) != torch.float32:
+        pytest.skip("this CPU multiplies bf16 in oneDNN: no fp32 copy to decline")
+    runner = make_runner(make_llama(2), torch.bfloat16)
+    runner.model.pack(available=1024)  # bytes: less than twice the fp32 copy of any model
+    assert runner.model.onednn_dtype == "bfloat16"
+    assert "an fp32 copy" in caplog.text
+    roomy = make_runner(make_llama(2), torch.bfloat16)
+    roomy.model.pack(available=2**40)
+    assert roomy.model.onednn_dtype == "float32"
 
 
 def test_bf16_weights_packed_in_fp32_match_a_float64_matmul_within_a_bf16_step() -> None:
