@@ -24,6 +24,7 @@ from harness.assets import weights_checksum
 from harness.bandwidth import memory_bandwidth
 from harness.client import ENDPOINTS, HTTPStatusError, MalformedStream, post_json, session
 from harness.compute import matmul_speed
+from harness.continuation import read_on
 from harness.engagement import Guard, GuardResult
 from harness.errors import HarnessError, StackError
 from harness.generation import Generation, Prompt, from_openai
@@ -68,9 +69,11 @@ class OutputCheck:
         drawn = [i for i in self.draw(len(records), cell) if records[i].ok]
         prompts = [self.prompts[i] for i in drawn]
         refs = reference_outputs(bench.model_dir, prompts, self.top_k, bench.log)
-        verdict = judge_texts(prompts, refs, [records[i].text for i in drawn], special_strings(bench.model_dir),
-                              eos_strings(bench.model_dir), [records[i].reported_units for i in drawn],
+        texts = [records[i].text for i in drawn]
+        verdict = judge_texts(prompts, refs, texts, special_strings(bench.model_dir), eos_strings(bench.model_dir),
+                              [records[i].reported_units for i in drawn],
                               stops_at_eos=bench.spec.ignore_eos == "unsupported")
+        verdict = read_on(verdict, bench.model_dir, prompts, texts, self.top_k)
         return OutputsVerdict(verdict, drawn, len(records))
 
 
@@ -366,7 +369,8 @@ class Bench:
         refs = reference_outputs(ref_dir, prompts, top_k, self.log)
         with self._kept_on_failure(row):
             gots = self.stack_outputs(prompts, request_timeout_s, top_k)
-        verdict = judge([p.id for p in prompts], refs, gots, eos_strings(ref_dir))
+        verdict = read_on(judge([p.id for p in prompts], refs, gots, eos_strings(ref_dir)), ref_dir, prompts,
+                          [g.text for g in gots], top_k)
         row.accuracy = verdict.to_json() | {"outputs": [g.text for g in gots]}
         row.status = "ok" if verdict.ok else "failed"
         self._finish(row)
@@ -420,7 +424,8 @@ class Bench:
         ids = [p.id for p in prompts]
         eos = eos_strings(ref_dir)
         verdict = LosslessVerdict(lossless=judge_lossless(ids, off, on, eos) if off is not None else None,
-                                  reference=judge(ids, refs, on, eos), off=how,
+                                  reference=read_on(judge(ids, refs, on, eos), ref_dir, prompts,
+                                                    [g.text for g in on], top_k), off=how,
                                   outputs=judge_outputs(on) if judge_outputs else None)
         if claimed is not None:
             used = [g.usage_details.get(guard.usage_key) for g in on] if guard.usage_key else []

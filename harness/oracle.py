@@ -2,7 +2,8 @@
 
 Tokens must be equal until the first position where they differ. There, each side's token must
 be among the other side's top-k alternatives (vLLM's `check_logprobs_close` rule); after an
-accepted near-tie the sequences are free to differ, so comparison of that prompt stops.
+accepted near-tie the sequences are free to differ, so the token match of that prompt stops (and
+the reference reads the stack's output on: harness/continuation.py).
 Ending is a token too: a side that stopped on end-of-sequence where the other went on must
 have had end-of-sequence among the other side's alternatives, and vice versa.
 

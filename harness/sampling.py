@@ -93,9 +93,11 @@ def _varies(measured: list[RequestRecord], other: list[RequestRecord]) -> Prompt
                                               "the stack does not sample", detail={"differ": differ, "sent": len(measured)})
 
 
-def nucleus_misses(model_dir: Path, prompt: Prompt, text: str, temperature: float, top_p: float) -> tuple[int, int]:
+def nucleus_misses(model_dir: Path, prompt: Prompt, text: str, temperature: float, top_p: float,
+                   top_k: int | None = None) -> tuple[int, int]:
     """(tokens of `text` outside the reference's top-p nucleus after the prompt, tokens of `text`),
-    `text` tokenised on its own and appended to the prompt's ids.
+    `text` tokenised on its own and appended to the prompt's ids; `top_k`: the nucleus holds at most
+    that many tokens (with top_p 1.0, the reference's top-k).
 
     A stack run past EOS (ignore_eos) samples special tokens (EOS, chat-turn markers) that its text
     leaves out, so the tokens after one are read in a context the stack did not have. Where a token
@@ -108,7 +110,7 @@ def nucleus_misses(model_dir: Path, prompt: Prompt, text: str, temperature: floa
     tail = tok(text, add_special_tokens=False)["input_ids"]
     if not tail:
         return 0, 0
-    reading = _Reading(model, head, temperature, top_p, sorted(set(tok.all_special_ids)))
+    reading = _Reading(model, head, temperature, top_p, sorted(set(tok.all_special_ids)), top_k)
     seq, own = list(tail), [True] * len(tail)
     nucleus = reading.nucleus(seq)
     misses = i = 0
@@ -134,6 +136,7 @@ class _Reading:
     temperature: float
     top_p: float
     specials: list[int]
+    top_k: int | None = None
     passes: int = 0
 
     def nucleus(self, seq: list[int]):
@@ -146,6 +149,8 @@ class _Reading:
         probs = torch.softmax(logits / max(self.temperature, 1e-6), dim=-1)
         values, order = probs.sort(dim=-1, descending=True)
         inside = (values.cumsum(dim=-1) - values) < self.top_p
+        if self.top_k is not None:
+            inside[:, self.top_k:] = False
         return torch.zeros_like(inside).scatter_(1, order, inside)
 
     def put_back(self, seq: list[int], own: list[bool], nucleus, miss: int, depth: int, low: int | None = None):
