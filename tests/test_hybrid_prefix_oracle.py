@@ -73,3 +73,15 @@ def test_a_cache_kept_across_a_claimed_reset_fails_the_cell(tmp_path):
     assert out.returncode == 1, out.stdout[-3000:]
     cell = _one(rows, "performance")
     assert cell.status == "failed" and "claimed, not done" in cell.error, cell.error
+
+
+def test_other_tokens_after_a_near_tie_fail_where_the_token_match_alone_passes(tmp_path):
+    out, rows = score(tmp_path, "tie-then-junk", "-k", "accuracy")
+    assert out.returncode == 1 and "Traceback" not in out.stdout, out.stdout[-3000:]
+    acc = _one(rows, "accuracy")
+    assert acc.status == "failed" and acc.accuracy["lossless"]["verdict"] == "pass"  # the same junk, cache on or off
+    reference = acc.accuracy["reference"]
+    assert reference["verdict"] == "fail", reference["summary"]
+    failed = [p for p in reference["prompts"] if not p["ok"]]
+    assert failed and all(p["diverged_at"] == 3 and p["reason"].startswith("near-tie at token 3") for p in failed)
+    assert all("outside the reference's top-" in p["reason"] for p in failed), failed

@@ -1,5 +1,5 @@
 """Test-double stack for setting C (prefix caching on a hybrid attention + GatedDeltaNet model):
-a real model with a snapshot prefix cache done right, and four ways wrong.
+a real model with a snapshot prefix cache done right, and five ways wrong.
 
 It serves a transformers `olmo_hybrid` folder (the tiny one: `ensure_model("olmo-hybrid-tiny")`)
 behind the shared OpenAI layer (skills/openai_server), one request at a time, greedy only. A hybrid
@@ -29,6 +29,9 @@ off switch).
 - fake-hits:     looks up and reports hits as honest does (counters and cached_tokens) but prefills
                  the whole prompt from scratch: outputs right, no time saved.
 - ignores-reset: answers POST /reset_prefix_cache with 200 {"reset": true} and keeps its cache.
+- tie-then-junk: a cache done right, but its 4th output token is the model's runner-up (a near-tie,
+                 as a low-precision stack takes one) and every one after it another than the
+                 model's: past that near-tie the token match sees nothing wrong.
 
     python tests/stacks/hybrid_double.py --model DIR --port P [--mode honest] [--no-prefix-cache]
         [--chunk 64] [--max-snapshots 256] [--threads N]
@@ -52,7 +55,8 @@ from pathlib import Path
 from harness.machine import usable_cpus
 from skills.openai_server.serial import SerialEngine
 
-MODES = ("honest", "stale", "inplace", "fake-hits", "ignores-reset")
+MODES = ("honest", "stale", "inplace", "fake-hits", "ignores-reset", "tie-then-junk")
+TIE_AT = 3  # tie-then-junk: the output token that is the runner-up
 
 log = logging.getLogger("hybrid-double")
 
@@ -198,7 +202,7 @@ class HybridEngine(SerialEngine):
             if stream.cancelled.is_set():
                 stream.send(TokenOutput(None, None, "abort", **extra))
                 return f"{hit} restored, {n_out} generated, abort"
-            token = int(torch.argmax(logits))
+            token = self._choose(logits, n_out)
             if token in eos:
                 stream.send(TokenOutput(None, None, "stop", **extra))
                 return f"{hit} restored, {n_out} generated, stop"
@@ -211,6 +215,12 @@ class HybridEngine(SerialEngine):
                 return f"{hit} restored, {n_out} generated, {finish}"
             ids = torch.tensor([[token]], dtype=torch.long)
             logits = self.model(input_ids=ids, cache=cache, use_cache=True).logits[0, -1]
+
+    def _choose(self, logits, n_out: int) -> int:
+        if self.mode != "tie-then-junk" or n_out < TIE_AT:
+            return int(self.torch.argmax(logits))
+        ranked = self.torch.topk(logits, 2).indices.tolist()
+        return ranked[1] if n_out == TIE_AT else (ranked[0] + 7919) % logits.shape[-1]
 
     def _logprobs(self, logits, token: int, k: int | None):
         from skills.engine_api import TokenLogprob
