@@ -1,7 +1,8 @@
 """Setting B's oracle against test-double stacks (tests/stacks/prediction_server.py).
 
-The transformers reference is replaced by the double's known output (the prompt's words), so
-these tests exercise the harness end to end over HTTP without a model: an honest stack passes,
+The transformers reference is replaced by the double's known output (the prompt's words), and its
+reading of an output on past a near-tie left out, so these tests exercise the harness end to end over
+HTTP without a model: an honest stack passes,
 one whose output changes with `prediction` fails the lossless judge, and ones that report no
 accepted prediction tokens fail the engagement guard, in the accuracy row and in the cell.
 """
@@ -43,6 +44,9 @@ def known_reference(monkeypatch):
     monkeypatch.setattr(harness.bench, "reference_outputs", lambda _dir, prompts, *a, **k: [expected(p) for p in prompts])
     monkeypatch.setattr(harness.bench, "eos_strings", lambda _dir: {EOS})
     monkeypatch.setattr(harness.bench, "special_strings", lambda _dir: frozenset({EOS}))
+    # No model stands behind this reference to read an output on past a near-tie (harness/continuation.py,
+    # tested against the real one in test_near_tie_read_on.py): the token match is what these tests judge.
+    monkeypatch.setattr(harness.bench, "read_on", lambda verdict, *_: verdict)
 
 
 RELAUNCH = "off_switch: {prediction: {args: [--no-spec]}}"
