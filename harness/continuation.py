@@ -13,8 +13,10 @@ but a greedy output does not wander to its model's unlikely tokens, and text fro
 in the context, is soon predictable to the reader (SmolLM2 reading another request's 28 tokens after
 a near-tie found 7 outside its top-5, its own greedy continuation none).
 
-Prompts with a response_format are left to their setting's own judge: this reference reads without
-the grammar, under which a forced token need not be in its top-k.
+A prompt with a response_format is read under its grammar, as its reference was decoded: at each
+position the reference's logits masked by the grammar (harness/grammar.py, fed the output's tokens so
+far), each output token among the top-k of what the grammar allows there. A token the grammar rejects
+is a miss too; the schema judge fails such an output on its own.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from harness.generation import Prompt
+from harness.grammar import GrammarError
 from harness.oracle import PromptVerdict, Verdict
 from harness.sampling import nucleus_misses
 
@@ -37,14 +40,47 @@ def read_on(verdict: Verdict, model_dir: Path, prompts: list[Prompt], texts: lis
 
 
 def _near_tied(verdict: PromptVerdict, prompt: Prompt) -> bool:
-    return verdict.ok and verdict.diverged_at is not None and not prompt.response_format
+    return verdict.ok and verdict.diverged_at is not None
 
 
 def _read_on(verdict: PromptVerdict, model_dir: Path, prompt: Prompt, text: str, top_k: int) -> PromptVerdict:
-    misses, tokens = nucleus_misses(model_dir, prompt, text, temperature=1.0, top_p=1.0, top_k=top_k)
+    if prompt.response_format:
+        misses, tokens = constrained_misses(model_dir, prompt, text, top_k)
+    else:
+        misses, tokens = nucleus_misses(model_dir, prompt, text, temperature=1.0, top_p=1.0, top_k=top_k)
     detail = (verdict.detail or {}) | {"read_on": {"tokens": tokens, "outside_top_k": misses}}
     if misses <= max(ALLOWED_MISSES, ALLOWED_MISS_SHARE * tokens):
         return replace(verdict, detail=detail)
     return replace(verdict, ok=False, detail=detail,
                    reason=f"{verdict.reason}; then {misses} of the output's {tokens} tokens lie outside the "
-                          f"reference's top-{top_k}, read on the stack's own output")
+                          f"reference's top-{top_k}, read on the stack's own output"
+                          + (" under the grammar" if prompt.response_format else ""))
+
+
+def constrained_misses(model_dir: Path, prompt: Prompt, text: str, top_k: int) -> tuple[int, int]:
+    """(tokens of `text` outside the top-k of the reference's logits masked by the prompt's grammar,
+    tokens of `text`), `text` tokenised on its own after the prompt's ids. From a token the grammar
+    rejects on, every token counts as a miss: the grammar cannot follow the text further."""
+    import torch
+
+    from harness.reference import constraint_for, input_ids, reference_model
+
+    tok, model = reference_model(model_dir)
+    head = input_ids(tok, prompt)
+    tail = tok(text, add_special_tokens=False)["input_ids"]
+    if not tail:
+        return 0, 0
+    with torch.inference_mode():
+        logits = model(torch.tensor([head + tail])).logits[0, len(head) - 1: -1].float()
+    constraint, misses = constraint_for(model, tok, prompt), 0
+    for i, token in enumerate(tail):
+        try:
+            allowed = constraint.mask(logits[i])
+        except GrammarError:
+            return misses + len(tail) - i, len(tail)
+        if not torch.isfinite(allowed[token]):
+            return misses + len(tail) - i, len(tail)
+        top = allowed.topk(min(top_k, int(torch.isfinite(allowed).sum()))).indices
+        misses += int(token not in top.tolist())
+        constraint.consume(token)
+    return misses, len(tail)

@@ -95,6 +95,11 @@ def generate_reference(model_dir: Path, prompts: list[Prompt], top_k: int = TOP_
     return [_generation(tok, row, eos, p.ignore_eos) for row, p in zip(rows, prompts)]
 
 
+def constraint_for(model, tok, prompt: Prompt) -> Constraint | None:
+    """The grammar `prompt`'s response_format puts on `model`'s decoding, as the reference decodes under it."""
+    return _constraint(tok, prompt, frozenset(_eos_ids(model.generation_config.eos_token_id)))
+
+
 def _constraint(tok, prompt: Prompt, eos: frozenset[int]) -> Constraint | None:
     if not prompt.response_format:
         return None

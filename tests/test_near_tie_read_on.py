@@ -84,8 +84,6 @@ def test_another_requests_tokens_after_a_near_tie_fail(model_dir):
 def test_only_prompts_that_passed_on_a_near_tie_are_read_on(tmp_path):
     """No model is loaded for these: a missing model folder would raise if one were read."""
     nowhere = tmp_path / "no-model"
-    constrained = Prompt("json", "x", chat=True, max_tokens=8, response_format={"type": "json_object"})
-    verdicts = [PromptVerdict("same", True, 5), PromptVerdict("failed", False, 2, 2, "differs"),
-                PromptVerdict("json", True, 2, 2, "near-tie at token 2")]
-    read = read_on(Verdict(verdicts), nowhere, [PROMPT, PROMPT, constrained], ["a", "b", "c"], TOP_K)
+    verdicts = [PromptVerdict("same", True, 5), PromptVerdict("failed", False, 2, 2, "differs")]
+    read = read_on(Verdict(verdicts), nowhere, [PROMPT, PROMPT], ["a", "b"], TOP_K)
     assert read.prompts == verdicts
