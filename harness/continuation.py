@@ -17,6 +17,12 @@ A prompt with a response_format is read under its grammar, as its reference was 
 position the reference's logits masked by the grammar (harness/grammar.py, fed the output's tokens so
 far), each output token among the top-k of what the grammar allows there. A token the grammar rejects
 is a miss too; the schema judge fails such an output on its own.
+
+Transcripts (harness/transcription.py) are not read on. Their near-tie is bounded (an alternative
+within MAX_GAP nats of the reference's token); every partial of a stream is judged from its first
+token against the transcript of its own audio prefix, so what a stack writes after a near-tie in
+one partial is judged again in the next; and the tiny speech model's seeded weights write
+byte-level pieces whose text, tokenised again, need not give back the same tokens.
 """
 from __future__ import annotations
 
