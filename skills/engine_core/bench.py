@@ -1,9 +1,11 @@
 """python -m skills.engine_core.bench [--model DIR] [--dtype bfloat16] [--tokens 128] [--batch-sizes 1,8,32] [--no-native]
-    [--few-row-matmul small_gemm|onednn|auto]
+    [--few-row-matmul small_gemm|onednn|auto] [--prompt-tokens N]
 
 Concurrency-1 decode speed and "bandwidth achieved" (model bytes x tokens/s, as gpt-fast prints
 it) against the machine's memory bandwidth, measured in the same run by a large array copy.
-With --batch-sizes, also decode tokens/s at those batch sizes.
+With --batch-sizes, also decode tokens/s at those batch sizes. The default prompt is one sentence;
+`--prompt-tokens 550` decodes after a prompt of setting A's length, as a served cell does (each
+step then also reads the prompt's K/V, which "bandwidth achieved" does not count).
 """
 
 from __future__ import annotations
@@ -49,6 +51,19 @@ def decode_rate(engine: LLMEngine, batch: int, tokens: int, prompt: list[int]) -
     return (after["decode_tokens_total"] - before["decode_tokens_total"]) / elapsed, elapsed / max(steps, 1)
 
 
+def long_prompt(tokenizer, n: int) -> list[int]:
+    """n tokens of prose, the standard library's own module docs: a sentence repeated to length decoded
+    slower than text (SmolLM2, Ice Lake Xeon, 550 tokens: 14.0-14.3 against 13.6-13.7 ms a step)."""
+    import argparse as prose_a
+    import json as prose_b
+    import unittest as prose_c
+
+    ids = tokenizer("\n\n".join(m.__doc__ for m in (prose_b, prose_a, prose_c))).input_ids
+    if n > len(ids):
+        raise SystemExit(f"--prompt-tokens: at most {len(ids)} here")
+    return ids[:n]
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=None, help="default: the tiny profile's SmolLM2-135M-Instruct")
@@ -56,6 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--tokens", type=int, default=128, help="tokens decoded per sequence")
     p.add_argument("--batch-sizes", default="1", help="comma-separated decode batch sizes")
+    p.add_argument("--prompt-tokens", type=int, default=None,
+                   help="the prompt's length, cut from prose (default: one sentence, ~12 tokens); a decode step also "
+                        "reads the K/V of every token before it (setting A's prompts: ~450-650 tokens)")
     p.add_argument("--compile", default="", help="comma-separated kernels.py names to torch.compile")
     p.add_argument("--few-row-matmul", default="small_gemm", choices=CHOICES,
                    help="the matmul of steps of up to 32 rows (row_invariance.py; engine-a's default: small_gemm)")
@@ -69,13 +87,16 @@ def main(argv: list[str] | None = None) -> None:
 
         args.model = Path(ensure_model("smollm2-135m-instruct"))
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    cfg = EngineConfig(max_num_seqs=max(sizes), max_num_batched_tokens=max(256, max(sizes)), max_model_len=1024,
+    cfg = EngineConfig(max_num_seqs=max(sizes), max_num_batched_tokens=max(256, max(sizes)),
+                       max_model_len=max(1024, (args.prompt_tokens or 0) + args.tokens + 8),
                        dtype=args.dtype, threads=args.threads, few_row_matmul=args.few_row_matmul,
                        small_gemm_rows=args.small_gemm_rows,
                        compile=tuple(n for n in args.compile.split(",") if n))
     native = Kernels.use_native(args.native)
     engine = load_engine(args.model, cfg)
     prompt = engine.tokenizer("Write a short story about a robot who learns to paint.").input_ids
+    if args.prompt_tokens:
+        prompt = long_prompt(engine.tokenizer, args.prompt_tokens)
     decode_rate(engine, 1, 8, prompt)  # warm-up
     bandwidth = memory_bandwidth()
     size = model_bytes(engine)
@@ -84,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{torch.get_num_threads()} threads, GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'default')}, "
           f"{'native' if native else 'eager'} kernels, few-row matmul {engine.runtime['few_row_matmul']} "
           f"(up to {engine.runtime['small_gemm_rows']} rows); "
-          f"model {size / 1e6:.0f} MB ({args.dtype})")
+          f"model {size / 1e6:.0f} MB ({args.dtype}); prompt {len(prompt)} tokens")
     print(f"memory bandwidth (copy, read+write): {bandwidth / 1e9:.1f} GB/s")
     for batch in sizes:
         rate, step_s = decode_rate(engine, batch, args.tokens, prompt)
