@@ -50,6 +50,9 @@ def _near_tied(verdict: PromptVerdict, prompt: Prompt) -> bool:
 
 
 def _read_on(verdict: PromptVerdict, model_dir: Path, prompt: Prompt, text: str, top_k: int) -> PromptVerdict:
+    unread = _unfaithful(model_dir, prompt, text)
+    if unread:
+        return replace(verdict, detail=(verdict.detail or {}) | {"read_on": unread})
     if prompt.response_format:
         misses, tokens = constrained_misses(model_dir, prompt, text, top_k)
     else:
@@ -61,6 +64,23 @@ def _read_on(verdict: PromptVerdict, model_dir: Path, prompt: Prompt, text: str,
                    reason=f"{verdict.reason}; then {misses} of the output's {tokens} tokens lie outside the "
                           f"reference's top-{top_k}, read on the stack's own output"
                           + (" under the grammar" if prompt.response_format else ""))
+
+
+def _unfaithful(model_dir: Path, prompt: Prompt, text: str) -> str:
+    """Why `text`, tokenised again, is not the stack's tokens ("" where it may be). A prompt of token
+    ids run to max_tokens (setting C's random ids, whose seeded model writes byte-level junk) says how
+    many tokens the stack wrote; where the text gives another count, the reader would read other
+    tokens than the stack's, and after one such split it misses nearly all (engine-c, honest, fp32:
+    132 of 135 after a near-tie)."""
+    if prompt.ids is None or not prompt.ignore_eos:
+        return ""
+    from harness.reference import reference_model
+
+    tok, _ = reference_model(model_dir)
+    count = len(tok(text, add_special_tokens=False)["input_ids"])
+    if count == prompt.max_tokens:
+        return ""
+    return f"not read: the text tokenises again to {count} tokens, the stack wrote {prompt.max_tokens}"
 
 
 def constrained_misses(model_dir: Path, prompt: Prompt, text: str, top_k: int) -> tuple[int, int]:

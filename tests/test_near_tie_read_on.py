@@ -87,3 +87,18 @@ def test_only_prompts_that_passed_on_a_near_tie_are_read_on(tmp_path):
     verdicts = [PromptVerdict("same", True, 5), PromptVerdict("failed", False, 2, 2, "differs")]
     read = read_on(Verdict(verdicts), nowhere, [PROMPT, PROMPT], ["a", "b"], TOP_K)
     assert read.prompts == verdicts
+
+
+def test_an_output_whose_text_gives_another_token_count_than_it_was_written_in_is_not_read(model_dir):
+    """Setting C's prompts are token ids run to max_tokens, and its seeded model writes junk whose text
+    splits otherwise when tokenised again: read so, an honest output missed 132 of 135 tokens."""
+    tok, _ = reference_model(model_dir)
+    tied, _ = _through_runner_up(model_dir)
+    ids_prompt = Prompt("ids", "<token ids>", chat=False, max_tokens=len(tied) + 1, ignore_eos=True,
+                        ids=input_ids(tok, PROMPT))
+    junk = tok.decode(tied) + " zebra quantum marmalade"  # more tokens than max_tokens says were written
+    near = PromptVerdict("ids", True, TIE_AT, TIE_AT, f"near-tie at token {TIE_AT}")
+    read = read_on(Verdict([near]), model_dir, [ids_prompt], [junk], TOP_K).prompts[0]
+    assert read.ok and read.detail["read_on"].startswith("not read: the text tokenises again to")
+    written = tok.decode(tied + _greedy(model_dir, ids_prompt.ids + tied, 1))  # as many tokens as were written
+    assert "outside_top_k" in read_on(Verdict([near]), model_dir, [ids_prompt], [written], TOP_K).prompts[0].detail["read_on"]
