@@ -68,10 +68,10 @@ def _read_on(verdict: PromptVerdict, model_dir: Path, prompt: Prompt, text: str,
 
 def _unfaithful(model_dir: Path, prompt: Prompt, text: str) -> str:
     """Why `text`, tokenised again, is not the stack's tokens ("" where it may be). A prompt of token
-    ids run to max_tokens (setting C's random ids, whose seeded model writes byte-level junk) says how
+    ids run to max_tokens (random ids, after which a seeded model writes byte-level junk) says how
     many tokens the stack wrote; where the text gives another count, the reader would read other
-    tokens than the stack's, and after one such split it misses nearly all (engine-c, honest, fp32:
-    132 of 135 after a near-tie)."""
+    tokens than the stack's, and after one such split it misses nearly all (an honest fp32 engine on
+    the hybrid model: 132 of 135 after a near-tie)."""
     if prompt.ids is None or not prompt.ignore_eos:
         return ""
     from harness.reference import reference_model
