@@ -96,7 +96,8 @@ def generate_reference(model_dir: Path, prompts: list[Prompt], top_k: int = TOP_
 
 
 def constraint_for(model, tok, prompt: Prompt) -> Constraint | None:
-    """The grammar `prompt`'s response_format puts on `model`'s decoding, as the reference decodes under it."""
+    """The grammar `prompt`'s response_format puts on `model`'s decoding, as the reference decodes
+    under it."""
     return _constraint(tok, prompt, frozenset(_eos_ids(model.generation_config.eos_token_id)))
 
 

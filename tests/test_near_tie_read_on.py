@@ -101,4 +101,5 @@ def test_an_output_whose_text_gives_another_token_count_than_it_was_written_in_i
     read = read_on(Verdict([near]), model_dir, [ids_prompt], [junk], TOP_K).prompts[0]
     assert read.ok and read.detail["read_on"].startswith("not read: the text tokenises again to")
     written = tok.decode(tied + _greedy(model_dir, ids_prompt.ids + tied, 1))  # as many tokens as were written
-    assert "outside_top_k" in read_on(Verdict([near]), model_dir, [ids_prompt], [written], TOP_K).prompts[0].detail["read_on"]
+    read = read_on(Verdict([near]), model_dir, [ids_prompt], [written], TOP_K).prompts[0]
+    assert "outside_top_k" in read.detail["read_on"]
