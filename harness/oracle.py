@@ -254,6 +254,11 @@ def _walk(prompt_id: str, ref: Generation, pieces: list[str], full: str, text: s
     if longer is not None:
         return PromptVerdict(prompt_id, True, longer, longer, f"near-tie at token {longer}: the stack took a longer "
                                                               "runner-up there, which the reference's next token began")
+    shorter = _shorter_runner_up(ref, pieces, i, silent, eos, max_gap)
+    if shorter is not None:
+        return PromptVerdict(prompt_id, True, shorter, shorter, f"near-tie at token {shorter}: the reference's "
+                                                                "runner-up there is a shorter cut of its token, which "
+                                                                "the stack's text spells too")
     alternatives = _runners_up(ref, i, eos, max_gap)
     unprinted = [a for a in alternatives if a in silent]
     # The stack may have taken it there, which its text cannot show; with nothing after it, only
@@ -344,8 +349,21 @@ def _longer_runner_up(ref: Generation, starts: list[int], i: int, same: int, tex
     return None
 
 
-# How many tokens before a divergence a longer runner-up may have been taken (one token of the
-# stack's spans at most this many of the reference's, in the cases seen).
+def _shorter_runner_up(ref: Generation, pieces: list[str], i: int, silent: frozenset[str], eos: set[str],
+                       max_gap: float | None) -> int | None:
+    """The token just before the divergence (or the one before that) whose runner-up is a shorter cut of
+    it: the reference wrote "\\n\\n" then "1", the stack "\\n" (0.04 nats behind) then "\\n" and "-". The
+    texts agree through the cut, so they part only a token later, where the stack's context already
+    differed from the reference's."""
+    for j in range(i - 1, max(i - 1 - LONGER_LOOKBACK, -1), -1):
+        if any(a and a not in silent and len(a) < len(pieces[j]) and pieces[j].startswith(a)
+               for a in _runners_up(ref, j, eos, max_gap)):
+            return j
+    return None
+
+
+# How many tokens before a divergence a longer (or shorter) runner-up may have been taken (one token of
+# the stack's spans at most this many of the reference's, in the cases seen).
 LONGER_LOOKBACK = 2
 
 

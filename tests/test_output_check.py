@@ -69,6 +69,28 @@ def test_a_longer_runner_up_that_begins_like_the_reference_is_a_near_tie_at_its_
     assert not compare_text("p", gen, " It is the conditions that", SILENT, {EOS}, 6, may_end=False).ok
 
 
+def test_a_shorter_runner_up_whose_text_the_stack_spells_is_a_near_tie_at_its_own_token():
+    """Seen on engine-a (setting A, AMX Xeon): the reference wrote "\\n\\n" (-0.91) then "1", the stack
+    "\\n" (-0.95, its runner-up) then "\\n" and "-"; the texts agree through both newlines and part a
+    token later, where "-" is nowhere in the reference's top-5 (its context had "\\n\\n")."""
+    tokens = [" Here", "'s", " how", ":", "\n\n", "1", ".", " Open"]
+    top = [{t: -0.1} for t in tokens]
+    top[4] = {"\n\n": -0.91, "\n": -0.95, " ": -2.33}
+    top[5] = {"1": -0.17, "2": -3.35, "8": -3.43}
+    gen = Generation(tokens=tokens, top=top, finish_reason="length", text="".join(tokens))
+    verdict = compare_text("p", gen, " Here's how:\n\n- 10 days", SILENT, {EOS}, 8, may_end=False)
+    assert verdict.ok and verdict.diverged_at == 4 and "shorter cut" in verdict.reason, verdict
+    # a token with no shorter runner-up before the divergence leaves it a divergence
+    top[4] = {"\n\n": -0.91, " ": -2.33}
+    verdict = compare_text("p", gen, " Here's how:\n\n- 10 days", SILENT, {EOS}, 8, may_end=False)
+    assert not verdict.ok and verdict.diverged_at == 5, verdict
+    # nor does one three tokens back: the stack's cut must be where the texts part, or just before
+    top[4] = {"\n\n": -0.1}
+    top[2] = {" how": -0.5, " ho": -0.6}
+    verdict = compare_text("p", gen, " Here's how:\n\n- 10 days", SILENT, {EOS}, 8, may_end=False)
+    assert not verdict.ok and verdict.diverged_at == 5, verdict
+
+
 def test_an_unprinted_special_token_where_the_reference_had_it_as_runner_up_is_a_near_tie():
     # The stack took end-of-sequence at token 1 (printed or not), then went on its own way.
     tied = ref(TOKENS, eos_runner_up=(1,))
