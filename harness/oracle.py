@@ -195,7 +195,8 @@ def compare_text(prompt_id: str, ref: Generation, text: str, silent: frozenset[s
     extra request made) against the reference's tokens, by the near-tie rule seen from the
     reference's side: the text spells the reference's output until its end, or until a token where
     it goes on with one of the reference's top-k alternatives there (after which the two may
-    differ). Special tokens (`silent`) are compared both ways: left out of both texts (most
+    differ); an alternative a token or two before the divergence that is a longer or a shorter cut
+    of the reference's token counts too, since the texts then part only later. Special tokens (`silent`) are compared both ways: left out of both texts (most
     servers do not print them), and, where the stack printed some, kept in both. Where the text is
     the reference's to the end, `usage_tokens` must count the reference's tokens (one more where
     the stack counts the end-of-sequence token it stopped on). `may_end` False (a request with
