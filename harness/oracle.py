@@ -195,8 +195,9 @@ def compare_text(prompt_id: str, ref: Generation, text: str, silent: frozenset[s
     extra request made) against the reference's tokens, by the near-tie rule seen from the
     reference's side: the text spells the reference's output until its end, or until a token where
     it goes on with one of the reference's top-k alternatives there (after which the two may
-    differ); an alternative a token or two before the divergence that is a longer or a shorter cut
-    of the reference's token counts too, since the texts then part only later. Special tokens (`silent`) are compared both ways: left out of both texts (most
+    differ); an alternative a token or two before the divergence that is a longer cut of the
+    reference's token, or a shorter cut of a run of whitespace, counts too, since the texts then part
+    only later. Special tokens (`silent`) are compared both ways: left out of both texts (most
     servers do not print them), and, where the stack printed some, kept in both. Where the text is
     the reference's to the end, `usage_tokens` must count the reference's tokens (one more where
     the stack counts the end-of-sequence token it stopped on). `may_end` False (a request with
@@ -258,8 +259,8 @@ def _walk(prompt_id: str, ref: Generation, pieces: list[str], full: str, text: s
     shorter = _shorter_runner_up(ref, pieces, i, silent, eos, max_gap)
     if shorter is not None:
         return PromptVerdict(prompt_id, True, shorter, shorter, f"near-tie at token {shorter}: the reference's "
-                                                                "runner-up there is a shorter cut of its token, which "
-                                                                "the stack's text spells too")
+                                                                "runner-up there is a shorter cut of its run of "
+                                                                "whitespace, which the stack's text spells too")
     alternatives = _runners_up(ref, i, eos, max_gap)
     unprinted = [a for a in alternatives if a in silent]
     # The stack may have taken it there, which its text cannot show; with nothing after it, only
@@ -352,13 +353,16 @@ def _longer_runner_up(ref: Generation, starts: list[int], i: int, same: int, tex
 
 def _shorter_runner_up(ref: Generation, pieces: list[str], i: int, silent: frozenset[str], eos: set[str],
                        max_gap: float | None) -> int | None:
-    """The token just before the divergence (or the one before that) whose runner-up is a shorter cut of
-    it: the reference wrote "\\n\\n" then "1", the stack "\\n" (0.04 nats behind) then "\\n" and "-". The
-    texts agree through the cut, so they part only a token later, where the stack's context already
-    differed from the reference's."""
+    """The token just before the divergence (or the one before that), a run of whitespace, whose
+    runner-up is a shorter cut of that run: the reference wrote "\\n\\n" then "1", the stack "\\n" (0.04
+    nats behind) then "\\n" and "-". The texts agree through the run, so they part only a token later,
+    where the stack's context already differed from the reference's. Only whitespace: a cut of any
+    other token ('{"' taken as '{' then '"') would excuse nearly every divergence of a JSON value,
+    which a valid answer to another request then passes."""
     for j in range(i - 1, max(i - 1 - LONGER_LOOKBACK, -1), -1):
-        if any(a and a not in silent and len(a) < len(pieces[j]) and pieces[j].startswith(a)
-               for a in _runners_up(ref, j, eos, max_gap)):
+        piece = pieces[j]
+        if piece.isspace() and any(a and a not in silent and len(a) < len(piece) and piece.startswith(a)
+                                   for a in _runners_up(ref, j, eos, max_gap)):
             return j
     return None
 

@@ -86,9 +86,22 @@ def test_a_shorter_runner_up_whose_text_the_stack_spells_is_a_near_tie_at_its_ow
     assert not verdict.ok and verdict.diverged_at == 5, verdict
     # nor does one three tokens back: the stack's cut must be where the texts part, or just before
     top[4] = {"\n\n": -0.1}
-    top[2] = {" how": -0.5, " ho": -0.6}
-    verdict = compare_text("p", gen, " Here's how:\n\n- 10 days", SILENT, {EOS}, 8, may_end=False)
+    top[2] = {"\n\n": -0.5, "\n": -0.6}
+    gen = Generation(tokens=[" Here", "'s", "\n\n", ":", "\n\n", "1", ".", " Open"], top=top, finish_reason="length",
+                     text=" Here's\n\n:\n\n1. Open")
+    verdict = compare_text("p", gen, " Here's\n\n:\n\n- 10 days", SILENT, {EOS}, 8, may_end=False)
     assert not verdict.ok and verdict.diverged_at == 5, verdict
+
+
+def test_a_shorter_cut_of_a_token_that_is_not_whitespace_is_no_near_tie():
+    """Under a JSON grammar ' "' often has ' ' as its runner-up: taking that cut as a near-tie let a
+    valid answer to another request pass as this one's (tests/test_json_schema_oracle.py)."""
+    tokens = ['{"', "name", '":', ' "', "Alice", '"}']
+    top = [{t: -0.1} for t in tokens]
+    top[3] = {' "': -0.2, " ": -0.3}
+    gen = Generation(tokens=tokens, top=top, finish_reason="length", text="".join(tokens))
+    verdict = compare_text("p", gen, '{"name": "Bob"}', SILENT, {EOS}, 6, may_end=False)
+    assert not verdict.ok and verdict.diverged_at == 4, verdict
 
 
 def test_an_unprinted_special_token_where_the_reference_had_it_as_runner_up_is_a_near_tie():
